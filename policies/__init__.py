@@ -1,0 +1,22 @@
+"""The policy language: a YAML file that turns a certainty score into an action.
+
+Pure: imports nothing from router/, so a policy can be checked and explained anywhere.
+"""
+
+from policies.engine import Decision, RequestFacts, decide
+from policies.loader import DEFAULT_POLICY_PATH, PolicyError, load_policy
+from policies.schema import Action, LiteLLMTarget, LocalTarget, Policy, Rule
+
+__all__ = [
+    "DEFAULT_POLICY_PATH",
+    "Action",
+    "Decision",
+    "LiteLLMTarget",
+    "LocalTarget",
+    "Policy",
+    "PolicyError",
+    "RequestFacts",
+    "Rule",
+    "decide",
+    "load_policy",
+]

@@ -1,0 +1,71 @@
+"""Read a policy file and report every problem as `file:line: field: message`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from policies.schema import Location, Policy
+
+DEFAULT_POLICY_PATH = Path(__file__).with_name("default.yaml")
+
+
+class PolicyError(ValueError):
+    """One line per problem, each naming file, line and field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _locate(node: yaml.Node, location: Location) -> tuple[int, str]:
+    """The line (1-based) of the deepest YAML node the location reaches, and the field as the file spells it.
+
+    Pydantic locations may hold steps the file does not (a union's tag): those are left out, except a
+    last step, which names a missing field.
+    """
+    line, shown = node.start_mark.line + 1, []
+    for depth, step in enumerate(location):
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((k, v) for k, v in node.value if k.value == str(step)), None)
+            if pair is not None:
+                line, child = pair[0].start_mark.line + 1, pair[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            child = node.value[step]
+            line = child.start_mark.line + 1
+        if child is not None:
+            node = child
+        if child is not None or depth == len(location) - 1:
+            shown.append(str(step))
+    return line, ".".join(shown) or "(top level)"
+
+
+def load_policy(path: Path | str) -> Policy:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"{mark.line + 1}" if mark is not None else "?"
+        raise PolicyError([f"{path}:{line}: (yaml): {getattr(exc, 'problem', None) or exc}"]) from exc
+    if root is None or not isinstance(data, dict):
+        raise PolicyError([f"{path}:1: (top level): a policy must be a YAML mapping"])
+
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = [(tuple(e["loc"]), e["msg"]) for e in exc.errors()]
+    else:
+        problems = list(policy.problems())
+    if problems:
+        located = sorted(((*_locate(root, loc), msg) for loc, msg in problems), key=lambda p: p[0])
+        raise PolicyError([f"{path}:{line}: {field}: {msg}" for line, field, msg in located])
+    return policy

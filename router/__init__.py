@@ -1,0 +1,1 @@
+"""confidence-router: the OpenAI-compatible service and its command line."""

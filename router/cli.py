@@ -1,0 +1,118 @@
+"""The `router` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from policies import DEFAULT_POLICY_PATH, Policy, PolicyError, RequestFacts, decide, load_policy
+
+app = typer.Typer(help="Confidence-based router and guard for LLM applications.", no_args_is_help=True)
+models_app = typer.Typer(help="Fetch and list local models.", no_args_is_help=True)
+policy_app = typer.Typer(help="Check and explain policy files.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(policy_app, name="policy")
+
+PolicyFile = Annotated[Path, typer.Argument(help="A policy YAML file.")]
+
+
+def _load_or_exit(path: Path) -> Policy:
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            typer.echo(problem, err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def serve(
+    policy: Annotated[Path | None, typer.Option(help="Policy YAML; the built-in default if omitted.")] = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    log_level: str = "info",
+) -> None:
+    """Serve the OpenAI-compatible proxy."""
+    import uvicorn
+
+    from router import models
+    from router.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loaded = _load_or_exit(policy or DEFAULT_POLICY_PATH)
+    try:  # fetch a catalog model before binding the port, so a missing model fails the start-up
+        models.resolve(loaded.scorer.model)
+    except models.ModelError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    uvicorn.run(create_app(loaded), host=host, port=port, log_level=log_level)
+
+
+@models_app.command("pull")
+def models_pull(name: str) -> None:
+    """Fetch a catalog model and convert it to a local safetensors folder (idempotent)."""
+    from router import models
+
+    try:
+        typer.echo(models.pull(name))
+    except models.ModelError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show the catalog and what is cached."""
+    from router import models
+
+    cached = {m.name: m for m in models.list_cached()}
+    for name in sorted(set(models.CATALOG) | set(cached)):
+        entry = cached.get(name)
+        status = f"pulled  {entry.size_bytes / 1e6:7.1f} MB  {entry.path}" if entry else "not pulled"
+        typer.echo(f"{name:28} {status}")
+
+
+@policy_app.command("validate")
+def policy_validate(files: Annotated[list[Path], typer.Argument(help="Policy YAML files.")]) -> None:
+    """Exit 0 when every file is valid; else print one line per problem and exit 2."""
+    failed = False
+    for path in files:
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            failed = True
+            for problem in exc.problems:
+                typer.echo(problem, err=True)
+        else:
+            typer.echo(f"{path}: ok ({len(policy.rules)} rules, targets: {', '.join(policy.targets)})")
+    if failed:
+        raise typer.Exit(2)
+
+
+@policy_app.command("explain")
+def policy_explain(
+    file: PolicyFile,
+    confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help="The certainty to evaluate at.")],
+    model: Annotated[str, typer.Option(help="The requested model name.")] = "router",
+    user: Annotated[str | None, typer.Option(help="The request's user tag.")] = None,
+) -> None:
+    """Show which rule a request would match and what the router would do."""
+    policy = _load_or_exit(file)
+
+    async def fixed() -> float:
+        return confidence
+
+    decision = asyncio.run(decide(policy, RequestFacts(model, user), fixed))
+    index = decision.rule_index
+    when = policy.rules[index].when.model_dump(exclude_none=True) or "always"
+    action = decision.action + (f" {decision.target}" if decision.target else "")
+    typer.echo(f"rule {index} '{decision.rule}' matches (when: {when})")
+    typer.echo(f"action: {action} (x-router-decision: {decision.outcome})")
+    if decision.message:
+        typer.echo(f"message: {decision.message}")
+    if decision.confidence is None:
+        typer.echo("(this rule does not need a confidence: the request would not be scored)")

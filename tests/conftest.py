@@ -1,0 +1,89 @@
+"""Shared fixtures: the real default model, and proxies served over real sockets."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from policies import Policy, load_policy
+from router import models
+from router.app import create_app
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real default model, pulled once into ROUTER_HOME (CI keeps that cache between runs)."""
+    return models.pull(DEFAULT_MODEL)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(base_url: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{base_url} did not become ready in {timeout_s} s")
+
+
+class Served:
+    """A proxy on a free loopback port, running in a thread of the test process."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(policy), host="127.0.0.1", port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        wait_ready(self.base_url)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def serve(smollm2: Path) -> Iterator[Callable[[Policy], Served]]:
+    started: list[Served] = []
+
+    def start(policy: Policy) -> Served:
+        started.append(Served(policy))
+        return started[-1]
+
+    yield start
+    for served in started:
+        served.stop()
+
+
+@pytest.fixture
+def write_policy(tmp_path: Path) -> Callable[[str], Path]:
+    def write(text: str, name: str = "policy.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def policy_from(text: str, tmp_path: Path) -> Policy:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return load_policy(path)
