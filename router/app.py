@@ -69,8 +69,10 @@ def create_app(policy: Policy) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, object]:
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "confidence-router"}
-                for name in policy.model_names]  # fmt: skip
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "confidence-router"}
+            for name in policy.model_names
+        ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", response_model=None)

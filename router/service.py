@@ -85,10 +85,13 @@ class Router:
         routed = await self._answer(request_id, request, decision, scored[0] if scored else None)
         log.info(
             "request=%s rule=%s decision=%s target=%s confidence=%s latency_ms=%.0f",
-            request_id, decision.rule, decision.action, decision.target,
+            request_id,
+            decision.rule,
+            decision.action,
+            decision.target,
             "-" if decision.confidence is None else f"{decision.confidence:.3f}",
             1000 * (time.perf_counter() - started),
-        )  # fmt: skip
+        )
         return routed
 
     async def _answer(
@@ -118,9 +121,13 @@ class Router:
         return Routed(request_id, decision, body=body)
 
     async def _local(
-        self, request_id: str, request: ChatCompletionRequest, name: str, target: LocalTarget,
+        self,
+        request_id: str,
+        request: ChatCompletionRequest,
+        name: str,
+        target: LocalTarget,
         score: Score | None,
-    ) -> Completion:  # fmt: skip
+    ) -> Completion:
         # The scored draft is the answer: the confidence is about exactly this text. Sampling parameters
         # do not apply to it for that reason.
         draft = score.draft if score is not None else None

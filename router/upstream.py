@@ -37,8 +37,15 @@ class LiteLLMUpstream:
         if self.target.api_base:
             arguments["api_base"] = self.target.api_base
         if self.target.api_key_env:
-            arguments["api_key"] = os.environ.get(self.target.api_key_env)
+            arguments["api_key"] = self._api_key(self.target.api_key_env)
         return arguments
+
+    def _api_key(self, variable: str) -> str:
+        key = os.environ.get(variable)
+        if not key:
+            message = f"target '{self.name}' has no API key: the environment variable {variable} is not set"
+            raise APIError(502, message, type="upstream_error", code="missing_api_key")
+        return key
 
     def _failed(self, exc: Exception) -> APIError:
         status = getattr(exc, "status_code", None)
@@ -51,16 +58,18 @@ class LiteLLMUpstream:
         )
 
     async def complete(self, request: ChatCompletionRequest) -> Completion:
+        arguments = self._arguments(request)
         try:
-            response = await self._litellm.acompletion(**self._arguments(request))
+            response = await self._litellm.acompletion(**arguments)
         except Exception as exc:
             raise self._failed(exc) from exc
         return dict(response.model_dump())
 
     async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[Completion]:
         """Opens the stream before returning: a failing upstream is then an HTTP error, not a cut stream."""
+        arguments = self._arguments(request)
         try:
-            response = await self._litellm.acompletion(**self._arguments(request), stream=True)
+            response = await self._litellm.acompletion(**arguments, stream=True)
         except Exception as exc:
             raise self._failed(exc) from exc
 
