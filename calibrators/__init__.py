@@ -1,0 +1,68 @@
+"""Post-hoc calibration of a confidence score and the metrics that judge certainty and routing.
+
+Pure: depends on numpy only (matplotlib is imported when a picture is drawn), never on ``router``.
+"""
+
+from calibrators.base import CALIBRATORS, Calibrator, from_dict, load
+from calibrators.bootstrap import Estimate, bootstrap, calibrated_band
+from calibrators.histogram import HistogramBinning
+from calibrators.isotonic import IsotonicCalibrator
+from calibrators.metrics import (
+    BrierDecomposition,
+    ReliabilityBins,
+    adaptive_ece,
+    auprc,
+    auroc,
+    brier_decomposition,
+    brier_score,
+    ece,
+    mce,
+    reliability_bins,
+    sharpness,
+)
+from calibrators.plots import reliability_diagram, risk_coverage_plot, routing_plot
+from calibrators.report import MetricResult, evaluate, write_report
+from calibrators.routing import RoutingCurve, apgr, cpt, routing_curve
+from calibrators.scaling import PlattScaling, TemperatureScaling
+from calibrators.selective import RiskCoverage, alignment, alignment_threshold, aurc, prr, risk_coverage_curve
+
+__all__ = [
+    "CALIBRATORS",
+    "BrierDecomposition",
+    "Calibrator",
+    "Estimate",
+    "HistogramBinning",
+    "IsotonicCalibrator",
+    "MetricResult",
+    "PlattScaling",
+    "ReliabilityBins",
+    "RiskCoverage",
+    "RoutingCurve",
+    "TemperatureScaling",
+    "adaptive_ece",
+    "alignment",
+    "alignment_threshold",
+    "apgr",
+    "auprc",
+    "aurc",
+    "auroc",
+    "bootstrap",
+    "brier_decomposition",
+    "brier_score",
+    "calibrated_band",
+    "cpt",
+    "ece",
+    "evaluate",
+    "from_dict",
+    "load",
+    "mce",
+    "prr",
+    "reliability_bins",
+    "reliability_diagram",
+    "risk_coverage_curve",
+    "risk_coverage_plot",
+    "routing_curve",
+    "routing_plot",
+    "sharpness",
+    "write_report",
+]
