@@ -1,5 +1,8 @@
 """ECE, MCE, Brier, AUROC, AUPRC and sharpness against scikit-learn, torchmetrics and known answers."""
 
+from collections.abc import Callable
+from typing import Literal
+
 import numpy as np
 import pytest
 import torch
@@ -56,7 +59,8 @@ def test_ece_and_mce_match_torchmetrics(scores: np.ndarray, labels: np.ndarray, 
     on_edge = np.isin(scores, np.arange(1, n_bins + 1) / n_bins)
     shifted = np.where(on_edge, scores - 1e-12, scores)
     preds, target = torch.tensor(shifted, dtype=torch.float64), torch.tensor(labels).long()
-    for norm, ours in (("l1", ece), ("max", mce)):
+    norms: tuple[tuple[Literal["l1", "max"], Callable[..., float]], ...] = (("l1", ece), ("max", mce))
+    for norm, ours in norms:
         theirs = binary_calibration_error(preds, target, n_bins=n_bins, norm=norm).item()
         assert ours(scores, labels, n_bins) == pytest.approx(theirs, abs=1e-10), norm
 

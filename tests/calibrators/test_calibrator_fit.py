@@ -18,7 +18,7 @@ from calibrators import (
     load,
 )
 
-KINDS = {
+KINDS: dict[str, type[TemperatureScaling | PlattScaling | IsotonicCalibrator | HistogramBinning]] = {
     "temperature": TemperatureScaling,
     "platt": PlattScaling,
     "isotonic": IsotonicCalibrator,
