@@ -4,7 +4,7 @@ Baseline: the local model drafting 20 easy trivia answers in-process (`LocalMode
 default policy does per request). Measured: the same 20 questions through `router serve` on the default
 policy over HTTP. The headline is the ratio proxy / baseline of the median per-question time.
 
-    python bench/proxy_overhead.py
+    python -m bench.proxy_overhead
 """
 
 from __future__ import annotations

@@ -43,6 +43,15 @@ def _locate(node: yaml.Node, location: Location) -> tuple[int, str]:
     return line, ".".join(shown) or "(top level)"
 
 
+def _resolve_adapter(policy: Policy, base: Path) -> Policy:
+    """A relative adapter path is relative to the policy file, so a policy and its scorer travel together."""
+    adapter = policy.scorer.adapter
+    if adapter is None or Path(adapter).expanduser().is_absolute():
+        return policy
+    scorer = policy.scorer.model_copy(update={"adapter": str((base / adapter).resolve())})
+    return policy.model_copy(update={"scorer": scorer})
+
+
 def load_policy(path: Path | str) -> Policy:
     path = Path(path)
     try:
@@ -64,7 +73,11 @@ def load_policy(path: Path | str) -> Policy:
     except ValidationError as exc:
         problems = [(tuple(e["loc"]), e["msg"]) for e in exc.errors()]
     else:
+        policy = _resolve_adapter(policy, path.parent)
         problems = list(policy.problems())
+        adapter = policy.scorer.adapter
+        if adapter is not None and not Path(adapter).is_dir():
+            problems.append((("scorer", "adapter"), f"no such folder: {adapter}"))
     if problems:
         located = sorted(((*_locate(root, loc), msg) for loc, msg in problems), key=lambda p: p[0])
         raise PolicyError([f"{path}:{line}: {field}: {msg}" for line, field, msg in located])

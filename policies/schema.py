@@ -17,11 +17,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BatchSpec(_Strict):
+    max_size: int = Field(32, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    max_queue: int = Field(256, ge=1)
+    """Requests waiting beyond this get HTTP 503 with Retry-After instead of an unbounded backlog."""
+
+
 class ScorerSpec(_Strict):
-    method: Literal["nprob"] = "nprob"
+    method: Literal["head", "intrinsic", "nprob", "consistency"] = "nprob"
     model: str = "smollm2-135m-instruct"
     """The local model that drafts answers and scores them: a catalog name, a folder or a Hugging Face id."""
+    adapter: str | None = None
+    """The trained scorer folder (head and intrinsic); relative paths are relative to the policy file."""
     max_draft_tokens: int = Field(256, gt=0)
+    samples: int = Field(5, ge=1)
+    temperature: float = Field(0.7, gt=0)
+    batch: BatchSpec = BatchSpec()
+    cache_ttl_s: float = Field(3600.0, ge=0)
+    """How long a score is reused for the same conversation; 0 turns the cache off."""
 
 
 class LocalTarget(_Strict):
@@ -104,6 +118,8 @@ class Policy(_Strict):
         """Mistakes that span fields: dangling targets, rules that can never match, a missing catch-all."""
         if VIRTUAL_MODEL in self.targets:
             yield ("targets", VIRTUAL_MODEL), f"'{VIRTUAL_MODEL}' is the router's own model name"
+        if self.scorer.method in ("head", "intrinsic") and self.scorer.adapter is None:
+            yield ("scorer", "adapter"), f"the {self.scorer.method} scorer needs an adapter folder"
         if "{answer}" not in self.hedge_template:
             yield ("hedge_template",), "must contain {answer}"
         for i, rule in enumerate(self.rules):

@@ -14,8 +14,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from policies import Policy
 from router.errors import APIError, install_error_handlers
 from router.local_model import LocalModel
-from router.schemas import ChatCompletionRequest
+from router.schemas import ChatCompletionRequest, ScoreRequest
 from router.service import Routed, Router
+from router.state import StateStore, open_store
 
 log = logging.getLogger("router")
 
@@ -25,12 +26,13 @@ class _State:
     failure: str | None = None
 
 
-def create_app(policy: Policy) -> FastAPI:
+def create_app(policy: Policy, redis_url: str | None = None) -> FastAPI:
     state = _State()
+    store: StateStore = open_store(redis_url)
 
     def load() -> None:
         try:
-            state.router = Router(policy, LocalModel(policy.scorer.model))
+            state.router = Router(policy, LocalModel(policy.scorer.model), store)
             log.info("ready: policy '%s', model '%s'", policy.name, policy.scorer.model)
         except Exception as exc:  # reported by /readyz and every request; the log has the traceback
             log.exception("loading the model failed")
@@ -43,7 +45,8 @@ def create_app(policy: Policy) -> FastAPI:
         yield
         await loading
         if state.router is not None:
-            state.router.close()
+            await state.router.close()
+        await store.close()
 
     app = FastAPI(title="confidence-router", lifespan=lifespan)
     install_error_handlers(app)
@@ -81,6 +84,19 @@ def create_app(policy: Policy) -> FastAPI:
         if routed.chunks is None:
             return JSONResponse(routed.body, headers=routed.headers())
         return StreamingResponse(_sse(routed), media_type="text/event-stream", headers=routed.headers())
+
+    @app.post("/v1/score")
+    async def score(request: ScoreRequest) -> dict[str, object]:
+        router = ready_router()
+        scored = await router.score(request.plain_messages(), request.max_tokens)
+        return {
+            "confidence": scored.score.confidence,
+            "raw_score": scored.score.raw,
+            "scorer": router.scorer.name,
+            "scorer_version": router.scorer.version,
+            "cached": scored.cached,
+            "latency_ms": round(scored.latency_ms, 3),
+        }
 
     return app
 

@@ -34,6 +34,10 @@ def serve(
     policy: Annotated[Path | None, typer.Option(help="Policy YAML; the built-in default if omitted.")] = None,
     host: str = "127.0.0.1",
     port: int = 8080,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(envvar="ROUTER_REDIS_URL", help="Shared state (score cache); in-process if unset."),
+    ] = None,
     log_level: str = "info",
 ) -> None:
     """Serve the OpenAI-compatible proxy."""
@@ -49,7 +53,35 @@ def serve(
     except models.ModelError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    uvicorn.run(create_app(loaded), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(loaded, redis_url), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def score(
+    question: Annotated[str, typer.Argument(help="The question, as a single user message.")],
+    policy: Annotated[Path | None, typer.Option(help="Take the scorer from this policy.")] = None,
+) -> None:
+    """Score one question with the policy's scorer and print JSON."""
+    import json
+    import time
+
+    from router.local_model import LocalModel
+    from router.scorers import ScoreItem, build_scorer
+
+    spec = _load_or_exit(policy or DEFAULT_POLICY_PATH).scorer
+    scorer = build_scorer(spec, LocalModel(spec.model))
+    started = time.perf_counter()
+    [result] = scorer.score_batch([ScoreItem([{"role": "user", "content": question}], spec.max_draft_tokens)])
+    latency_ms = 1000 * (time.perf_counter() - started)
+    report = {
+        "confidence": result.confidence,
+        "raw_score": result.raw,
+        "scorer": scorer.name,
+        "latency_ms": round(latency_ms, 3),
+    }
+    if result.draft is not None:
+        report["draft"] = result.draft.text
+    typer.echo(json.dumps(report))
 
 
 @models_app.command("pull")

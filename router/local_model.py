@@ -1,10 +1,17 @@
-"""The in-process language model: one instance, shared by every request, on GPU when there is one."""
+"""The in-process language model: one instance, shared by every request, on GPU when there is one.
+
+Scorer adapters (PEFT) are loaded into this same model; `adapter(None)` gives the base weights, so one copy
+of the weights serves generation and every scorer. Only the model's worker thread may call into it.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -27,7 +34,7 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
 
 @dataclass(frozen=True)
 class Draft:
-    """A greedy answer with the log-probability of each of its tokens."""
+    """A generated answer with the log-probability of each of its tokens."""
 
     text: str
     token_logprobs: tuple[float, ...]
@@ -46,16 +53,28 @@ class Draft:
         return math.exp(sum(self.token_logprobs) / len(self.token_logprobs))
 
 
+class _EarlyExit(Exception):
+    def __init__(self, hidden: torch.Tensor) -> None:
+        self.hidden = hidden
+
+
 class LocalModel:
     def __init__(self, ref: str) -> None:
         self.ref = ref
         self.device, self.dtype = pick_device()
         transformers_logging.disable_progress_bar()  # progress bars garble the service's log
         location = resolve(ref)
-        self.tokenizer = AutoTokenizer.from_pretrained(location)
+        self.tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(location, dtype=self.dtype)
         self.model.to(device=self.device).eval()
+        self._peft: Any = None
         self._stop_ids = self._eos_ids()
+        self.decoder = self.model.get_decoder()
+        if not hasattr(self.decoder, "layers") or not hasattr(self.decoder, "norm"):
+            raise ValueError(f"{ref}: scoring needs a decoder with `layers` and `norm` (Llama-style)")
+        self.num_layers = len(self.decoder.layers)
 
     def _eos_ids(self) -> set[int]:
         ids = self.model.generation_config.eos_token_id
@@ -64,39 +83,137 @@ class LocalModel:
             found.add(self.tokenizer.eos_token_id)
         return found
 
-    def prompt_ids(self, messages: list[Message]) -> torch.Tensor:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        # The template already holds the special tokens; adding them again would double the BOS.
-        encoded = self.tokenizer(str(text), return_tensors="pt", add_special_tokens=False)
-        return encoded.input_ids.to(self.device)
+    # Adapters ---------------------------------------------------------------------------------------------
+
+    def load_adapter(self, folder: Path, name: str) -> None:
+        from peft import PeftModelForCausalLM
+
+        if self._peft is None:
+            # Always the causal-LM wrapper, whatever task the first adapter was saved for: it is the one that
+            # activates aLoRA adapters at their invocation tokens.
+            self._peft = PeftModelForCausalLM.from_pretrained(self.model, str(folder), adapter_name=name)
+        else:
+            if name in self._peft.peft_config:  # a reload replaces the adapter of that name
+                self._peft.delete_adapter(name)
+            self._peft.load_adapter(str(folder), adapter_name=name)
+        self._peft.eval()
+
+    def adapter_config(self, name: str) -> Any:
+        return self._peft.peft_config[name]
+
+    @contextmanager
+    def adapter(self, name: str | None) -> Iterator[Any]:
+        """The model with one adapter active, or with none (the base weights) for `None`."""
+        if self._peft is None:
+            assert name is None, f"adapter '{name}' is not loaded"
+            yield self.model
+        elif name is None:
+            with self._peft.disable_adapter():
+                yield self._peft
+        else:
+            self._peft.set_adapter(name)
+            yield self._peft
+
+    # Text -------------------------------------------------------------------------------------------------
+
+    def prompt_text(self, messages: list[Message], *, generation_prompt: bool = True) -> str:
+        text = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=generation_prompt, tokenize=False
+        )
+        return str(text)
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        # The chat template already holds the special tokens; adding them again would double the BOS.
+        return self.pad_batch(self.tokenizer(texts, add_special_tokens=False).input_ids)
+
+    def pad_batch(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Left-padded batch with position ids that ignore the padding."""
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+
+    def token_count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    # Generation -------------------------------------------------------------------------------------------
+
+    def draft(self, messages: list[Message], max_new_tokens: int) -> Draft:
+        return self.draft_batch([messages], max_new_tokens)[0]
 
     @torch.inference_mode()
-    def draft(self, messages: list[Message], max_new_tokens: int) -> Draft:
-        """Greedy decoding: the answer the confidence is about, and the one the local target returns."""
-        input_ids = self.prompt_ids(messages)
-        out = self.model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            output_scores=True,
-            return_dict_in_generate=True,
-            pad_token_id=next(iter(self._stop_ids), 0),
-        )
-        new_ids = out.sequences[0, input_ids.shape[1] :].tolist()
-        logprobs = [
-            torch.log_softmax(step[0].float(), dim=-1)[token].item()
-            for step, token in zip(out.scores, new_ids, strict=True)
+    def draft_batch(
+        self,
+        conversations: list[list[Message]],
+        max_new_tokens: int,
+        *,
+        samples: int = 0,
+        temperature: float = 1.0,
+    ) -> list[Draft]:
+        """Greedy answers, or with `samples` > 0 that many sampled answers per conversation (in order)."""
+        batch = self.encode([self.prompt_text(m) for m in conversations])
+        sampling = {"do_sample": True, "temperature": temperature, "num_return_sequences": samples}
+        greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        with self.adapter(None) as model:
+            out = model.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                max_new_tokens=max_new_tokens,
+                output_scores=True,
+                return_dict_in_generate=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **(sampling if samples else greedy),
+            )
+        prompt_len = batch["input_ids"].shape[1]
+        new_ids = out.sequences[:, prompt_len:]
+        # Scores stay per step: stacking them would cost steps x batch x vocabulary floats.
+        logprobs = torch.stack(
+            [
+                torch.log_softmax(step.float(), dim=-1).gather(1, new_ids[:, t : t + 1]).squeeze(1)
+                for t, step in enumerate(out.scores)
+            ],
+            dim=1,
+        ).tolist()
+        prompt_tokens = batch["attention_mask"].sum(1).tolist()
+        per_prompt = max(samples, 1)
+        return [
+            self._finish(row, lps, int(prompt_tokens[i // per_prompt]))
+            for i, (row, lps) in enumerate(zip(new_ids.tolist(), logprobs, strict=True))
         ]
-        stopped = bool(new_ids) and new_ids[-1] in self._stop_ids
-        if stopped:  # the end-of-turn token is not part of the answer
-            new_ids, logprobs = new_ids[:-1], logprobs[:-1]
-        return Draft(
-            text=str(self.tokenizer.decode(new_ids, skip_special_tokens=True)).strip(),
-            token_logprobs=tuple(logprobs),
-            prompt_tokens=input_ids.shape[1],
-            finish_reason="stop" if stopped else "length",
-        )
+
+    def _finish(self, ids: list[int], logprobs: list[float], prompt_tokens: int) -> Draft:
+        end = next((i for i, token in enumerate(ids) if token in self._stop_ids), None)
+        # The end-of-turn token, and the padding of rows that finished early, are not part of the answer.
+        kept = ids if end is None else ids[:end]
+        text = str(self.tokenizer.decode(kept, skip_special_tokens=True)).strip()
+        finish: Literal["stop", "length"] = "length" if end is None else "stop"
+        return Draft(text, tuple(logprobs[: len(kept)]), prompt_tokens, finish)
+
+    # Hidden states ----------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def last_token_states(self, texts: list[str], layer: int, adapter: str | None) -> torch.Tensor:
+        """The final norm applied to the output of decoder layer `layer` (1-based) at each text's last token.
+
+        The forward pass stops after that layer and never reaches the output head, so a head reading a
+        middle layer costs only the layers below it. With `layer` = the last one this is exactly the
+        model's last hidden state.
+        """
+        if not 1 <= layer <= self.num_layers:
+            raise ValueError(f"layer must be in 1..{self.num_layers}, not {layer}")
+        batch = self.encode(texts)
+
+        def stop(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+            raise _EarlyExit(output[0] if isinstance(output, tuple) else output)  # type: ignore[arg-type]
+
+        handle = self.decoder.layers[layer - 1].register_forward_hook(stop)
+        try:
+            with self.adapter(adapter):
+                self.decoder(**batch, use_cache=False)
+            raise AssertionError("the early-exit hook did not fire")
+        except _EarlyExit as exit_:
+            hidden = exit_.hidden
+        finally:
+            handle.remove()
+        return self.decoder.norm(hidden[:, -1, :]).float()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ChatMessage(BaseModel):
@@ -18,6 +18,31 @@ class ChatMessage(BaseModel):
         if isinstance(self.content, list):
             return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
         return self.content or ""
+
+
+def plain(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Role and text only, the form chat templates take; a developer message is a system message there."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    question: str | None = Field(None, min_length=1)
+    """Shorthand for a single user message."""
+    max_tokens: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScoreRequest:
+        if (self.messages is None) == (self.question is None):
+            raise ValueError("give either messages or question")
+        return self
+
+    def plain_messages(self) -> list[dict[str, str]]:
+        if self.messages is not None:
+            return plain(self.messages)
+        return [{"role": "user", "content": self.question or ""}]
 
 
 class ChatCompletionRequest(BaseModel):
@@ -43,7 +68,4 @@ class ChatCompletionRequest(BaseModel):
         return bool(self.stream_options and self.stream_options.get("include_usage"))
 
     def plain_messages(self) -> list[dict[str, str]]:
-        return [
-            {"role": m.role if m.role != "developer" else "system", "content": m.text()}
-            for m in self.messages
-        ]
+        return plain(self.messages)

@@ -13,11 +13,14 @@ from typing import TypeVar
 
 from policies import Decision, LiteLLMTarget, LocalTarget, Policy, RequestFacts, decide
 from router import completions
+from router.batcher import BatchLimits, MicroBatcher, Overloaded
 from router.completions import Completion
 from router.errors import APIError
-from router.local_model import LocalModel
+from router.local_model import LocalModel, Message
 from router.schemas import ChatCompletionRequest
-from router.scoring import SCORERS, Conversation, Score, Scorer
+from router.score_cache import ScoreCache
+from router.scorers import Score, ScoreItem, build_scorer
+from router.state import MemoryStore, StateStore
 from router.upstream import LiteLLMUpstream
 
 log = logging.getLogger("router")
@@ -48,10 +51,29 @@ async def _replay(chunks: Iterable[Completion]) -> AsyncIterator[Completion]:
         yield chunk
 
 
+@dataclass(frozen=True)
+class Scored:
+    score: Score
+    cached: bool
+    latency_ms: float
+
+
 class Router:
-    def __init__(self, policy: Policy, model: LocalModel) -> None:
+    def __init__(self, policy: Policy, model: LocalModel, store: StateStore | None = None) -> None:
         self.policy, self.model = policy, model
-        self.scorer: Scorer = SCORERS[policy.scorer.method](model)
+        self.scorer = build_scorer(policy.scorer, model)
+        spec = policy.scorer
+        self.cache = (
+            ScoreCache(store or MemoryStore(), self.scorer.version, spec.cache_ttl_s)
+            if spec.cache_ttl_s
+            else None
+        )
+        limits = BatchLimits(spec.batch.max_size, spec.batch.max_wait_ms, spec.batch.max_queue)
+        self.batcher: MicroBatcher[ScoreItem, Score] = MicroBatcher(
+            lambda items: self._on_model(self.scorer.score_batch, items),
+            lambda item: sum(len(str(m.get("content") or "")) for m in item.messages),
+            limits,
+        )
         self.remote = {
             name: LiteLLMUpstream(name, target)
             for name, target in policy.targets.items()
@@ -63,9 +85,27 @@ class Router:
     async def _on_model(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
 
-    def _draft_tokens(self, request: ChatCompletionRequest, target: LocalTarget | None = None) -> int:
+    def _draft_tokens(self, request: ChatCompletionRequest | None, target: LocalTarget | None = None) -> int:
         cap = target.max_tokens if target else self.policy.scorer.max_draft_tokens
-        return min(request.token_cap or cap, cap)
+        return min(request.token_cap or cap, cap) if request else cap
+
+    async def score(self, messages: list[Message], max_new_tokens: int | None = None) -> Scored:
+        started = time.perf_counter()
+        item = ScoreItem(messages, max_new_tokens or self.policy.scorer.max_draft_tokens)
+        # Pre-generation scores do not depend on the draft length, so it stays out of their cache key.
+        length_key = 0 if self.scorer.pre_generation else item.max_new_tokens
+        cached = await self.cache.get(messages, length_key) if self.cache else None
+        if cached is not None:
+            return Scored(cached, True, 1000 * (time.perf_counter() - started))
+        try:
+            score = await self.batcher.submit(item)
+        except Overloaded as exc:
+            raise APIError(
+                503, f"Overloaded: {exc}", type="overloaded", headers={"Retry-After": "1"}
+            ) from exc
+        if self.cache:
+            await self.cache.put(messages, length_key, score)
+        return Scored(score, False, 1000 * (time.perf_counter() - started))
 
     async def route(self, request: ChatCompletionRequest) -> Routed:
         if request.model not in self.policy.model_names:
@@ -74,11 +114,10 @@ class Router:
             raise APIError(404, message, param="model", code="model_not_found")
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
-        conversation = Conversation(request.plain_messages(), self._draft_tokens(request))
         scored: list[Score] = []
 
         async def confidence() -> float:
-            scored.extend(await self._on_model(self.scorer.score_batch, [conversation]))
+            scored.append((await self.score(request.plain_messages(), self._draft_tokens(request))).score)
             return scored[0].confidence
 
         decision = await decide(self.policy, RequestFacts(request.model, request.user), confidence)
@@ -139,5 +178,6 @@ class Router:
             request_id, name, draft.text, draft.finish_reason, draft.prompt_tokens, draft.completion_tokens
         )
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await self.batcher.close()
         self._model_thread.shutdown(wait=False, cancel_futures=True)

@@ -87,3 +87,21 @@ def policy_from(text: str, tmp_path: Path) -> Policy:
     path = tmp_path / "policy.yaml"
     path.write_text(text)
     return load_policy(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-layer random Llama with the real tokenizer and chat template."""
+    from tests.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), smollm2)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The real Redis this machine runs; its absence is an error, never a skip."""
+    import redis
+
+    url = "redis://127.0.0.1:6379/15"
+    redis.Redis.from_url(url).ping()
+    return url

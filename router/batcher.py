@@ -1,0 +1,102 @@
+"""Dynamic micro-batching: requests that arrive within a few milliseconds share one forward pass."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+I = TypeVar("I")  # noqa: E741
+O = TypeVar("O")  # noqa: E741
+
+
+class Overloaded(Exception):
+    """The queue is full: the caller should answer 503 with Retry-After rather than queue without bound."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    max_length_ratio: float = 2.0
+    """Within one forward pass the longest item is at most this many times the shortest (bounds padding)."""
+
+
+class MicroBatcher(Generic[I, O]):
+    def __init__(
+        self,
+        run: Callable[[list[I]], Awaitable[list[O]]],
+        length: Callable[[I], int],
+        limits: BatchLimits = BatchLimits(),
+    ) -> None:
+        self._run, self._length, self.limits = run, length, limits
+        self._queue: asyncio.Queue[tuple[I, asyncio.Future[O]]] = asyncio.Queue(limits.max_queue)
+        self._worker: asyncio.Task[None] | None = None
+        self.batch_sizes: list[int] = []
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def submit(self, item: I) -> O:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work())
+        future: asyncio.Future[O] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            raise Overloaded(f"{self.limits.max_queue} requests already waiting") from None
+        return await future
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    async def _collect(self) -> list[tuple[I, asyncio.Future[O]]]:
+        batch = [await self._queue.get()]
+        deadline = asyncio.get_running_loop().time() + self.limits.max_wait_ms / 1000
+        while len(batch) < self.limits.max_size:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 and self._queue.empty():
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), max(remaining, 0)))
+            except TimeoutError:
+                break
+        return batch
+
+    def _groups(self, batch: list[tuple[I, asyncio.Future[O]]]) -> list[list[tuple[I, asyncio.Future[O]]]]:
+        """Sort by length and cut where the longest would exceed `max_length_ratio` x the shortest."""
+        ordered = sorted(batch, key=lambda entry: self._length(entry[0]))
+        groups: list[list[tuple[I, asyncio.Future[O]]]] = []
+        for entry in ordered:
+            if groups and self._length(entry[0]) <= self.limits.max_length_ratio * max(
+                1, self._length(groups[-1][0][0])
+            ):
+                groups[-1].append(entry)
+            else:
+                groups.append([entry])
+        return groups
+
+    async def _work(self) -> None:
+        while True:
+            for group in self._groups(await self._collect()):
+                live = [(item, future) for item, future in group if not future.cancelled()]
+                if not live:
+                    continue
+                self.batch_sizes.append(len(live))
+                try:
+                    results = await self._run([item for item, _ in live])
+                except Exception as exc:  # every waiter learns of the failure; the worker lives on
+                    for _, future in live:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(live, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)

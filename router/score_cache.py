@@ -1,0 +1,45 @@
+"""Scores keyed by (scorer version, normalised conversation): a repeated question costs one lookup."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from router.local_model import Draft, Message
+from router.scorers import Score
+from router.state import StateStore
+
+
+def conversation_key(messages: list[Message]) -> str:
+    """Whitespace and key order do not change the key; roles and content do."""
+    canonical = [
+        {"role": m["role"], "content": " ".join(str(m.get("content") or "").split())} for m in messages
+    ]
+    return hashlib.sha256(json.dumps(canonical, ensure_ascii=False).encode()).hexdigest()
+
+
+class ScoreCache:
+    def __init__(self, store: StateStore, scorer_version: str, ttl_s: float | None) -> None:
+        self.store, self.ttl_s = store, ttl_s
+        self.namespace = f"score:{hashlib.sha256(scorer_version.encode()).hexdigest()[:16]}:"
+
+    async def get(self, messages: list[Message], max_new_tokens: int) -> Score | None:
+        found = await self.store.get(self._key(messages, max_new_tokens))
+        if found is None:
+            return None
+        data = json.loads(found)
+        draft = data.pop("draft")
+        if draft is not None:
+            draft["token_logprobs"] = tuple(draft["token_logprobs"])
+        return Score(**data, draft=None if draft is None else Draft(**draft))
+
+    async def put(self, messages: list[Message], max_new_tokens: int, score: Score) -> None:
+        # json keeps floats exact (repr round-trips), so a cached score is the identical score.
+        await self.store.set(
+            self._key(messages, max_new_tokens), json.dumps(dataclasses.asdict(score)), self.ttl_s
+        )
+
+    def _key(self, messages: list[Message], max_new_tokens: int) -> str:
+        # A draft's length limit changes the draft, so it is part of the key for scorers that draft.
+        return f"{self.namespace}{max_new_tokens}:{conversation_key(messages)}"

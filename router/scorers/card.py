@@ -1,0 +1,48 @@
+"""`scorer.json`: what a trained scorer folder is, and how it was made."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+CARD = "scorer.json"
+
+
+class ScorerCard(BaseModel):
+    # Training writes data provenance and metrics beside these fields; keep them when re-saving.
+    model_config = ConfigDict(extra="allow")
+
+    method: Literal["head", "intrinsic"]
+    base_model: str
+    layer: int | None = None
+    """For `head`: the decoder layer (1-based) whose last-token state the head reads."""
+    prompt_format: str = "chat_template+generation_prompt"
+
+    @classmethod
+    def load(cls, folder: Path) -> ScorerCard:
+        path = folder / CARD
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: not a scorer folder (no {CARD})")
+        return cls.model_validate_json(path.read_text())
+
+    def save(self, folder: Path) -> Path:
+        path = folder / CARD
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+        return path
+
+    def extra(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def folder_digest(folder: Path, names: list[str]) -> str:
+    """A short hash of the files that determine a scorer's output."""
+    digest = hashlib.sha256()
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]

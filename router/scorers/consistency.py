@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from router.answers import same_answer
+from router.local_model import LocalModel
+from router.scorers.base import Score, ScoreItem, Scorer
+
+
+class ConsistencyScorer(Scorer):
+    """Share of k sampled answers that agree with the greedy answer (baseline, and EliCal's stage-1 label)."""
+
+    name = "consistency"
+
+    def __init__(self, model: LocalModel, samples: int = 5, temperature: float = 0.7) -> None:
+        if samples < 1:
+            raise ValueError("consistency needs at least one sample")
+        self.model, self.samples, self.temperature = model, samples, temperature
+        self.version = f"consistency:{model.ref}:{samples}:{temperature}"
+
+    def score_batch(self, items: list[ScoreItem]) -> list[Score]:
+        conversations = [i.messages for i in items]
+        max_new = max(i.max_new_tokens for i in items)
+        greedy = self.model.draft_batch(conversations, max_new)
+        sampled = self.model.draft_batch(
+            conversations, max_new, samples=self.samples, temperature=self.temperature
+        )
+        scores = []
+        for i, answer in enumerate(greedy):
+            mine = sampled[i * self.samples : (i + 1) * self.samples]
+            agreement = sum(same_answer(answer.text, s.text) for s in mine) / self.samples
+            scores.append(Score(agreement, agreement, answer))
+        return scores

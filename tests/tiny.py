@@ -1,0 +1,102 @@
+"""Tiny random models and adapters, built with the same libraries and loaded through the same paths as the
+real ones, for tests of mechanics that do not need a model that knows anything."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from calibrators import PlattScaling
+from router.local_model import LocalModel
+from router.scorers.card import ScorerCard
+from router.scorers.head import save_head
+from router.scorers.intrinsic import IOConfig, certainty_suffix
+
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
+
+IO_YAML = """\
+model: ~
+response_format: |
+  {"type": "object", "required": ["score"],
+   "properties": {"score": {"type": "string", "enum": ["0","1","2","3","4","5","6","7","8","9"]}}}
+transformations:
+  - type: likelihood
+    categories_to_values:  # each digit X maps to 0.1 * X + 0.05
+      {0: 0.05, 1: 0.15, 2: 0.25, 3: 0.35, 4: 0.45, 5: 0.55, 6: 0.65, 7: 0.75, 8: 0.85, 9: 0.95}
+    input_path: [score]
+    output_name: certainty
+instruction: "<certainty>"
+parameters:
+  max_completion_tokens: 12
+"""
+
+
+def build_tiny_model(out: Path, tokenizer_from: Path, layers: int = 4, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_from / name).exists():
+            shutil.copy(tokenizer_from / name, out / name)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    return out
+
+
+def lora(model_dir: Path, invocation_tokens: list[int] | None = None, seed: int = 1) -> PeftModel:
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    # Non-zero B matrices, so that an adapter that is not applied shows in the scores.
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules="all-linear",
+        init_lora_weights=False,
+        alora_invocation_tokens=invocation_tokens,
+    )
+    return get_peft_model(base, config)
+
+
+def make_head_scorer(model_dir: Path, out: Path, layer: int, with_lora: bool = True) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    if with_lora:
+        lora(model_dir).save_pretrained(out)
+    hidden = AutoModelForCausalLM.from_pretrained(model_dir).config.hidden_size
+    generator = torch.Generator().manual_seed(2)
+    save_head(
+        out,
+        torch.randn(hidden, generator=generator),
+        torch.tensor(0.1),
+        ScorerCard(method="head", base_model=str(model_dir), layer=layer),
+    )
+    PlattScaling().fit([0.1, 0.3, 0.6, 0.8, 0.9, 0.2], [0, 0, 1, 1, 1, 0]).save(out / "calibrator.json")
+    return out
+
+
+def make_intrinsic_scorer(model_dir: Path, out: Path, activated: bool) -> Path:
+    """A Granite-style folder: adapter_config.json, adapter weights and io.yaml, nothing else."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "io.yaml").write_text(IO_YAML)
+    invocation = None
+    if activated:
+        model = LocalModel(str(model_dir))
+        _, suffix = certainty_suffix(
+            model, [{"role": "user", "content": "q"}], "a", IOConfig.load(out / "io.yaml")
+        )
+        invocation = model.tokenizer(suffix, add_special_tokens=False).input_ids
+    lora(model_dir, invocation).save_pretrained(out)
+    return out
