@@ -53,7 +53,7 @@ def build_tiny_model(out: Path, tokenizer_from: Path, layers: int = 4, seed: int
         pad_token_id=2,
         tie_word_embeddings=True,
     )
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(out))
     return out
 
 
@@ -74,7 +74,7 @@ def lora(model_dir: Path, invocation_tokens: list[int] | None = None, seed: int 
 def make_head_scorer(model_dir: Path, out: Path, layer: int, with_lora: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if with_lora:
-        lora(model_dir).save_pretrained(out)
+        lora(model_dir).save_pretrained(str(out))
     hidden = AutoModelForCausalLM.from_pretrained(model_dir).config.hidden_size
     generator = torch.Generator().manual_seed(2)
     save_head(
@@ -98,5 +98,5 @@ def make_intrinsic_scorer(model_dir: Path, out: Path, activated: bool) -> Path:
             model, [{"role": "user", "content": "q"}], "a", IOConfig.load(out / "io.yaml")
         )
         invocation = model.tokenizer(suffix, add_special_tokens=False).input_ids
-    lora(model_dir, invocation).save_pretrained(out)
+    lora(model_dir, invocation).save_pretrained(str(out))
     return out
