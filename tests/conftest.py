@@ -46,10 +46,11 @@ def wait_ready(base_url: str, timeout_s: float = 120) -> None:
 class Served:
     """A proxy on a free loopback port, running in a thread of the test process."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, redis_url: str | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(policy), host="127.0.0.1", port=self.port, log_level="warning")
+        app = create_app(policy, redis_url)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -61,11 +62,11 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def serve(smollm2: Path) -> Iterator[Callable[[Policy], Served]]:
+def serve(smollm2: Path) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(policy: Policy) -> Served:
-        started.append(Served(policy))
+    def start(policy: Policy, redis_url: str | None = None) -> Served:
+        started.append(Served(policy, redis_url))
         return started[-1]
 
     yield start
@@ -103,5 +104,7 @@ def redis_url() -> str:
     import redis
 
     url = "redis://127.0.0.1:6379/15"
-    redis.Redis.from_url(url).ping()
+    client = redis.Redis.from_url(url)
+    client.ping()
+    client.flushdb()  # database 15 belongs to the tests: no score cached by an earlier run
     return url
