@@ -18,7 +18,7 @@ serve: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy router policies calibrators tests
+	$(BIN)/mypy router policies calibrators tests bench
 
 test: lint
 	$(BIN)/pytest

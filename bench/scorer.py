@@ -1,0 +1,226 @@
+"""Scorer cost on the real default model, every figure a ratio against a baseline measured in this run.
+
+1. Pre-generation score (head at --layer, LoRA r=8 on all linear layers) at batch 1
+   vs a bare full forward pass of the same model on the same prompt (output head included).
+2. 32 concurrent requests through the service's micro-batcher
+   vs the bare batched head forward at batch 32 (throughput; p50/p99 latency reported).
+3. Cost per request, pre-generation (head) vs post-generation (greedy draft + aLoRA certainty intrinsic).
+4. Peak memory of a serving process vs the model's weights.
+
+Speed does not depend on what the adapters learned, so they are freshly initialised here.
+
+    python -m bench.scorer [--layer 15] [--prompts 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from policies import load_policy
+from router import models
+from router.local_model import LocalModel
+from router.scorers import ScoreItem
+from router.scorers.card import ScorerCard
+from router.scorers.head import HeadScorer, save_head
+from router.scorers.intrinsic import IntrinsicScorer, IOConfig, certainty_suffix
+from router.service import Router
+
+DATA = Path(__file__).parents[1].parent / "shared" / "data" / "nq_open" / "NQ-open.dev.jsonl"
+MODEL = "smollm2-135m-instruct"
+IO_YAML = """\
+transformations:
+  - type: likelihood
+    categories_to_values:
+      {0: 0.05, 1: 0.15, 2: 0.25, 3: 0.35, 4: 0.45, 5: 0.55, 6: 0.65, 7: 0.75, 8: 0.85, 9: 0.95}
+    input_path: [score]
+instruction: "<certainty>"
+"""
+
+
+def questions(n: int) -> list[Messages]:
+    rows = [json.loads(line) for line in DATA.read_text().splitlines()[:n]]
+    return [[{"role": "user", "content": r["question"] + "? Answer in a few words."}] for r in rows]
+
+
+Messages = list[dict[str, str]]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def median_time(fn: Callable[[Messages], object], prompts: list[Messages]) -> float:
+    """Median seconds of fn over the prompts, one call each."""
+    times = []
+    for messages in prompts:
+        started = time.perf_counter()
+        fn(messages)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def build_adapters(base: Path, out: Path, layer: int) -> tuple[Path, Path]:
+    head, intrinsic = out / "head", out / "intrinsic"
+    lora = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(str(head))
+    save_head(
+        head, torch.zeros(576), torch.zeros(()), ScorerCard(method="head", base_model=MODEL, layer=layer)
+    )
+    model = LocalModel(str(base))
+    intrinsic.mkdir()
+    (intrinsic / "io.yaml").write_text(IO_YAML)
+    _, suffix = certainty_suffix(
+        model, [{"role": "user", "content": "q"}], "a", IOConfig.load(intrinsic / "io.yaml")
+    )
+    invocation = model.tokenizer(suffix, add_special_tokens=False).input_ids
+    alora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=8,
+        lora_alpha=16,
+        target_modules="all-linear",
+        alora_invocation_tokens=invocation,
+    )
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base), alora).save_pretrained(str(intrinsic))
+    return head, intrinsic
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--layer", type=int, default=15)
+    parser.add_argument("--prompts", type=int, default=40)
+    args = parser.parse_args()
+    base = models.pull(MODEL)
+    work = Path(tempfile.mkdtemp(prefix="bench-scorer-"))
+    head_dir, intrinsic_dir = build_adapters(base, work, args.layer)
+    model = LocalModel(str(base))
+    head = HeadScorer(model, head_dir)
+    prompts = questions(args.prompts)
+    lengths = [model.token_count(model.prompt_text(m)) for m in prompts]
+    median = statistics.median(lengths)
+    print(f"threads {torch.get_num_threads()}, {len(prompts)} NQ-open prompts, median {median} tokens")
+
+    # 1. batch 1: bare full forward vs pre-generation score
+    def bare(messages: Messages) -> object:
+        batch = model.encode([model.prompt_text(messages)])
+        with torch.inference_mode(), model.adapter(None) as m:
+            return m(**batch)
+
+    def pre_generation(messages: Messages) -> object:
+        return head.score_batch([ScoreItem(messages)])
+
+    median_time(bare, prompts[:3]), median_time(pre_generation, prompts[:3])  # warm-up
+    full = median_time(bare, prompts)
+    pre = median_time(pre_generation, prompts)
+    print(
+        f"1. batch 1: bare full forward {full * 1000:.1f} ms; "
+        f"head score (layer {args.layer}/{model.num_layers}) {pre * 1000:.1f} ms; "
+        f"ratio {pre / full:.3f}x (target <= 0.6)"
+    )
+
+    # 2. 32 concurrent requests through the batcher vs the bare batched forward at batch 32
+    batch32 = [ScoreItem(m) for m in prompts[:32]]
+    bare32 = min(timed(lambda: head.score_batch(batch32)) for _ in range(3))
+    bare_throughput = 32 / bare32
+    policy_file = work / "policy.yaml"
+    policy_file.write_text(
+        f"scorer: {{method: head, model: {MODEL}, adapter: {head_dir}, cache_ttl_s: 0,"
+        " batch: {max_size: 32, max_wait_ms: 10}}\n"
+        "targets: {local: {kind: local}}\nrules: [{action: answer_with, target: local}]\n"
+    )
+    router = Router(load_policy(policy_file), model)
+
+    async def burst() -> tuple[float, list[float]]:
+        async def one(m: Messages) -> float:
+            started = time.perf_counter()
+            await router.score(m)
+            return time.perf_counter() - started
+
+        await asyncio.gather(*(one(m) for m in prompts[:32]))  # warm-up
+        rounds, latencies, started = 3, [], time.perf_counter()
+        for _ in range(rounds):
+            latencies += await asyncio.gather(*(one(m) for m in prompts[:32]))
+        return 32 * rounds / (time.perf_counter() - started), latencies
+
+    served_throughput, latencies = asyncio.run(burst())
+    print(
+        f"2. 32 concurrent: bare batched forward {bare_throughput:.1f} req/s; through the batcher "
+        f"{served_throughput:.1f} req/s (p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
+        f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, batches {router.batcher.batch_sizes[-6:]}); "
+        f"ratio {served_throughput / bare_throughput:.3f}x (target >= 0.9)"
+    )
+
+    # 3. pre-generation vs post-generation per request
+    intrinsic = IntrinsicScorer(model, intrinsic_dir)
+    sample = prompts[:10]
+    post = median_time(lambda m: intrinsic.score_batch([ScoreItem(m, 64)]), sample)
+    pre10 = median_time(pre_generation, sample)
+    print(
+        f"3. per request: post-generation (draft <= 64 tokens + aLoRA intrinsic) {post * 1000:.0f} ms; "
+        f"pre-generation head {pre10 * 1000:.1f} ms; ratio {pre10 / post:.3f}x (target <= 0.1)"
+    )
+
+    # 4. peak memory of a serving process vs the weights
+    weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
+    peak = serving_peak_rss(policy_file, prompts[:32])
+    print(
+        f"4. serving process peak RSS {peak / 2**20:.0f} MiB vs weights {weights / 2**20:.0f} MiB; "
+        f"ratio {peak / weights:.2f}x"
+    )
+    print(f"headline: pre-generation score at batch 1 = {pre / full:.3f}x a bare full forward pass")
+
+
+def serving_peak_rss(policy_file: Path, prompts: list[Messages]) -> int:
+    from tests.conftest import free_port, wait_ready
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "router",
+        "serve",
+        "--policy",
+        str(policy_file),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    server = subprocess.Popen(command)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+
+        async def burst() -> None:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+                await asyncio.gather(*(client.post("/v1/score", json={"messages": m}) for m in prompts))
+
+        asyncio.run(burst())
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) * 1024
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()
