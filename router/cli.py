@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,11 +12,26 @@ import typer
 
 from policies import DEFAULT_POLICY_PATH, Policy, PolicyError, RequestFacts, decide, load_policy
 
-app = typer.Typer(help="Confidence-based router and guard for LLM applications.", no_args_is_help=True)
+app = typer.Typer(
+    help="Confidence-based router and guard for LLM applications.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 models_app = typer.Typer(help="Fetch and list local models.", no_args_is_help=True)
 policy_app = typer.Typer(help="Check and explain policy files.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(policy_app, name="policy")
+
+
+def _mount_training() -> None:
+    from train import cli as training
+
+    app.command("build-dataset")(training.build_dataset)
+    app.command("train-scorer")(training.train_scorer)
+    app.command("eval-scorer")(training.eval_scorer)
+
+
+_mount_training()
 
 PolicyFile = Annotated[Path, typer.Argument(help="A policy YAML file.")]
 
@@ -53,7 +69,43 @@ def serve(
     except models.ModelError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    uvicorn.run(create_app(loaded, redis_url), host=host, port=port, log_level=log_level)
+    proxy = create_app(
+        loaded,
+        redis_url,
+        policy_path=policy or DEFAULT_POLICY_PATH,
+        admin_key=os.environ.get("ROUTER_ADMIN_KEY"),
+    )
+    uvicorn.run(proxy, host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def calibrate(
+    out: Annotated[Path, typer.Option(help="Where to write calibrator.json.")],
+    from_feedback: Annotated[
+        bool, typer.Option("--from-feedback", help="Fit on the feedback logged in the shared store.")
+    ] = False,
+    redis_url: Annotated[
+        str | None, typer.Option(envvar="ROUTER_REDIS_URL", help="The store the servers log feedback to.")
+    ] = None,
+    method: Annotated[str, typer.Option(help="platt, isotonic, temperature or histogram.")] = "platt",
+    min_samples: int = 50,
+) -> None:
+    """Fit a calibrator (raw score -> confidence) and write it; a policy adopts it as scorer.calibrator."""
+    from router.recalibrate import fit_from_feedback
+
+    if not from_feedback or redis_url is None:
+        typer.echo("error: give --from-feedback and --redis-url (or ROUTER_REDIS_URL)", err=True)
+        raise typer.Exit(2)
+    try:
+        fitted = fit_from_feedback(redis_url, method, min_samples)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    fitted.calibrator.save(out)
+    typer.echo(
+        f"{out}: {method} on {fitted.samples} records ({fitted.correct} correct) of scorer {fitted.scorer}; "
+        f"ECE {fitted.ece_before:.4f} as served, {fitted.ece_after:.4f} recalibrated (in-sample)"
+    )
 
 
 @app.command()

@@ -153,17 +153,32 @@ class LocalModel:
     ) -> list[Draft]:
         """Greedy answers, or with `samples` > 0 that many sampled answers per conversation (in order)."""
         batch = self.encode([self.prompt_text(m) for m in conversations])
-        sampling = {"do_sample": True, "temperature": temperature, "num_return_sequences": samples}
-        greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        options: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         with self.adapter(None) as model:
+            if samples:
+                # Sampled answers share their prompt: run it once and copy its cache, not once per sample.
+                prefix = model(
+                    input_ids=ids[:, :-1],
+                    attention_mask=mask[:, :-1],
+                    position_ids=batch["position_ids"][:, :-1],
+                    use_cache=True,
+                )
+                prefix.past_key_values.batch_repeat_interleave(samples)
+                ids, mask = ids.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
+                options = {
+                    "do_sample": True,
+                    "temperature": temperature,
+                    "past_key_values": prefix.past_key_values,
+                }
             out = model.generate(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
+                input_ids=ids,
+                attention_mask=mask,
                 max_new_tokens=max_new_tokens,
                 output_scores=True,
                 return_dict_in_generate=True,
                 pad_token_id=self.tokenizer.pad_token_id,
-                **(sampling if samples else greedy),
+                **options,
             )
         prompt_len = batch["input_ids"].shape[1]
         new_ids = out.sequences[:, prompt_len:]
@@ -194,26 +209,31 @@ class LocalModel:
 
     @torch.inference_mode()
     def last_token_states(self, texts: list[str], layer: int, adapter: str | None) -> torch.Tensor:
-        """The final norm applied to the output of decoder layer `layer` (1-based) at each text's last token.
-
-        The forward pass stops after that layer and never reaches the output head, so a head reading a
-        middle layer costs only the layers below it. With `layer` = the last one this is exactly the
-        model's last hidden state.
-        """
+        """See `last_token_state`; scoring never needs gradients."""
         if not 1 <= layer <= self.num_layers:
             raise ValueError(f"layer must be in 1..{self.num_layers}, not {layer}")
-        batch = self.encode(texts)
+        with self.adapter(adapter):
+            return last_token_state(self.decoder, self.encode(texts), layer).float()
 
-        def stop(_module: torch.nn.Module, _inputs: object, output: object) -> None:
-            raise _EarlyExit(output[0] if isinstance(output, tuple) else output)  # type: ignore[arg-type]
 
-        handle = self.decoder.layers[layer - 1].register_forward_hook(stop)
-        try:
-            with self.adapter(adapter):
-                self.decoder(**batch, use_cache=False)
-            raise AssertionError("the early-exit hook did not fire")
-        except _EarlyExit as exit_:
-            hidden = exit_.hidden
-        finally:
-            handle.remove()
-        return self.decoder.norm(hidden[:, -1, :]).float()
+def last_token_state(decoder: Any, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+    """The final norm applied to the output of decoder layer `layer` (1-based) at each row's last token.
+
+    The forward pass stops after that layer and never reaches the output head, so a head reading a middle
+    layer costs only the layers below it. With `layer` = the last one this is exactly the model's last
+    hidden state. Training and serving both read states through here, so they cannot drift apart.
+    """
+
+    def stop(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+        raise _EarlyExit(output[0] if isinstance(output, tuple) else output)  # type: ignore[arg-type]
+
+    handle = decoder.layers[layer - 1].register_forward_hook(stop)
+    try:
+        decoder(**batch, use_cache=False)
+        raise AssertionError("the early-exit hook did not fire")
+    except _EarlyExit as exit_:
+        hidden = exit_.hidden
+    finally:
+        handle.remove()
+    state: torch.Tensor = decoder.norm(hidden[:, -1, :])
+    return state

@@ -1,0 +1,136 @@
+"""The training commands, mounted on the `router` command."""
+
+from __future__ import annotations
+
+import random
+from itertools import chain, zip_longest
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from train.data import DataError, QARecord, load_records
+
+
+def _interleaved(files: list[Path], limit: int | None, seed: int) -> list[QARecord]:
+    """Up to `limit` shuffled rows per file, interleaved, so a partial run covers every source."""
+    per_file = []
+    for path in files:
+        try:
+            records = load_records(path)
+        except DataError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        random.Random(f"{seed}:{path.name}").shuffle(records)
+        per_file.append(records[:limit])
+    return [r for r in chain.from_iterable(zip_longest(*per_file)) if r is not None]
+
+
+def build_dataset(
+    data: Annotated[list[Path], typer.Option("--data", help="QA files (repeat the option).")],
+    out: Annotated[Path, typer.Option(help="labels.jsonl; appended to, so a rerun resumes.")],
+    model: Annotated[
+        str, typer.Option(help="The model whose answers are labelled.")
+    ] = "smollm2-135m-instruct",
+    samples: Annotated[int, typer.Option(help="Sampled answers per question (self-consistency).")] = 4,
+    temperature: float = 1.0,
+    max_new_tokens: int = 24,
+    batch_size: int = 16,
+    limit: Annotated[int | None, typer.Option(help="At most this many rows per file.")] = None,
+    seed: int = 0,
+) -> None:
+    """Answer each question with the model, grade it, and measure self-consistency."""
+    from router.local_model import LocalModel
+    from train.label import LabelSettings
+    from train.label import build_dataset as run
+
+    records = _interleaved(data, limit, seed)
+    settings = LabelSettings(samples, temperature, max_new_tokens, batch_size)
+    with typer.progressbar(length=len(records), label="labelling") as bar:
+        from train.label import done_ids
+
+        bar.update(len(done_ids(out) & {r.id for r in records}))
+        written = run(LocalModel(model), records, out, settings, progress=bar.update)
+    typer.echo(f"{out}: {written} rows labelled now, {len(records) - written} were already there")
+
+
+def train_scorer(
+    data: Annotated[list[Path], typer.Option("--data", help="labels.jsonl from build-dataset (repeatable).")],
+    out: Annotated[Path, typer.Option(help="The scorer folder to write.")],
+    method: Annotated[str, typer.Option(help="head (EliCal).")] = "head",
+    base: Annotated[
+        str, typer.Option(help="The base model the labels were made with.")
+    ] = "smollm2-135m-instruct",
+    layer: Annotated[
+        int | None, typer.Option(help="Decoder layer the head reads; default: chosen on dev.")
+    ] = None,
+    hold_out: Annotated[
+        list[str] | None, typer.Option(help="Sources kept out of training (repeatable).")
+    ] = None,
+    stage2_size: Annotated[int, typer.Option(help="Rows with correctness labels for stage 2.")] = 1000,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    batch_size: int = 16,
+    gradient_accumulation: int = 1,
+    gradient_checkpointing: bool = False,
+    stage1_epochs: float = 1.0,
+    stage2_epochs: float = 2.0,
+    learning_rate: float = 2e-4,
+    eval_every: int = 50,
+    checkpoint_every: int = 100,
+    seed: int = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+) -> None:
+    """Train a scorer adapter from labelled data, calibrate it on held-out rows, and write its folder."""
+    from train.head import HeadSettings
+    from train.jobs import train_head_scorer
+
+    if method != "head":
+        typer.echo(f"error: method '{method}' is not implemented yet; use head", err=True)
+        raise typer.Exit(2)
+    settings = HeadSettings(
+        layer=layer,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        gradient_accumulation=gradient_accumulation,
+        gradient_checkpointing=gradient_checkpointing,
+        stage1_epochs=stage1_epochs,
+        stage2_epochs=stage2_epochs,
+        stage2_size=stage2_size,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    )
+    card = train_head_scorer(base, data, out, settings, frozenset(hold_out or []), resume, typer.echo)
+    typer.echo(f"{out}: head scorer at layer {card.layer} written")
+
+
+def eval_scorer(
+    adapter: Annotated[Path, typer.Option(help="A scorer folder.")],
+    data: Annotated[list[Path], typer.Option("--data", help="labels.jsonl, or QA files with --label-with.")],
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json and report.md.")],
+    split: Annotated[str, typer.Option(help="test, dev, calibration, train or all.")] = "test",
+    label_with: Annotated[
+        str | None, typer.Option(help="Label unlabelled QA files with this model first.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Split seed; default: the one the scorer was trained with.")
+    ] = None,
+) -> None:
+    """Judge a scorer on labelled rows it never saw: AUROC, ECE, Brier, PRR with bootstrap intervals."""
+    from train.jobs import evaluate_scorer
+
+    if label_with is not None:
+        labels = out / "labels.jsonl"
+        build_dataset(data=data, out=labels, model=label_with)
+        data, split = [labels], "all"
+    metrics = evaluate_scorer(adapter, data, out, split, seed)
+    scorer = metrics["scorer"]
+    typer.echo(
+        f"{out / 'metrics.json'}: n={scorer['n']} positives={scorer['positives']} "
+        f"AUROC={scorer['auroc']['value'] if scorer['auroc'] else 'undefined'}"
+    )

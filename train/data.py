@@ -1,0 +1,139 @@
+"""Every QA format we read becomes one canonical record, here and nowhere else.
+
+    {"id", "question", "answers": [...], "context"?: str, "choices"?: [...], "source"}
+
+Known formats are recognised by their fields (the files in ../shared/data, see its README); the user's own
+JSONL or CSV may use the canonical fields directly (`answers` may be a list or a `;`-separated string).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class QARecord(BaseModel):
+    id: str
+    question: str = Field(min_length=1)
+    answers: list[str] = Field(min_length=1)
+    context: str | None = None
+    choices: list[str] | None = None
+    source: str
+
+
+class DataError(ValueError):
+    """One line: file, row and what is wrong."""
+
+
+_QUESTION_PREFIX = re.compile(r"^\s*Question:\s*")
+_ANSWER_SUFFIX = re.compile(r"\s*Answer:\s*$")
+
+
+def _strip_cues(text: str) -> str:
+    return _ANSWER_SUFFIX.sub("", _QUESTION_PREFIX.sub("", text)).strip()
+
+
+def _split(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else str(value).split(";")
+    return [str(a).strip() for a in items if str(a).strip()]
+
+
+def _from_fields(row: dict[str, Any], source: str, index: int) -> dict[str, Any]:
+    """Map one row of any known shape to canonical fields."""
+    rid = str(row.get("id", f"{source}:{index}"))
+    if "answers" in row and "question" in row:  # canonical already
+        return {**row, "id": rid, "answers": _split(row["answers"]), "source": row.get("source", source)}
+    if "aliases" in row:  # TriviaQA (llm-foundry)
+        answers = [row["answer"], *row["aliases"]]
+        return {
+            "id": rid,
+            "question": _strip_cues(row["context"]),
+            "answers": list(dict.fromkeys(answers)),
+            "source": source,
+        }
+    if "question" in row and isinstance(row.get("answer"), list):  # NQ-open
+        return {"id": rid, "question": row["question"], "answers": row["answer"], "source": source}
+    if "question" in row and "####" in str(row.get("answer", "")):  # GSM8K: the final answer follows ####
+        final = str(row["answer"]).split("####")[-1].strip().replace(",", "")
+        return {"id": rid, "question": row["question"], "answers": [final], "source": source}
+    if "query" in row and "choices" in row:  # multiple choice and yes/no (llm-foundry)
+        passage, _, question = row["query"].rpartition("\nQuestion:")
+        context = passage.removeprefix("Passage:").strip() if passage else None
+        return {
+            "id": rid,
+            "question": _strip_cues(question if passage else row["query"]),
+            "context": context,
+            "choices": row["choices"],
+            "answers": [row["choices"][row["gold"]]],
+            "source": source,
+        }
+    if "context" in row and "continuation" in row:  # Jeopardy clues (with a category), Wikidata completions
+        clue = row["context"].strip()
+        question = clue if "category" in row else f"Complete this sentence: {clue} ..."
+        return {"id": rid, "question": question, "answers": [row["continuation"].strip()], "source": source}
+    if "Question" in row and "Correct Answers" in row:  # TruthfulQA (CSV)
+        answers = [row["Best Answer"], *_split(row["Correct Answers"])]
+        return {
+            "id": rid,
+            "question": row["Question"],
+            "answers": list(dict.fromkeys(answers)),
+            "source": source,
+        }
+    if "question" in row and "answer" in row:  # a user's simple file
+        return {"id": rid, "question": row["question"], "answers": _split(row["answer"]), "source": source}
+    raise DataError(f"no known QA fields (have: {', '.join(sorted(row))})")
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            yield from enumerate(csv.DictReader(f), start=2)  # line 1 is the header
+        return
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{line_no}: not JSON: {exc.msg}") from exc
+
+
+def source_name(path: Path) -> str:
+    """A short, stable name: the file stem, without the version and split noise of the public files."""
+    stem = re.sub(r"(_sm_sub|_all|\.1\.1)$", "", path.stem.lower().replace("-", "_")).replace(".", "_")
+    return f"{path.parent.name}_{stem}" if stem in {"test", "dev", "train", "data"} else stem
+
+
+def load_records(path: Path | str, source: str | None = None) -> list[QARecord]:
+    path = Path(path)
+    name = source or source_name(path)
+    records: list[QARecord] = []
+    for row_no, row in _rows(path):
+        try:
+            records.append(QARecord.model_validate(_from_fields(row, name, len(records))))
+        except (DataError, ValueError, KeyError, IndexError) as exc:
+            detail = exc.errors()[0] if hasattr(exc, "errors") else None
+            field = f"{'.'.join(map(str, detail['loc']))}: {detail['msg']}" if detail else str(exc)
+            raise DataError(f"{path}:{row_no}: {field}") from None
+    return records
+
+
+def prompt(record: QARecord) -> list[dict[str, str]]:
+    """The conversation the model answers (and the scorer reads): the question, options, a brevity cue."""
+    parts = [f"{record.context}\n" if record.context else "", record.question]
+    if record.choices and all(
+        len(c) == 1 for c in record.choices
+    ):  # the lettered options are in the question
+        parts.append("\nAnswer with the letter of the correct choice.")
+    elif record.choices:
+        parts.append("\nOptions: " + "; ".join(record.choices))
+        parts.append("\nAnswer with one of the options.")
+    else:
+        parts.append(" Answer in a few words.")
+    return [{"role": "user", "content": "".join(parts)}]

@@ -1,0 +1,322 @@
+"""EliCal head training: LoRA + a linear head on the prompt's last-token state, sigmoid output, MSE loss.
+
+Stage 1 regresses self-consistency on every training row; stage 2 regresses correctness on a labelled
+subset. Runs under `accelerate` (one CPU, one GPU in bf16, or `accelerate launch` on several GPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+
+import calibrators
+from router.local_model import last_token_state
+from router.models import resolve
+from train.data import QARecord, prompt
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    layer: int | None = None
+    """None: choose on the dev split among `candidate_layers` with a frozen linear probe."""
+    candidate_fractions: tuple[float, ...] = (1 / 3, 1 / 2, 2 / 3, 5 / 6, 1)
+    """Layers tried when choosing, as fractions of the depth (10, 15, 20, 25, 30 of SmolLM2's 30)."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"
+    learning_rate: float = 2e-4
+    head_learning_rate: float = 1e-3
+    batch_size: int = 16
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
+    stage1_epochs: float = 1.0
+    stage2_epochs: float = 2.0
+    stage2_size: int = 1000
+    warmup_ratio: float = 0.1
+    eval_every: int = 50
+    patience: int = 4
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+@dataclass
+class Progress:
+    """Where a run is; saved with every checkpoint so `--resume` continues exactly there."""
+
+    stage: int = 1
+    step: int = 0
+    best_loss: float = math.inf
+    best_step: int = 0
+    bad_evals: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, base: str, settings: HeadSettings, out: Path) -> None:
+        self.settings, self.out = settings, out
+        location = resolve(base)
+        self.tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=settings.gradient_accumulation,
+            mixed_precision="bf16" if torch.cuda.is_available() else "no",
+        )
+        torch.manual_seed(settings.seed)
+        self.base_model = AutoModelForCausalLM.from_pretrained(location)
+        self.hidden = self.base_model.config.hidden_size
+        self.num_layers = self.base_model.config.num_hidden_layers
+        self.model: Any = None  # the PEFT model, once training starts
+        self.head = torch.nn.Linear(self.hidden, 1)
+        self.layer = self.num_layers
+
+    # Layer choice -----------------------------------------------------------------------------------------
+
+    def choose_layer(self, train: list[Row], dev: list[Row]) -> tuple[int, dict[int, float]]:
+        """The candidate layer whose frozen last-token state best predicts correctness (dev probe AUROC)."""
+        fractions = self.settings.candidate_fractions
+        candidates = sorted({max(1, round(f * self.num_layers)) for f in fractions})
+        fit_rows = train[:1500]
+        features = self._frozen_states(fit_rows + dev, candidates)
+        y_fit = np.array([r["correct"] for r in fit_rows], dtype=float)
+        y_dev = np.array([r["correct"] for r in dev], dtype=float)
+        scores = {}
+        for layer in candidates:
+            x = features[layer]
+            weights = _logistic_fit(x[: len(fit_rows)], y_fit)
+            scores[layer] = calibrators.auroc(_logistic(x[len(fit_rows) :], weights), y_dev)
+        return max(scores, key=lambda k: scores[k]), scores
+
+    @torch.inference_mode()
+    def _frozen_states(self, rows: list[Row], layers: list[int]) -> dict[int, np.ndarray]:
+        model = self.base_model.to(self.accelerator.device).eval()
+        out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+        for batch in _batches(rows, 32):
+            hidden = model(**self._encode(batch), output_hidden_states=True).hidden_states
+            decoder_norm = model.get_decoder().norm
+            for layer in layers:
+                state = hidden[layer][:, -1, :]
+                state = state if layer == self.num_layers else decoder_norm(state)
+                out[layer].append(state.float().cpu().numpy())
+        return {layer: np.concatenate(parts) for layer, parts in out.items()}
+
+    def _encode(self, rows: list[Row]) -> dict[str, torch.Tensor]:
+        texts = [
+            self.tokenizer.apply_chat_template(
+                prompt(QARecord(**_record(r))), add_generation_prompt=True, tokenize=False
+            )
+            for r in rows
+        ]
+        ids = self.tokenizer(texts, add_special_tokens=False).input_ids
+        width = max(len(i) for i in ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+        }
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    # Training ---------------------------------------------------------------------------------------------
+
+    def train(
+        self, train: list[Row], dev: list[Row], layer: int, resume: bool, log: Callable[[str], None]
+    ) -> Progress:
+        s = self.settings
+        lora = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=s.lora_r,
+            lora_alpha=s.lora_alpha,
+            lora_dropout=s.lora_dropout,
+            target_modules=self._lora_targets(layer),
+        )
+        self.model = get_peft_model(self.base_model, lora)
+        if s.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.layer = layer
+        positives = float(np.mean([r["correct"] for r in train]))
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.constant_(self.head.bias, math.log(max(positives, 1e-3) / max(1 - positives, 1e-3)))
+        stage1 = [r for r in train if r.get("consistency") is not None]
+        stage2 = random.Random(s.seed).sample(train, min(s.stage2_size, len(train)))
+        plan = [(1, stage1, "consistency", s.stage1_epochs), (2, stage2, "correct", s.stage2_epochs)]
+        progress = self._load_progress() if resume else Progress()
+        for stage, rows, target, epochs in plan:
+            if stage < progress.stage or not rows:
+                continue
+            self._run_stage(stage, rows, target, epochs, dev, progress, log)
+            progress.stage, progress.step, progress.best_loss, progress.bad_evals = stage + 1, 0, math.inf, 0
+        self._restore_best()
+        return progress
+
+    def _lora_targets(self, layer: int) -> list[str]:
+        """Linear layers below the head only: the ones above never reach it, so adapting them is waste."""
+        decoder_layers = self.base_model.get_decoder().layers
+        wanted = (
+            set(self.settings.lora_targets.split(",")) if self.settings.lora_targets != "all-linear" else None
+        )
+        return [
+            f"model.layers.{i}.{name}"
+            for i, block in enumerate(decoder_layers[:layer])
+            for name, module in block.named_modules()
+            if isinstance(module, torch.nn.Linear) and (wanted is None or name.rsplit(".", 1)[-1] in wanted)
+        ]
+
+    def _run_stage(
+        self,
+        stage: int,
+        rows: list[Row],
+        target: str,
+        epochs: float,
+        dev: list[Row],
+        progress: Progress,
+        log: Callable[[str], None],
+    ) -> None:
+        s = self.settings
+        params = [
+            {"params": [p for p in self.model.parameters() if p.requires_grad], "lr": s.learning_rate},
+            {"params": self.head.parameters(), "lr": s.head_learning_rate},
+        ]
+        optimizer = torch.optim.AdamW(params, weight_decay=0.0)
+        steps_per_epoch = math.ceil(len(rows) / (s.batch_size * s.gradient_accumulation))
+        total = max(1, int(steps_per_epoch * epochs))
+        schedule = get_cosine_schedule_with_warmup(optimizer, int(s.warmup_ratio * total), total)
+        model, head, optimizer, schedule = self.accelerator.prepare(
+            self.model, self.head, optimizer, schedule
+        )
+        if progress.step:  # resuming mid-stage
+            self.accelerator.load_state(str(self.out / "checkpoint"))
+        order = _epoch_order(rows, s.seed + stage, math.ceil(epochs))
+        batches = list(_batches(order, s.batch_size))[: total * s.gradient_accumulation]
+        model.train()
+        for index in range(progress.step * s.gradient_accumulation, len(batches)):
+            batch = batches[index]
+            with self.accelerator.accumulate(model):
+                states = last_token_state(self._decoder(model), self._encode(batch), self.layer)
+                predicted = torch.sigmoid(head(states.float()).squeeze(-1))
+                labels = torch.tensor([float(r[target]) for r in batch], device=predicted.device)
+                loss = torch.nn.functional.mse_loss(predicted, labels)
+                self.accelerator.backward(loss)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad()
+            if (index + 1) % s.gradient_accumulation:
+                continue
+            progress.step += 1
+            if progress.step % s.eval_every == 0 or progress.step == total:
+                dev_loss, dev_auroc = self._evaluate(dev, target)
+                progress.history.append(
+                    {
+                        "stage": stage,
+                        "step": progress.step,
+                        "train_loss": float(loss),
+                        "dev_loss": dev_loss,
+                        "dev_auroc": dev_auroc,
+                    }
+                )
+                log(
+                    f"stage {stage} step {progress.step}/{total}: train {float(loss):.4f} dev {dev_loss:.4f} "
+                    f"dev AUROC {dev_auroc:.3f}"
+                )
+                if dev_loss < progress.best_loss:
+                    progress.best_loss, progress.best_step, progress.bad_evals = dev_loss, progress.step, 0
+                    self._save_best()
+                else:
+                    progress.bad_evals += 1
+                    if progress.bad_evals >= s.patience:
+                        log(f"stage {stage}: early stop at step {progress.step} (best {progress.best_step})")
+                        return
+                model.train()
+            if progress.step % s.checkpoint_every == 0:
+                self._checkpoint(progress)
+
+    def _decoder(self, model: Any) -> Any:
+        return self.accelerator.unwrap_model(model).get_base_model().get_decoder()
+
+    @torch.no_grad()
+    def _evaluate(self, dev: list[Row], target: str) -> tuple[float, float]:
+        self.model.eval()
+        predicted = self.predict(dev)
+        labels = np.array([float(r[target] if r.get(target) is not None else r["correct"]) for r in dev])
+        correct = np.array([float(r["correct"]) for r in dev])
+        return float(np.mean((predicted - labels) ** 2)), calibrators.auroc(predicted, correct)
+
+    @torch.no_grad()
+    def predict(self, rows: list[Row]) -> np.ndarray:
+        decoder = self.model.get_base_model().get_decoder()
+        parts = []
+        for batch in _batches(rows, 32):
+            states = last_token_state(decoder, self._encode(batch), self.layer)
+            parts.append(torch.sigmoid(self.head(states.float())).squeeze(-1).cpu().numpy())
+        return np.concatenate(parts).astype(np.float64)
+
+    # Checkpoints ------------------------------------------------------------------------------------------
+
+    def _checkpoint(self, progress: Progress) -> None:
+        self.accelerator.save_state(str(self.out / "checkpoint"))
+        (self.out / "checkpoint" / "progress.json").write_text(json.dumps(asdict(progress)))
+
+    def _load_progress(self) -> Progress:
+        path = self.out / "checkpoint" / "progress.json"
+        return Progress(**json.loads(path.read_text())) if path.is_file() else Progress()
+
+    def _save_best(self) -> None:
+        self._best = (
+            {k: v.detach().clone() for k, v in self.model.state_dict().items() if "lora_" in k},
+            {k: v.detach().clone() for k, v in self.head.state_dict().items()},
+        )
+
+    def _restore_best(self) -> None:
+        if hasattr(self, "_best"):
+            self.model.load_state_dict(self._best[0], strict=False)
+            self.head.load_state_dict(self._best[1])
+
+
+def _record(row: Row) -> Row:
+    return {k: row[k] for k in ("id", "question", "answers", "context", "choices", "source") if k in row}
+
+
+def _batches(rows: list[Row], size: int) -> Iterator[list[Row]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _epoch_order(rows: list[Row], seed: int, epochs: int) -> list[Row]:
+    order: list[Row] = []
+    rng = random.Random(seed)
+    for _ in range(epochs):
+        shuffled = list(rows)
+        rng.shuffle(shuffled)
+        order += shuffled
+    return order
+
+
+def _logistic(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-(x @ w[:-1] + w[-1])))
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 300) -> np.ndarray:
+    """L2-regularised logistic regression by gradient descent on standardised features (a probe)."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
+    w = np.zeros(z.shape[1] + 1)
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(z @ w[:-1] + w[-1])))
+        grad = np.append(z.T @ (p - y) / len(y) + l2 * w[:-1] / len(y), np.mean(p - y))
+        w -= 0.5 * grad
+    # Fold the standardisation back in, so the weights apply to raw features.
+    return np.append(w[:-1] / std, w[-1] - np.sum(w[:-1] * mean / std))

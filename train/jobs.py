@@ -1,0 +1,155 @@
+"""The train-scorer and eval-scorer jobs: read labels, split, train, calibrate, evaluate, write the folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import calibrators
+from router.local_model import LocalModel
+from router.scorers import ScoreItem
+from router.scorers.card import ScorerCard
+from router.scorers.head import CALIBRATOR_FILE, HeadScorer, save_head
+from train.data import QARecord, prompt
+from train.head import HeadSettings, Trainer
+from train.splits import RULE as SPLIT_RULE
+from train.splits import split_rows
+
+Row = dict[str, Any]
+
+
+def read_labels(paths: list[Path]) -> list[Row]:
+    rows: list[Row] = []
+    for path in paths:
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "correct" not in row:
+                raise ValueError(
+                    f"{path}:{line_no}: correct: missing (is this a labels file from build-dataset?)"
+                )
+            rows.append(row)
+    return rows
+
+
+def train_head_scorer(
+    base: str,
+    label_files: list[Path],
+    out: Path,
+    settings: HeadSettings,
+    held_out: frozenset[str],
+    resume: bool,
+    log: Callable[[str], None],
+) -> ScorerCard:
+    started = time.perf_counter()
+    per_file = {path: read_labels([path]) for path in label_files}
+    rows = [row for part in per_file.values() for row in part]
+    splits = split_rows(rows, settings.seed, held_out)
+    trainer = Trainer(base, settings, out)
+    out.mkdir(parents=True, exist_ok=True)
+    layer_scores: dict[int, float] = {}
+    layer = settings.layer
+    if layer is None:
+        layer, layer_scores = trainer.choose_layer(splits["train"], splits["dev"])
+        log(f"layer {layer} chosen on dev (probe AUROC by layer: {layer_scores})")
+    progress = trainer.train(splits["train"], splits["dev"], layer, resume, log)
+    trainer.model.save_pretrained(str(out))
+    card = ScorerCard(method="head", base_model=base, layer=layer)
+    save_head(out, trainer.head.weight, trainer.head.bias, card)
+
+    # The calibrator is fitted on rows training never saw, through the same path the server scores with.
+    scorer = HeadScorer(LocalModel(base), out)
+    raw = scorer.raw_scores([ScoreItem(prompt(QARecord(**_record(r)))) for r in splits["calibration"]])
+    labels = np.array([r["correct"] for r in splits["calibration"]], dtype=float)
+    calibration = {"method": "platt", "rows": len(labels), "positives": int(labels.sum())}
+    if 0 < labels.sum() < len(labels):
+        calibrators.PlattScaling().fit(raw, labels).save(out / CALIBRATOR_FILE)
+    else:  # an uncalibrated scorer is still usable; the card says so
+        calibration["method"] = None
+        log(f"no calibrator: the calibration split has {len(labels)} rows, {int(labels.sum())} correct")
+
+    card = ScorerCard.model_validate(
+        {
+            **card.model_dump(),
+            "training": {
+                "labels": [{"file": str(path), "rows": len(part)} for path, part in per_file.items()],
+                "rows_by_source_and_split": _counts(splits),
+                "held_out_sources": sorted(held_out),
+                "split_rule": SPLIT_RULE,
+                "seed": settings.seed,
+                "grading": rows[0].get("grading") if rows else None,
+                "settings": asdict(settings),
+                "layer_probe_auroc": layer_scores,
+                "calibration": calibration,
+                "history": progress.history,
+                "seconds": round(time.perf_counter() - started, 1),
+            },
+        }
+    )
+    card.save(out)
+    return card
+
+
+def _record(row: Row) -> Row:
+    return {k: row[k] for k in ("id", "question", "answers", "context", "choices", "source") if k in row}
+
+
+def _counts(splits: dict[str, list[Row]]) -> dict[str, dict[str, int]]:
+    return {name: dict(Counter(r["source"] for r in part)) for name, part in splits.items()}
+
+
+def evaluate_scorer(
+    adapter: Path, label_files: list[Path], out: Path, split: str, seed: int | None
+) -> dict[str, Any]:
+    """Metrics with bootstrap intervals on one split (default: the test split the card's seed defines)."""
+    card = ScorerCard.load(adapter)
+    rows = read_labels(label_files)
+    training = card.extra().get("training", {})
+    if split != "all":
+        held_out = frozenset(training.get("held_out_sources", []))
+        rows = split_rows(rows, seed if seed is not None else training.get("seed", 0), held_out)[split]
+    scorer = HeadScorer(LocalModel(card.base_model), adapter)
+    confidences = np.array(
+        [s.confidence for s in scorer.score_batch([ScoreItem(prompt(QARecord(**_record(r)))) for r in rows])]
+    )
+    labels = np.array([r["correct"] for r in rows], dtype=float)
+    metrics: dict[str, Any] = {
+        "split": split,
+        "scorer": _summary(confidences, labels),
+        "baselines": {},
+        "by_source": {},
+    }
+    for name in ("nprob", "consistency"):
+        values = [r.get(name) for r in rows]
+        if all(v is not None for v in values):
+            metrics["baselines"][name] = _summary(np.array(values, dtype=float), labels)
+    for source in sorted({r["source"] for r in rows}):
+        mask = np.array([r["source"] == source for r in rows])
+        part = [r for r in rows if r["source"] == source]
+        metrics["by_source"][source] = {"scorer": _summary(confidences[mask], labels[mask])} | {
+            name: _summary(np.array([r[name] for r in part], dtype=float), labels[mask])
+            for name in metrics["baselines"]
+        }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    calibrators.write_report(out, confidences, labels, title=f"{adapter.name} on {split} ({len(rows)} rows)")
+    return metrics
+
+
+WANTED = ("accuracy", "auroc", "ece", "brier", "prr", "auprc", "adaptive_ece")
+
+
+def _summary(confidences: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    summary: dict[str, Any] = {"n": len(labels), "positives": int(labels.sum())}
+    for result in calibrators.evaluate(confidences, labels, n_resamples=500):
+        if result.spec.key in WANTED:
+            summary[result.spec.key] = result.estimate.to_dict() if result.estimate else None
+    return summary

@@ -1,0 +1,92 @@
+"""Label QA records with the target model's own answers: greedy answer, sampled answers, correctness,
+self-consistency and N-Prob. One JSON line per record, appended and flushed batch by batch, so an
+interrupted run resumes where it stopped and never duplicates or half-writes a line."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router.answers import same_answer
+from router.local_model import LocalModel
+from train.data import QARecord, prompt
+from train.grading import RULE, is_correct
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    samples: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 24
+    batch_size: int = 16
+
+
+def done_ids(out: Path) -> set[str]:
+    """Ids already labelled; a last line cut short by a kill is removed, so the file stays valid JSONL."""
+    if not out.exists():
+        return set()
+    data = out.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with out.open("r+b") as f:
+            f.truncate(len(complete))
+    return {json.loads(line)["id"] for line in complete.decode("utf-8").splitlines() if line.strip()}
+
+
+def label_batch(model: LocalModel, records: list[QARecord], settings: LabelSettings) -> list[dict[str, Any]]:
+    conversations = [prompt(r) for r in records]
+    greedy = model.draft_batch(conversations, settings.max_new_tokens)
+    sampled = (
+        model.draft_batch(
+            conversations, settings.max_new_tokens, samples=settings.samples, temperature=settings.temperature
+        )
+        if settings.samples
+        else []
+    )
+    rows = []
+    for i, (record, answer) in enumerate(zip(records, greedy, strict=True)):
+        mine = [s.text for s in sampled[i * settings.samples : (i + 1) * settings.samples]]
+        rows.append(
+            {
+                **record.model_dump(exclude_none=True),
+                "greedy": answer.text,
+                "correct": is_correct(answer.text, record),
+                "nprob": answer.nprob,
+                "samples": mine,
+                "consistency": sum(same_answer(answer.text, s) for s in mine) / len(mine) if mine else None,
+                "sample_accuracy": sum(is_correct(s, record) for s in mine) / len(mine) if mine else None,
+                "model": model.ref,
+                "grading": RULE,
+            }
+        )
+    return rows
+
+
+def build_dataset(
+    model: LocalModel,
+    records: Iterable[QARecord],
+    out: Path,
+    settings: LabelSettings,
+    progress: Callable[[int], None] = lambda _: None,
+) -> int:
+    """Label every record whose id is not in `out` yet; returns how many were labelled now."""
+    done = done_ids(out)
+    todo = [r for r in records if r.id not in done]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with out.open("a", encoding="utf-8") as f:
+        for start in range(0, len(todo), settings.batch_size):
+            batch = todo[start : start + settings.batch_size]
+            lines = "".join(
+                json.dumps(row, ensure_ascii=False) + "\n" for row in label_batch(model, batch, settings)
+            )
+            f.write(lines)  # whole lines only: a kill mid-write leaves one cut line, removed on resume
+            f.flush()
+            os.fsync(f.fileno())
+            written += len(batch)
+            progress(len(batch))
+    return written
