@@ -5,6 +5,7 @@ Pure: depends on numpy only (matplotlib is imported when a picture is drawn), ne
 
 from calibrators.base import CALIBRATORS, Calibrator, from_dict, load
 from calibrators.bootstrap import Estimate, bootstrap, calibrated_band
+from calibrators.drift import ks_critical_value, ks_statistic, psi
 from calibrators.histogram import HistogramBinning
 from calibrators.isotonic import IsotonicCalibrator
 from calibrators.metrics import (
@@ -54,9 +55,12 @@ __all__ = [
     "ece",
     "evaluate",
     "from_dict",
+    "ks_critical_value",
+    "ks_statistic",
     "load",
     "mce",
     "prr",
+    "psi",
     "reliability_bins",
     "reliability_diagram",
     "risk_coverage_curve",
