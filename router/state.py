@@ -1,10 +1,14 @@
-"""Shared state: Redis when several replicas run, else a bounded in-process store with the same behaviour."""
+"""Shared state: Redis when several replicas run, else a bounded in-process store with the same behaviour.
+
+Two kinds of entry: keys with an optional time to live, and bounded lists (rolling windows) that keep only
+their newest `max_len` values, so every structure here has bounded retention.
+"""
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 
 class StateStore(ABC):
@@ -13,6 +17,18 @@ class StateStore(ABC):
 
     @abstractmethod
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None: ...
+
+    @abstractmethod
+    async def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
+        """Set only when the key holds nothing; True when this call set it (one winner across replicas)."""
+
+    @abstractmethod
+    async def push(self, key: str, value: str, max_len: int) -> None:
+        """Append to a rolling window, dropping the oldest values beyond `max_len`."""
+
+    @abstractmethod
+    async def recent(self, key: str, count: int) -> list[str]:
+        """The newest `count` values of a rolling window, oldest first."""
 
     async def close(self) -> None:
         return None
@@ -23,6 +39,7 @@ class MemoryStore(StateStore):
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._data: OrderedDict[str, tuple[str, float | None]] = OrderedDict()
+        self._windows: dict[str, deque[str]] = {}
         self.max_entries = max_entries
 
     async def get(self, key: str) -> str | None:
@@ -42,6 +59,22 @@ class MemoryStore(StateStore):
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
 
+    async def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
+        if await self.get(key) is not None:
+            return False
+        await self.set(key, value, ttl_s)
+        return True
+
+    async def push(self, key: str, value: str, max_len: int) -> None:
+        window = self._windows.get(key)
+        if window is None or window.maxlen != max_len:
+            window = self._windows[key] = deque(window or (), maxlen=max_len)
+        window.append(value)
+
+    async def recent(self, key: str, count: int) -> list[str]:
+        window = self._windows.get(key, deque())
+        return list(window)[-count:] if count > 0 else []
+
 
 class RedisStore(StateStore):
     def __init__(self, url: str, prefix: str = "confidence-router:") -> None:
@@ -59,6 +92,22 @@ class RedisStore(StateStore):
 
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         await self._redis.set(self.prefix + key, value, px=None if ttl_s is None else int(ttl_s * 1000))
+
+    async def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
+        px = None if ttl_s is None else int(ttl_s * 1000)
+        return bool(await self._redis.set(self.prefix + key, value, px=px, nx=True))
+
+    async def push(self, key: str, value: str, max_len: int) -> None:
+        # One transaction, so a concurrent reader never sees the window past its bound.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self.prefix + key, value)
+            pipe.ltrim(self.prefix + key, -max_len, -1)
+            await pipe.execute()
+
+    async def recent(self, key: str, count: int) -> list[str]:
+        if count <= 0:
+            return []
+        return [str(v) for v in await self._redis.lrange(self.prefix + key, -count, -1)]
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -46,10 +46,16 @@ def wait_ready(base_url: str, timeout_s: float = 120) -> None:
 class Served:
     """A proxy on a free loopback port, running in a thread of the test process."""
 
-    def __init__(self, policy: Policy, redis_url: str | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        redis_url: str | None = None,
+        policy_path: Path | None = None,
+        admin_key: str | None = None,
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        app = create_app(policy, redis_url)
+        app = create_app(policy, redis_url, policy_path=policy_path, admin_key=admin_key)
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -65,8 +71,13 @@ class Served:
 def serve(smollm2: Path) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(policy: Policy, redis_url: str | None = None) -> Served:
-        started.append(Served(policy, redis_url))
+    def start(
+        policy: Policy,
+        redis_url: str | None = None,
+        policy_path: Path | None = None,
+        admin_key: str | None = None,
+    ) -> Served:
+        started.append(Served(policy, redis_url, policy_path, admin_key))
         return started[-1]
 
     yield start
@@ -108,3 +119,29 @@ def redis_url() -> str:
     client.ping()
     client.flushdb()  # database 15 belongs to the tests: no score cached by an earlier run
     return url
+
+
+def emptied(redis_url: str) -> str:
+    """The tests' Redis database, emptied, so that shared windows (feedback, traffic, drift) start empty."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    return redis_url
+
+
+@pytest.fixture
+def fresh_redis(redis_url: str) -> str:
+    return emptied(redis_url)
+
+
+@pytest.fixture(scope="session")
+def tiny_head(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A head scorer folder on the tiny model: a policy using it starts and scores fast."""
+    from tests.tiny import make_head_scorer
+
+    return make_head_scorer(tiny_model, tmp_path_factory.mktemp("tiny-head"), layer=3)
+
+
+def head_scorer_yaml(tiny_model: Path, tiny_head: Path) -> str:
+    """The `scorer:` section of a policy that scores with `tiny_head`."""
+    return f'scorer: {{method: head, model: "{tiny_model}", adapter: "{tiny_head}"}}\n'

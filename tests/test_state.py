@@ -1,0 +1,64 @@
+"""The state store contract, for the in-process store and for real Redis alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from router.state import MemoryStore, RedisStore, StateStore
+
+Check = Callable[[StateStore], Awaitable[None]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def run(request: pytest.FixtureRequest) -> Callable[[Check], None]:
+    def run(check: Check) -> None:
+        async def go() -> None:
+            store: StateStore = MemoryStore()
+            if request.param == "redis":
+                store = RedisStore(request.getfixturevalue("fresh_redis"))
+            try:
+                await check(store)
+            finally:
+                await store.close()
+
+        asyncio.run(go())
+
+    return run
+
+
+def test_set_if_absent_has_one_winner(run: Callable[[Check], None]) -> None:
+    async def check(store: StateStore) -> None:
+        won = await asyncio.gather(*(store.set_if_absent("k", str(i)) for i in range(20)))
+        assert won.count(True) == 1
+        assert await store.get("k") == str(won.index(True))
+        assert await store.set_if_absent("k", "again") is False
+
+    run(check)
+
+
+def test_keys_expire(run: Callable[[Check], None]) -> None:
+    async def check(store: StateStore) -> None:
+        await store.set("short", "v", ttl_s=0.05)
+        assert await store.set_if_absent("once", "v", ttl_s=0.05)
+        await asyncio.sleep(0.3)
+        assert await store.get("short") is None
+        assert await store.set_if_absent("once", "w")  # the earlier value expired, so this one wins
+
+    run(check)
+
+
+def test_windows_keep_the_newest_values_in_order(run: Callable[[Check], None]) -> None:
+    async def check(store: StateStore) -> None:
+        assert await store.recent("w", 5) == []
+        for i in range(10):
+            await store.push("w", str(i), max_len=4)
+        assert await store.recent("w", 100) == ["6", "7", "8", "9"]
+        assert await store.recent("w", 2) == ["8", "9"]
+        assert await store.recent("w", 0) == []
+        await asyncio.gather(*(store.push("w", "x", max_len=4) for _ in range(50)))
+        assert await store.recent("w", 100) == ["x"] * 4
+
+    run(check)
