@@ -3,7 +3,7 @@ routes on request fields alone costs no scoring."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from policies.schema import Action, Policy, Rule, When
@@ -37,8 +37,8 @@ def _matches_request(when: When, facts: RequestFacts) -> bool:
     return when.user is None or facts.user in when.user
 
 
-def _matches_confidence(when: When, confidence: float) -> bool:
-    if when.confidence_below is not None and not confidence < when.confidence_below:
+def _matches_confidence(when: When, confidence: float, below: float | None) -> bool:
+    if below is not None and not confidence < below:
         return False
     return when.confidence_at_least is None or confidence >= when.confidence_at_least
 
@@ -55,8 +55,16 @@ def _decision(policy: Policy, index: int, rule: Rule, confidence: float | None) 
     return Decision(rule.action, target, policy.rule_label(index), confidence, message, index)
 
 
-async def decide(policy: Policy, facts: RequestFacts, confidence: Callable[[], Awaitable[float]]) -> Decision:
-    """Return the first matching rule's decision; `confidence` is awaited at most once."""
+async def decide(
+    policy: Policy,
+    facts: RequestFacts,
+    confidence: Callable[[], Awaitable[float]],
+    thresholds: Mapping[int, float] | None = None,
+) -> Decision:
+    """Return the first matching rule's decision; `confidence` is awaited at most once.
+
+    `thresholds` replaces the `confidence_below` of rules by index (a budget-targeted threshold).
+    """
     known: float | None = None
     for index, rule in enumerate(policy.rules):
         if not _matches_request(rule.when, facts):
@@ -64,7 +72,8 @@ async def decide(policy: Policy, facts: RequestFacts, confidence: Callable[[], A
         if rule.when.needs_confidence:
             if known is None:
                 known = await confidence()
-            if not _matches_confidence(rule.when, known):
+            below = (thresholds or {}).get(index, rule.when.confidence_below)
+            if not _matches_confidence(rule.when, known, below):
                 continue
         return _decision(policy, index, rule, known)
     raise AssertionError("validated policies end with a catch-all rule")

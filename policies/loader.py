@@ -43,13 +43,16 @@ def _locate(node: yaml.Node, location: Location) -> tuple[int, str]:
     return line, ".".join(shown) or "(top level)"
 
 
-def _resolve_adapter(policy: Policy, base: Path) -> Policy:
-    """A relative adapter path is relative to the policy file, so a policy and its scorer travel together."""
-    adapter = policy.scorer.adapter
-    if adapter is None or Path(adapter).expanduser().is_absolute():
+def _resolve_paths(policy: Policy, base: Path) -> Policy:
+    """Relative adapter and calibrator paths are relative to the policy file, so they travel together."""
+    update = {}
+    for field in ("adapter", "calibrator"):
+        value = getattr(policy.scorer, field)
+        if value is not None and not Path(value).expanduser().is_absolute():
+            update[field] = str((base / value).resolve())
+    if not update:
         return policy
-    scorer = policy.scorer.model_copy(update={"adapter": str((base / adapter).resolve())})
-    return policy.model_copy(update={"scorer": scorer})
+    return policy.model_copy(update={"scorer": policy.scorer.model_copy(update=update)})
 
 
 def load_policy(path: Path | str) -> Policy:
@@ -73,11 +76,13 @@ def load_policy(path: Path | str) -> Policy:
     except ValidationError as exc:
         problems = [(tuple(e["loc"]), e["msg"]) for e in exc.errors()]
     else:
-        policy = _resolve_adapter(policy, path.parent)
+        policy = _resolve_paths(policy, path.parent)
         problems = list(policy.problems())
-        adapter = policy.scorer.adapter
+        adapter, calibrator = policy.scorer.adapter, policy.scorer.calibrator
         if adapter is not None and not Path(adapter).is_dir():
             problems.append((("scorer", "adapter"), f"no such folder: {adapter}"))
+        if calibrator is not None and not Path(calibrator).is_file():
+            problems.append((("scorer", "calibrator"), f"no such file: {calibrator}"))
     if problems:
         located = sorted(((*_locate(root, loc), msg) for loc, msg in problems), key=lambda p: p[0])
         raise PolicyError([f"{path}:{line}: {field}: {msg}" for line, field, msg in located])

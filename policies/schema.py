@@ -36,6 +36,9 @@ class ScorerSpec(_Strict):
     batch: BatchSpec = BatchSpec()
     cache_ttl_s: float = Field(3600.0, ge=0)
     """How long a score is reused for the same conversation; 0 turns the cache off."""
+    calibrator: str | None = None
+    """A calibrator.json mapping the scorer's raw score to the confidence (e.g. from `router calibrate
+    --from-feedback`); replaces the scorer folder's own. Relative paths are relative to the policy file."""
 
 
 class LocalTarget(_Strict):
@@ -57,6 +60,27 @@ class LiteLLMTarget(_Strict):
 
 
 Target = Annotated[LocalTarget | LiteLLMTarget, Field(discriminator="kind")]
+
+
+class DriftSpec(_Strict):
+    """When live confidences stop looking like the reference (see the README's drift alarm rule)."""
+
+    reference: Literal["auto", "scorer", "pinned"] = "auto"
+    """scorer: the evaluation scores in the scorer folder's scorer.json; pinned: the first
+    `reference_size` live scores, pinned in the shared store; auto: scorer when it has them, else pinned."""
+    reference_size: int = Field(500, ge=50)
+    window: int = Field(200, ge=20)
+    """The most recent scored requests compared with the reference."""
+    psi_alarm: float = Field(0.25, gt=0)
+    ks_alpha: float = Field(0.001, gt=0, lt=1)
+
+
+class MonitoringSpec(_Strict):
+    decision_ttl_s: float = Field(86400.0, gt=0)
+    """How long a decision stays joinable with feedback."""
+    feedback_retained: int = Field(10000, ge=100)
+    """Feedback records kept for rolling calibration and `router calibrate --from-feedback`."""
+    drift: DriftSpec = DriftSpec()
 
 
 class When(_Strict):
@@ -100,6 +124,10 @@ class Policy(_Strict):
     refusal_message: str = "I can't answer that reliably, so I won't guess."
     failure_aware: bool = False
     """Answer with JSON {decision, answer, justification, evidence_quality} instead of plain text."""
+    target_escalation_rate: float | None = Field(None, gt=0, lt=1)
+    """The escalate_to rule's confidence_below follows this quantile of recent confidences, so about this
+    share of scored traffic escalates; the written threshold holds until enough traffic has been seen."""
+    monitoring: MonitoringSpec = MonitoringSpec()
 
     @property
     def model_names(self) -> list[str]:
@@ -109,6 +137,20 @@ class Policy(_Strict):
     def default_hedge_target(self) -> str | None:
         """A hedge without a target hedges the local draft."""
         return next((name for name, t in self.targets.items() if isinstance(t, LocalTarget)), None)
+
+    @property
+    def budgeted_rule(self) -> int | None:
+        """The index of the rule whose threshold follows `target_escalation_rate`."""
+        if self.target_escalation_rate is None:
+            return None
+        return next(
+            (
+                i
+                for i, r in enumerate(self.rules)
+                if r.action == "escalate_to" and r.when.confidence_below is not None
+            ),
+            None,
+        )
 
     def rule_label(self, index: int) -> str:
         rule = self.rules[index]
@@ -124,6 +166,7 @@ class Policy(_Strict):
             yield ("hedge_template",), "must contain {answer}"
         for i, rule in enumerate(self.rules):
             yield from _rule_problems(self, i, rule)
+        yield from _budget_problems(self)
         if not self.rules[-1].when.is_empty:
             yield (
                 ("rules", len(self.rules) - 1, "when"),
@@ -152,3 +195,27 @@ def _rule_problems(policy: Policy, i: int, rule: Rule) -> Iterator[tuple[Locatio
     for j, name in enumerate(rule.when.model or []):
         if name not in policy.model_names:
             yield (*where, "when", "model", j), f"'{name}' is not a model this policy serves"
+
+
+def _budget_problems(policy: Policy) -> Iterator[tuple[Location, str]]:
+    if policy.target_escalation_rate is None:
+        return
+    escalating = [
+        i
+        for i, r in enumerate(policy.rules)
+        if r.action == "escalate_to" and r.when.confidence_below is not None
+    ]
+    if len(escalating) != 1:
+        yield (
+            ("target_escalation_rate",),
+            "needs exactly one escalate_to rule with confidence_below (its threshold is the one that "
+            f"follows the rate); found {len(escalating)}",
+        )
+        return
+    first_scored = next(i for i, r in enumerate(policy.rules) if r.when.needs_confidence)
+    if escalating[0] != first_scored:
+        yield (
+            ("rules", first_scored, "when"),
+            f"with target_escalation_rate the escalate_to rule ({policy.rule_label(escalating[0])}) must be "
+            "the first rule that looks at confidence, or this rule takes part of its traffic",
+        )
