@@ -6,7 +6,6 @@ subset. Runs under `accelerate` (one CPU, one GPU in bf16, or `accelerate launch
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -199,9 +198,10 @@ class Trainer:
             self.model, self.head, optimizer, schedule
         )
         if progress.step:  # resuming mid-stage
-            self.accelerator.load_state(str(self.out / "checkpoint"))
-        order = _epoch_order(rows, s.seed + stage, math.ceil(epochs))
-        batches = list(_batches(order, s.batch_size))[: total * s.gradient_accumulation]
+            self._restore_checkpoint(optimizer, schedule)
+        batches = _epoch_batches(rows, s.batch_size, s.seed + stage, math.ceil(epochs))[
+            : total * s.gradient_accumulation
+        ]
         model.train()
         for index in range(progress.step * s.gradient_accumulation, len(batches)):
             batch = batches[index]
@@ -223,13 +223,13 @@ class Trainer:
                     {
                         "stage": stage,
                         "step": progress.step,
-                        "train_loss": float(loss),
+                        "train_loss": loss.item(),
                         "dev_loss": dev_loss,
                         "dev_auroc": dev_auroc,
                     }
                 )
                 log(
-                    f"stage {stage} step {progress.step}/{total}: train {float(loss):.4f} dev {dev_loss:.4f} "
+                    f"stage {stage} step {progress.step}/{total}: train {loss.item():.4f} dev {dev_loss:.4f} "
                     f"dev AUROC {dev_auroc:.3f}"
                 )
                 if dev_loss < progress.best_loss:
@@ -242,7 +242,7 @@ class Trainer:
                         return
                 model.train()
             if progress.step % s.checkpoint_every == 0:
-                self._checkpoint(progress)
+                self._checkpoint(progress, optimizer, schedule)
 
     def _decoder(self, model: Any) -> Any:
         return self.accelerator.unwrap_model(model).get_base_model().get_decoder()
@@ -266,13 +266,35 @@ class Trainer:
 
     # Checkpoints ------------------------------------------------------------------------------------------
 
-    def _checkpoint(self, progress: Progress) -> None:
-        self.accelerator.save_state(str(self.out / "checkpoint"))
-        (self.out / "checkpoint" / "progress.json").write_text(json.dumps(asdict(progress)))
+    def _checkpoint(self, progress: Progress, optimizer: Any, schedule: Any) -> None:
+        """Trainable weights, optimiser, schedule, progress and RNG: all a resume needs, not the frozen base."""
+        if not self.accelerator.is_main_process:
+            return
+        state = {
+            "adapter": {k: v for k, v in self.model.state_dict().items() if "lora_" in k},
+            "head": self.head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "progress": asdict(progress),
+            "rng": torch.get_rng_state(),
+        }
+        partial = self.out / "checkpoint.pt.partial"
+        torch.save(state, partial)
+        partial.replace(self.out / "checkpoint.pt")  # an interrupt never leaves a torn checkpoint
 
     def _load_progress(self) -> Progress:
-        path = self.out / "checkpoint" / "progress.json"
-        return Progress(**json.loads(path.read_text())) if path.is_file() else Progress()
+        path = self.out / "checkpoint.pt"
+        if not path.is_file():
+            return Progress()
+        return Progress(**torch.load(path, weights_only=False)["progress"])
+
+    def _restore_checkpoint(self, optimizer: Any, schedule: Any) -> None:
+        state = torch.load(self.out / "checkpoint.pt", weights_only=False)
+        self.model.load_state_dict(state["adapter"], strict=False)
+        self.head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
 
     def _save_best(self) -> None:
         self._best = (
@@ -295,14 +317,15 @@ def _batches(rows: list[Row], size: int) -> Iterator[list[Row]]:
         yield rows[start : start + size]
 
 
-def _epoch_order(rows: list[Row], seed: int, epochs: int) -> list[Row]:
-    order: list[Row] = []
+def _epoch_batches(rows: list[Row], size: int, seed: int, epochs: int) -> list[list[Row]]:
+    """Each epoch shuffled on its own and cut into batches, so every epoch has the same number of steps."""
+    batches: list[list[Row]] = []
     rng = random.Random(seed)
     for _ in range(epochs):
         shuffled = list(rows)
         rng.shuffle(shuffled)
-        order += shuffled
-    return order
+        batches += _batches(shuffled, size)
+    return batches
 
 
 def _logistic(x: np.ndarray, w: np.ndarray) -> np.ndarray:

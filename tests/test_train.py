@@ -1,0 +1,189 @@
+"""Training jobs on real data: loaders, grading, resumable labelling, head training and evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from router.local_model import LocalModel
+from router.scorers import ScoreItem
+from router.scorers.card import ScorerCard
+from router.scorers.head import HeadScorer
+from train.data import DataError, QARecord, load_records, prompt
+from train.grading import is_correct
+from train.head import HeadSettings
+from train.jobs import evaluate_scorer, train_head_scorer
+from train.label import LabelSettings, build_dataset, done_ids
+from train.splits import split_of
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+SHARED_FILES = sorted([*DATA.glob("*/*.jsonl"), *DATA.glob("*/*.csv")])
+LABELS = Path(__file__).parents[1] / "train" / "labels" / "smollm2-135m-instruct.jsonl"
+
+
+def test_the_shared_data_is_here() -> None:
+    assert len(SHARED_FILES) >= 12
+
+
+@pytest.mark.parametrize("path", SHARED_FILES, ids=lambda p: p.name)
+def test_every_shared_file_loads_as_canonical_records(path: Path) -> None:
+    records = load_records(path)
+    assert len(records) > 100
+    assert len({r.id for r in records}) == len(records)
+    assert all(r.question.strip() and all(a.strip() for a in r.answers) for r in records)
+    assert all(r.answers[0] in r.choices for r in records if r.choices)
+    assert "Answer:" not in records[0].question and not records[0].question.startswith("Question:")
+
+
+def test_a_users_own_jsonl_and_csv(tmp_path: Path) -> None:
+    rows = [
+        {"question": "Capital of Peru?", "answers": ["Lima"]},
+        {"id": "x7", "question": "2+3?", "answers": "5; five"},
+    ]
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "mine.csv").write_text("question,answer\nLargest ocean?,Pacific;Pacific Ocean\n")
+    jsonl, csv = load_records(tmp_path / "mine.jsonl"), load_records(tmp_path / "mine.csv")
+    assert [(r.id, r.answers, r.source) for r in jsonl] == [
+        ("mine:0", ["Lima"], "mine"),
+        ("x7", ["5", "five"], "mine"),
+    ]
+    assert csv[0].answers == ["Pacific", "Pacific Ocean"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"question": "Why?"}\n', ":1: no known QA fields (have: question)"),
+        ('{"question": "Why?", "answers": []}\n', ":1: answers: List should have at least 1 item"),
+        ('{"question": "Why?", "answers": ["a"]}\n{not json\n', ":2: not JSON"),
+    ],
+)
+def test_bad_rows_name_file_line_and_field(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(text)
+    with pytest.raises(DataError) as caught:
+        load_records(path)
+    assert str(caught.value).startswith(f"{path}{expected}")
+
+
+def record(question: str, answers: list[str], choices: list[str] | None = None) -> QARecord:
+    return QARecord(id="t", question=question, answers=answers, choices=choices, source="t")
+
+
+@pytest.mark.parametrize(
+    ("answer", "rec", "correct"),
+    [
+        ("It is Paris.", record("What is the capital of France?", ["Paris"]), True),
+        (
+            "The capital is Lyon.\nParis is bigger.",
+            record("What is the capital of France?", ["Paris"]),
+            False,
+        ),
+        ("Parisian food", record("What is the capital of France?", ["Paris"]), False),  # word boundaries
+        # The gold alias repeats the question: saying it back is not knowing the answer.
+        (
+            "The Beatles song Yesterday",
+            record("Which Beatles song is Yesterday?", ["Yesterday", "Beatles"]),
+            False,
+        ),
+        ("No.", record("Is it?", ["no"], ["no", "yes"]), True),
+        ("Yes, or no.", record("Is it?", ["no"], ["no", "yes"]), False),  # naming every option is no answer
+        ("B. department store", record("Where?", ["B"], ["A", "B", "C", "D"]), True),
+        ("A bank", record("Where?", ["B"], ["A", "B", "C", "D"]), False),
+    ],
+)
+def test_grading_rule(answer: str, rec: QARecord, correct: bool) -> None:
+    assert is_correct(answer, rec) is correct
+
+
+def test_splits_are_a_stable_function_of_id_and_seed() -> None:
+    ids = [f"triviaqa:{i}" for i in range(2000)]
+    first = [split_of(i, 0) for i in ids]
+    assert first == [split_of(i, 0) for i in ids]
+    assert first != [split_of(i, 1) for i in ids]
+    shares = {name: first.count(name) / len(ids) for name in set(first)}
+    assert shares["train"] == pytest.approx(0.7, abs=0.04) and shares["test"] == pytest.approx(0.1, abs=0.03)
+
+
+def test_labelling_resumes_without_duplicates_or_torn_lines(tiny_model: Path, tmp_path: Path) -> None:
+    model = LocalModel(str(tiny_model))
+    records = load_records(DATA / "triviaqa" / "triviaqa_sm_sub.jsonl")[:10]
+    out = tmp_path / "labels.jsonl"
+    settings = LabelSettings(samples=2, max_new_tokens=6, batch_size=4)
+    assert build_dataset(model, records[:6], out, settings) == 6
+    with out.open("a") as f:  # a run killed in the middle of a write
+        f.write('{"id": "triviaqa:999", "question": "cut sh')
+    assert done_ids(out) == {r.id for r in records[:6]}
+    assert build_dataset(model, records, out, settings) == 4
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r.id for r in records]
+    row = rows[0]
+    assert len(row["samples"]) == 2 and row["consistency"] in {0.0, 0.5, 1.0}
+    assert isinstance(row["correct"], bool) and 0 < row["nprob"] <= 1 and row["grading"].startswith("alias")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A head scorer on the tiny model, trained on real labels (SmolLM2's answers to real questions)."""
+    out = tmp_path_factory.mktemp("scorer")
+    labels = out / "labels.jsonl"
+    labels.write_text("".join(LABELS.read_text().splitlines(keepends=True)[:160]))
+    settings = HeadSettings(
+        layer=3, batch_size=16, stage2_size=120, eval_every=3, checkpoint_every=4, patience=10
+    )
+    train_head_scorer(
+        str(tiny_model), [labels], out / "scorer", settings, frozenset({"jeopardy"}), False, print
+    )
+    return out
+
+
+def test_training_writes_a_scorer_folder_the_server_loads(trained: Path, tiny_model: Path) -> None:
+    folder = trained / "scorer"
+    assert {"adapter_config.json", "adapter_model.safetensors", "head.safetensors", "scorer.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    card = ScorerCard.load(folder)
+    training = card.extra()["training"]
+    assert card.method == "head" and card.layer == 3
+    assert training["held_out_sources"] == ["jeopardy"]
+    assert "jeopardy" not in training["rows_by_source_and_split"]["train"]
+    assert training["labels"][0]["rows"] == 160 and training["split_rule"].startswith("bucket")
+    assert [h["stage"] for h in training["history"]][:1] == [1] and training["history"][-1]["stage"] == 2
+    scores = HeadScorer(LocalModel(str(tiny_model)), folder).score_batch(
+        [ScoreItem(prompt(record("Hi?", ["x"])))]
+    )
+    assert 0 <= scores[0].confidence <= 1
+
+
+def test_training_resumes_from_its_checkpoint(trained: Path, tiny_model: Path) -> None:
+    folder = trained / "scorer"
+    progress = torch.load(folder / "checkpoint.pt", weights_only=False)["progress"]
+    assert progress["step"] > 0
+    settings = HeadSettings(
+        layer=3, batch_size=16, stage2_size=120, eval_every=3, checkpoint_every=4, patience=10
+    )
+    card = train_head_scorer(
+        str(tiny_model), [trained / "labels.jsonl"], folder, settings, frozenset({"jeopardy"}), True, print
+    )
+    history = card.extra()["training"]["history"]
+    before = len(progress["history"])
+    assert history[:before] == progress["history"]
+    new = history[before:]  # it went on from the checkpoint, not from the start
+    assert new and all((h["stage"], h["step"]) > (progress["stage"], progress["step"]) for h in new)
+
+
+def test_eval_writes_metrics_with_intervals_and_baselines(trained: Path) -> None:
+    metrics = evaluate_scorer(trained / "scorer", [trained / "labels.jsonl"], trained / "eval", "all", None)
+    for block in (metrics["scorer"], metrics["baselines"]["nprob"], metrics["baselines"]["consistency"]):
+        assert block["n"] == 160
+        assert block["positives"] == sum(
+            json.loads(line)["correct"] for line in (trained / "labels.jsonl").open()
+        )
+        for key in ("accuracy", "auroc", "ece", "brier", "prr"):
+            assert block[key]["low"] <= block[key]["value"] <= block[key]["high"]
+    assert json.loads((trained / "eval" / "metrics.json").read_text()) == metrics
+    report = (trained / "eval" / "report.md").read_text()
+    assert "reliability.png" in report and (trained / "eval" / "reliability.png").stat().st_size > 1000
