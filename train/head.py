@@ -267,7 +267,7 @@ class Trainer:
     # Checkpoints ------------------------------------------------------------------------------------------
 
     def _checkpoint(self, progress: Progress, optimizer: Any, schedule: Any) -> None:
-        """Trainable weights, optimiser, schedule, progress and RNG: all a resume needs, not the frozen base."""
+        """Trainable weights, optimiser, schedule, progress and RNG: what a resume needs, not the base."""
         if not self.accelerator.is_main_process:
             return
         state = {
