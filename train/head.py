@@ -192,16 +192,17 @@ class Trainer:
         ]
         optimizer = torch.optim.AdamW(params, weight_decay=0.0)
         steps_per_epoch = math.ceil(len(rows) / (s.batch_size * s.gradient_accumulation))
-        total = max(1, int(steps_per_epoch * epochs))
+        batches = _epoch_batches(rows, s.batch_size, s.seed + stage, math.ceil(epochs))
+        batches = batches[: max(1, int(steps_per_epoch * epochs)) * s.gradient_accumulation]
+        # With several processes each takes every n-th batch, so n processes share the epoch, not repeat it.
+        batches = batches[self.accelerator.process_index :: self.accelerator.num_processes]
+        total = max(1, len(batches) // s.gradient_accumulation)
         schedule = get_cosine_schedule_with_warmup(optimizer, int(s.warmup_ratio * total), total)
         model, head, optimizer, schedule = self.accelerator.prepare(
             self.model, self.head, optimizer, schedule
         )
         if progress.step:  # resuming mid-stage
             self._restore_checkpoint(optimizer, schedule)
-        batches = _epoch_batches(rows, s.batch_size, s.seed + stage, math.ceil(epochs))[
-            : total * s.gradient_accumulation
-        ]
         model.train()
         for index in range(progress.step * s.gradient_accumulation, len(batches)):
             batch = batches[index]
