@@ -1,63 +1,94 @@
-"""The HTTP surface: OpenAI-compatible endpoints plus health and readiness."""
+"""The HTTP surface: OpenAI-compatible endpoints, feedback, metrics, admin reload, health and readiness."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from policies import Policy
 from router.errors import APIError, install_error_handlers
-from router.local_model import LocalModel
-from router.schemas import ChatCompletionRequest, ScoreRequest
-from router.service import Routed, Router
+from router.feedback import ConflictingFeedback, UnknownRequest
+from router.metrics import Metrics
+from router.schemas import ChatCompletionRequest, FeedbackRequest, ScoreRequest
+from router.service import Routed
+from router.serving import Serving
 from router.state import StateStore, open_store
 
 log = logging.getLogger("router")
 
 
-class _State:
-    router: Router | None = None
-    failure: str | None = None
-
-
-def create_app(policy: Policy, redis_url: str | None = None) -> FastAPI:
-    state = _State()
+def create_app(
+    policy: Policy,
+    redis_url: str | None = None,
+    *,
+    policy_path: Path | None = None,
+    admin_key: str | None = None,
+) -> FastAPI:
+    """`policy_path`: the file a reload reads (SIGHUP, POST /admin/reload); `admin_key`: the bearer token
+    the admin endpoint requires (admin endpoints are off without one)."""
     store: StateStore = open_store(redis_url)
-
-    def load() -> None:
-        try:
-            state.router = Router(policy, LocalModel(policy.scorer.model), store)
-            log.info("ready: policy '%s', model '%s'", policy.name, policy.scorer.model)
-        except Exception as exc:  # reported by /readyz and every request; the log has the traceback
-            log.exception("loading the model failed")
-            state.failure = f"{type(exc).__name__}: {exc}"
+    metrics = Metrics()
+    serving = Serving(policy, store, metrics, policy_path)
+    metrics.track_queue(lambda: serving.router.batcher.depth if serving.router else 0)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Load in the background so /healthz answers at once and /readyz tells when the model is in.
-        loading = asyncio.create_task(asyncio.to_thread(load))
+        loading = asyncio.create_task(asyncio.to_thread(serving.load))
+        # Signal handlers can only be installed from the main thread (not so for servers run in tests).
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        if on_main_thread:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, serving.reload_on_signal)
         yield
+        if on_main_thread:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await loading
-        if state.router is not None:
-            await state.router.close()
+        await serving.close()
         await store.close()
 
     app = FastAPI(title="confidence-router", lifespan=lifespan)
     install_error_handlers(app)
 
-    def ready_router() -> Router:
-        if state.router is None:
-            detail = state.failure or "the model is still loading"
+    @app.middleware("http")
+    async def count_responses(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # The route template, not the URL, so that the label takes a few known values.
+        try:
+            response = await call_next(request)
+        except Exception:
+            metrics.http_requests.labels(_route(request), "500").inc()
+            raise
+        metrics.http_requests.labels(_route(request), str(response.status_code)).inc()
+        return response
+
+    def require_admin(authorization: str | None) -> None:
+        if admin_key is None:
             raise APIError(
-                503, f"Not ready: {detail}", type="service_unavailable", headers={"Retry-After": "2"}
+                403,
+                "Admin endpoints are off: start the server with ROUTER_ADMIN_KEY set",
+                type="permission_error",
             )
-        return state.router
+        if authorization is None or not hmac.compare_digest(
+            authorization.encode(), f"Bearer {admin_key}".encode()
+        ):
+            raise APIError(
+                401,
+                "Admin endpoints need the header Authorization: Bearer <ROUTER_ADMIN_KEY>",
+                type="authentication_error",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -65,30 +96,70 @@ def create_app(policy: Policy, redis_url: str | None = None) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        if state.router is not None:
+        if serving.router is not None:
             return JSONResponse({"status": "ready"})
-        body = {"status": "failed", "error": state.failure} if state.failure else {"status": "loading"}
+        body = {"status": "failed", "error": serving.failure} if serving.failure else {"status": "loading"}
         return JSONResponse(body, status_code=503)
 
     @app.get("/v1/models")
     async def models() -> dict[str, object]:
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "confidence-router"}
-            for name in policy.model_names
+            for name in (serving.router.policy if serving.router else policy).model_names
         ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: ChatCompletionRequest) -> Response:
-        routed = await ready_router().route(request)
+        async with serving.ready().in_use() as router:
+            routed = await router.route(request)
         if routed.chunks is None:
             return JSONResponse(routed.body, headers=routed.headers())
-        return StreamingResponse(_sse(routed), media_type="text/event-stream", headers=routed.headers())
+        stream = _sse(routed, metrics)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=routed.headers())
+
+    @app.post("/v1/feedback")
+    async def feedback(request: FeedbackRequest) -> dict[str, str]:
+        async with serving.ready().in_use() as router:
+            try:
+                recorded = await router.log.feedback(request.request_id, request.label)
+            except UnknownRequest as exc:
+                metrics.feedback.labels("unknown").inc()
+                retention = router.policy.monitoring.decision_ttl_s
+                message = (
+                    f"No decision is logged for request id {request.request_id}: it is unknown, or older "
+                    f"than the decision log keeps decisions ({retention:g} s)"
+                )
+                raise APIError(
+                    404, message, type="not_found_error", param="request_id", code="request_not_found"
+                ) from exc
+            except ConflictingFeedback as exc:
+                metrics.feedback.labels("conflict").inc()
+                raise APIError(409, str(exc), param="request_id", code="feedback_conflict") from exc
+        metrics.feedback.labels(request.outcome if recorded else "duplicate").inc()
+        return {"request_id": request.request_id, "status": "recorded" if recorded else "duplicate"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        if serving.router is not None:
+            await serving.router.observe_windows()
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload")
+    async def admin_reload(authorization: str | None = Header(None)) -> dict[str, str | None]:
+        require_admin(authorization)
+        router = await serving.reload()
+        return {
+            "status": "reloaded",
+            "policy": router.policy.name,
+            "scorer_version": router.scorer.version,
+            "calibrator": router.policy.scorer.calibrator,
+        }
 
     @app.post("/v1/score")
     async def score(request: ScoreRequest) -> dict[str, object]:
-        router = ready_router()
-        scored = await router.score(request.plain_messages(), request.max_tokens)
+        async with serving.ready().in_use() as router:
+            scored = await router.score(request.plain_messages(), request.max_tokens)
         return {
             "confidence": scored.score.confidence,
             "raw_score": scored.score.raw,
@@ -101,13 +172,18 @@ def create_app(policy: Policy, redis_url: str | None = None) -> FastAPI:
     return app
 
 
-async def _sse(routed: Routed) -> AsyncIterator[str]:
+def _route(request: Request) -> str:
+    return str(getattr(request.scope.get("route"), "path", "unmatched"))
+
+
+async def _sse(routed: Routed, metrics: Metrics) -> AsyncIterator[str]:
     assert routed.chunks is not None
     try:
         async for chunk in routed.chunks:
             yield f"data: {json.dumps(chunk)}\n\n"
     except Exception as exc:  # headers are gone: the stream can only end with an error event
         log.exception("stream %s failed", routed.request_id)
+        metrics.upstream_failed(routed.decision.target or "none", "stream_cut")
         error = {"message": f"stream failed ({type(exc).__name__})", "type": "upstream_error"}
         yield f"data: {json.dumps({'error': error})}\n\n"
     yield "data: [DONE]\n\n"

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
+
+
+_Entry = tuple[I, asyncio.Future[O], float]
+"""An item, the future its caller awaits, and when it was queued."""
 
 
 class Overloaded(Exception):
@@ -31,9 +36,11 @@ class MicroBatcher(Generic[I, O]):
         run: Callable[[list[I]], Awaitable[list[O]]],
         length: Callable[[I], int],
         limits: BatchLimits = BatchLimits(),
+        observe: Callable[[list[float]], None] | None = None,
     ) -> None:
-        self._run, self._length, self.limits = run, length, limits
-        self._queue: asyncio.Queue[tuple[I, asyncio.Future[O]]] = asyncio.Queue(limits.max_queue)
+        """`observe` gets, for each forward pass, the seconds each of its items waited in the queue."""
+        self._run, self._length, self.limits, self._observe = run, length, limits, observe
+        self._queue: asyncio.Queue[_Entry[I, O]] = asyncio.Queue(limits.max_queue)
         self._worker: asyncio.Task[None] | None = None
         self.batch_sizes: list[int] = []
 
@@ -46,7 +53,7 @@ class MicroBatcher(Generic[I, O]):
             self._worker = asyncio.create_task(self._work())
         future: asyncio.Future[O] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait((item, future))
+            self._queue.put_nowait((item, future, time.perf_counter()))
         except asyncio.QueueFull:
             raise Overloaded(f"{self.limits.max_queue} requests already waiting") from None
         return await future
@@ -57,7 +64,7 @@ class MicroBatcher(Generic[I, O]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
 
-    async def _collect(self) -> list[tuple[I, asyncio.Future[O]]]:
+    async def _collect(self) -> list[_Entry[I, O]]:
         batch = [await self._queue.get()]
         deadline = asyncio.get_running_loop().time() + self.limits.max_wait_ms / 1000
         while len(batch) < self.limits.max_size:
@@ -70,10 +77,10 @@ class MicroBatcher(Generic[I, O]):
                 break
         return batch
 
-    def _groups(self, batch: list[tuple[I, asyncio.Future[O]]]) -> list[list[tuple[I, asyncio.Future[O]]]]:
+    def _groups(self, batch: list[_Entry[I, O]]) -> list[list[_Entry[I, O]]]:
         """Sort by length and cut where the longest would exceed `max_length_ratio` x the shortest."""
         ordered = sorted(batch, key=lambda entry: self._length(entry[0]))
-        groups: list[list[tuple[I, asyncio.Future[O]]]] = []
+        groups: list[list[_Entry[I, O]]] = []
         for entry in ordered:
             if groups and self._length(entry[0]) <= self.limits.max_length_ratio * max(
                 1, self._length(groups[-1][0][0])
@@ -86,10 +93,13 @@ class MicroBatcher(Generic[I, O]):
     async def _work(self) -> None:
         while True:
             for group in self._groups(await self._collect()):
-                live = [(item, future) for item, future in group if not future.cancelled()]
+                live = [(item, future) for item, future, _ in group if not future.cancelled()]
                 if not live:
                     continue
                 self.batch_sizes.append(len(live))
+                if self._observe is not None:
+                    now = time.perf_counter()
+                    self._observe([now - queued for _, future, queued in group if not future.cancelled()])
                 try:
                     results = await self._run([item for item, _ in live])
                 except Exception as exc:  # every waiter learns of the failure; the worker lives on

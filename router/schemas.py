@@ -69,3 +69,29 @@ class ChatCompletionRequest(BaseModel):
 
     def plain_messages(self) -> list[dict[str, str]]:
         return plain(self.messages)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    request_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    """The x-router-request-id of the answer this feedback is about."""
+    correct: bool | None = None
+    score: float | None = Field(None, ge=0, le=1)
+    """A graded correctness, for answers that are partly right."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FeedbackRequest:
+        if (self.correct is None) == (self.score is None):
+            raise ValueError("give either correct (true or false) or score (0..1)")
+        return self
+
+    @property
+    def label(self) -> float:
+        return float(self.correct) if self.correct is not None else float(self.score or 0.0)
+
+    @property
+    def outcome(self) -> str:
+        if self.correct is None:
+            return "graded"
+        return "correct" if self.correct else "incorrect"

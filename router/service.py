@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
+
+import calibrators
 from policies import Decision, LiteLLMTarget, LocalTarget, Policy, RequestFacts, decide
 from router import completions
 from router.batcher import BatchLimits, MicroBatcher, Overloaded
+from router.budget import WINDOW, EscalationBudget
 from router.completions import Completion
+from router.drift import DriftMonitor
 from router.errors import APIError
+from router.feedback import TRAFFIC_RETAINED, DecisionLog, calibration_stats
 from router.local_model import LocalModel, Message
+from router.metrics import CALIBRATION_WINDOWS, Metrics
 from router.schemas import ChatCompletionRequest
 from router.score_cache import ScoreCache
 from router.scorers import Score, ScoreItem, build_scorer
@@ -59,28 +68,91 @@ class Scored:
 
 
 class Router:
-    def __init__(self, policy: Policy, model: LocalModel, store: StateStore | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        model: LocalModel,
+        store: StateStore | None = None,
+        metrics: Metrics | None = None,
+        model_thread: ThreadPoolExecutor | None = None,
+    ) -> None:
+        """`model_thread`: the worker that owns `model`, when another router made it (see `reloaded`)."""
         self.policy, self.model = policy, model
+        self.store, self.metrics = store or MemoryStore(), metrics or Metrics()
         self.scorer = build_scorer(policy.scorer, model)
         spec = policy.scorer
+        # A policy's calibrator (e.g. fitted on feedback) replaces the scorer folder's own.
+        self.recalibrator = calibrators.load(spec.calibrator) if spec.calibrator else None
         self.cache = (
-            ScoreCache(store or MemoryStore(), self.scorer.version, spec.cache_ttl_s)
-            if spec.cache_ttl_s
-            else None
+            ScoreCache(self.store, self.scorer.version, spec.cache_ttl_s) if spec.cache_ttl_s else None
         )
         limits = BatchLimits(spec.batch.max_size, spec.batch.max_wait_ms, spec.batch.max_queue)
         self.batcher: MicroBatcher[ScoreItem, Score] = MicroBatcher(
             lambda items: self._on_model(self.scorer.score_batch, items),
             lambda item: sum(len(str(m.get("content") or "")) for m in item.messages),
             limits,
+            self.metrics.batch_ran,
         )
+        self.metrics.queue_capacity.set(limits.max_queue)
         self.remote = {
             name: LiteLLMUpstream(name, target)
             for name, target in policy.targets.items()
             if isinstance(target, LiteLLMTarget)
         }
+        drift = policy.monitoring.drift
+        retained = max(TRAFFIC_RETAINED, drift.reference_size, drift.window)
+        self.log = DecisionLog(self.store, policy.monitoring, self.scorer.version, retained)
+        self.drift = DriftMonitor(self.store, self.log, drift, self.scorer.reference_scores)
+        self.budget = EscalationBudget(policy, self.log, self.calibrate)
         # One thread owns the model: requests queue for it instead of fighting over the cores.
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._owns_model_thread = model_thread is None
+        self._model_thread = model_thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Raw scores to confidences with the calibrator in force (the identity for uncalibrated scorers)."""
+        calibrator = self.recalibrator or self.scorer.calibrator
+        return calibrator.transform(raw) if calibrator is not None else raw
+
+    async def reloaded(self, policy: Policy) -> Router:
+        """A router for a new policy on this one's model and model thread. It is built on that thread, so
+        loading an adapter never races a forward pass, and it takes the thread over."""
+        if policy.scorer.model != self.policy.scorer.model:
+            raise ValueError(
+                f"scorer.model changed ('{self.policy.scorer.model}' -> '{policy.scorer.model}'): "
+                "a different model needs a restart"
+            )
+        successor = await self._on_model(
+            Router, policy, self.model, self.store, self.metrics, self._model_thread
+        )
+        self._owns_model_thread, successor._owns_model_thread = False, True
+        return successor
+
+    @asynccontextmanager
+    async def in_use(self) -> AsyncIterator[Router]:
+        """Counts requests in flight, so that a replaced router closes only once they are done."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def observe_windows(self) -> None:
+        """Set the gauges computed from the shared windows: rolling calibration, drift, escalation."""
+        records = await self.log.feedback_window(max(CALIBRATION_WINDOWS))
+        for window in CALIBRATION_WINDOWS:
+            self.metrics.calibrated(window, calibration_stats(records[-window:]))
+        self.metrics.drifted(await self.drift.check())
+        outcomes = [outcome for outcome, _ in await self.log.traffic()][-WINDOW:]
+        ratio = outcomes.count("escalate") / len(outcomes) if outcomes else math.nan
+        self.metrics.escalation_ratio.set(ratio)
+        threshold = self.budget.threshold
+        self.metrics.escalation_threshold.set(math.nan if threshold is None else threshold)
 
     async def _on_model(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
@@ -96,7 +168,7 @@ class Router:
         length_key = 0 if self.scorer.pre_generation else item.max_new_tokens
         cached = await self.cache.get(messages, length_key) if self.cache else None
         if cached is not None:
-            return Scored(cached, True, 1000 * (time.perf_counter() - started))
+            return self._scored(cached, True, started)
         try:
             score = await self.batcher.submit(item)
         except Overloaded as exc:
@@ -105,7 +177,14 @@ class Router:
             ) from exc
         if self.cache:
             await self.cache.put(messages, length_key, score)
-        return Scored(score, False, 1000 * (time.perf_counter() - started))
+        return self._scored(score, False, started)
+
+    def _scored(self, score: Score, cached: bool, started: float) -> Scored:
+        elapsed = time.perf_counter() - started
+        self.metrics.scoring_seconds.labels("hit" if cached else "miss").observe(elapsed)
+        if self.recalibrator is not None:
+            score = Score(float(self.recalibrator.transform([score.raw])[0]), score.raw, score.draft)
+        return Scored(score, cached, 1000 * elapsed)
 
     async def route(self, request: ChatCompletionRequest) -> Routed:
         if request.model not in self.policy.model_names:
@@ -120,8 +199,20 @@ class Router:
             scored.append((await self.score(request.plain_messages(), self._draft_tokens(request))).score)
             return scored[0].confidence
 
-        decision = await decide(self.policy, RequestFacts(request.model, request.user), confidence)
-        routed = await self._answer(request_id, request, decision, scored[0] if scored else None)
+        facts = RequestFacts(request.model, request.user)
+        decision = await decide(self.policy, facts, confidence, await self.budget.thresholds())
+        score = scored[0] if scored else None
+        answering = time.perf_counter()
+        try:
+            routed = await self._answer(request_id, request, decision, score)
+        except APIError as exc:
+            if exc.type == "upstream_error" and decision.target is not None:
+                self.metrics.upstream_failed(decision.target, exc.code)
+            raise
+        if decision.target is not None:
+            self.metrics.upstream_seconds.labels(decision.target).observe(time.perf_counter() - answering)
+        self.metrics.decided(decision)
+        await self.log.record(request_id, decision, None if score is None else score.raw)
         log.info(
             "request=%s rule=%s decision=%s target=%s confidence=%s latency_ms=%.0f",
             request_id,
@@ -147,8 +238,10 @@ class Router:
                 upstream = self.remote[decision.target]
                 plain = decision.action != "hedge" and not self.policy.failure_aware
                 if request.stream and plain:  # pass the provider's chunks through untouched
-                    return Routed(request_id, decision, chunks=await upstream.stream(request))
+                    chunks = self._metered(upstream, await upstream.stream(request))
+                    return Routed(request_id, decision, chunks=chunks)
                 body = await upstream.complete(request)
+                self._used(upstream, body.get("usage"))
         if decision.action == "hedge":
             body = completions.hedge(body, decision.message or "{answer}")
         if self.policy.failure_aware:
@@ -174,10 +267,27 @@ class Router:
             draft = await self._on_model(
                 self.model.draft, request.plain_messages(), self._draft_tokens(request, target)
             )
+        self.metrics.used(name, draft.prompt_tokens, draft.completion_tokens, 0.0)
         return completions.completion(
             request_id, name, draft.text, draft.finish_reason, draft.prompt_tokens, draft.completion_tokens
         )
 
+    def _used(self, upstream: LiteLLMUpstream, usage: dict[str, int] | None) -> None:
+        if usage:
+            prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+            self.metrics.used(upstream.name, prompt, completion, upstream.cost(prompt, completion))
+
+    async def _metered(
+        self, upstream: LiteLLMUpstream, chunks: AsyncIterator[Completion]
+    ) -> AsyncIterator[Completion]:
+        """A passed-through stream, counting the usage its last chunk carries when the client asked for it."""
+        async for chunk in chunks:
+            self._used(upstream, chunk.get("usage"))
+            yield chunk
+
     async def close(self) -> None:
+        """After a reload: waits for this router's requests in flight, then stops its batcher."""
+        await self._idle.wait()
         await self.batcher.close()
-        self._model_thread.shutdown(wait=False, cancel_futures=True)
+        if self._owns_model_thread:
+            self._model_thread.shutdown(wait=False, cancel_futures=True)

@@ -57,6 +57,16 @@ class LiteLLMUpstream:
             code=kind,
         )
 
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Estimated US dollars from litellm's cost map; 0 for models it does not price (self-hosted ones)."""
+        try:
+            prompt, completion = self._litellm.cost_per_token(
+                model=self.target.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            )
+        except Exception:  # litellm raises a bare Exception for a model missing from its map
+            return 0.0
+        return float(prompt + completion)
+
     async def complete(self, request: ChatCompletionRequest) -> Completion:
         arguments = self._arguments(request)
         try:

@@ -145,3 +145,11 @@ def tiny_head(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def head_scorer_yaml(tiny_model: Path, tiny_head: Path) -> str:
     """The `scorer:` section of a policy that scores with `tiny_head`."""
     return f'scorer: {{method: head, model: "{tiny_model}", adapter: "{tiny_head}"}}\n'
+
+
+@pytest.fixture(scope="session")
+def http() -> Iterator[httpx.Client]:
+    """One client for many requests: creating an httpx client costs tens of milliseconds (its SSL context),
+    far more than a request to a proxy on the tiny model."""
+    with httpx.Client(timeout=120) as client:
+        yield client

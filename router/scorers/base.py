@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from router.local_model import Draft, LocalModel, Message
 
 if TYPE_CHECKING:
+    from calibrators import Calibrator
     from policies.schema import ScorerSpec
 
 
@@ -32,6 +33,10 @@ class Scorer(ABC):
     version: str
     """Changes whenever the scorer's output could: part of the score cache key."""
     pre_generation: bool = False
+    calibrator: Calibrator | None = None
+    """Maps raw to confidence; None where the raw score is the confidence."""
+    reference_scores: list[float] | None = None
+    """Raw scores on the scorer's evaluation set (scorer.json), the default reference for drift."""
 
     @abstractmethod
     def score_batch(self, items: list[ScoreItem]) -> list[Score]:

@@ -41,6 +41,7 @@ class HeadScorer(Scorer):
         self.calibrator = (
             calibrators.load(folder / CALIBRATOR_FILE) if (folder / CALIBRATOR_FILE).is_file() else None
         )
+        self.reference_scores = card.extra().get("reference_scores")
         files = [HEAD_FILE, CALIBRATOR_FILE, "adapter_model.safetensors", "adapter_config.json"]
         self.version = f"head:{folder_digest(folder, files)}:layer{self.layer}"
 

@@ -1,0 +1,135 @@
+"""The decision log and feedback, kept in the state store so that every replica sees the same windows.
+
+- `decision:<request id>`: what was decided, for `monitoring.decision_ttl_s`; feedback joins with it.
+- `feedback:<request id>`: the feedback given, for as long; it makes a repeated POST a no-op.
+- `window:feedback`: joined (confidence, raw score, label) records, the newest `feedback_retained`.
+- `window:traffic:<scorer>`: each decision's outcome and raw score, the newest `traffic_retained`, per
+  scorer version (raw scores of two scorers are not comparable): drift, the escalation ratio and the
+  budget-targeted threshold read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+import calibrators
+from policies import Decision
+from policies.schema import MonitoringSpec
+from router.state import StateStore
+
+FEEDBACK_WINDOW = "window:feedback"
+TRAFFIC_RETAINED = 2000
+MIN_CALIBRATION_SAMPLES = 10
+"""Fewer feedback records than this give NaN rather than a number that means little."""
+
+
+class UnknownRequest(LookupError):
+    """No decision is logged under this id: it never existed, or it is older than the decision TTL."""
+
+
+class ConflictingFeedback(ValueError):
+    """Feedback for this id was already given with a different value."""
+
+
+@dataclass(frozen=True)
+class LoggedDecision:
+    outcome: str
+    target: str | None
+    rule: str
+    confidence: float | None
+    raw: float | None
+    scorer: str
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    confidence: float
+    raw: float
+    label: float
+    """1.0 correct, 0.0 incorrect, or a graded 0..1 score."""
+    scorer: str
+
+    @property
+    def correct(self) -> bool:
+        """Calibration metrics and fitting need a binary outcome: a graded score counts from 0.5."""
+        return self.label >= 0.5
+
+
+@dataclass(frozen=True)
+class CalibrationStats:
+    samples: int
+    ece: float
+    brier: float
+    auroc: float
+
+
+def calibration_stats(records: list[FeedbackRecord]) -> CalibrationStats:
+    if len(records) < MIN_CALIBRATION_SAMPLES:
+        return CalibrationStats(len(records), math.nan, math.nan, math.nan)
+    confidence = np.array([r.confidence for r in records])
+    correct = np.array([r.correct for r in records], dtype=np.float64)
+    both = 0 < correct.sum() < len(correct)
+    return CalibrationStats(
+        len(records),
+        calibrators.ece(confidence, correct),
+        calibrators.brier_score(confidence, correct),
+        calibrators.auroc(confidence, correct) if both else math.nan,
+    )
+
+
+async def read_feedback(store: StateStore, count: int) -> list[FeedbackRecord]:
+    """The newest `count` joined feedback records, oldest first."""
+    return [FeedbackRecord(**json.loads(e)) for e in await store.recent(FEEDBACK_WINDOW, count)]
+
+
+def scorer_key(version: str) -> str:
+    return hashlib.sha256(version.encode()).hexdigest()[:16]
+
+
+class DecisionLog:
+    def __init__(self, store: StateStore, spec: MonitoringSpec, scorer_version: str, retained: int) -> None:
+        self.store, self.spec, self.scorer_version = store, spec, scorer_version
+        self.traffic_key = f"window:traffic:{scorer_key(scorer_version)}"
+        self.traffic_retained = retained
+
+    async def record(self, request_id: str, decision: Decision, raw: float | None) -> None:
+        logged = LoggedDecision(
+            decision.outcome, decision.target, decision.rule, decision.confidence, raw, self.scorer_version
+        )
+        await self.store.set(f"decision:{request_id}", json.dumps(asdict(logged)), self.spec.decision_ttl_s)
+        entry = f"{decision.outcome} {'-' if raw is None else repr(raw)}"
+        await self.store.push(self.traffic_key, entry, self.traffic_retained)
+
+    async def feedback(self, request_id: str, label: float) -> bool:
+        """Join feedback with its decision; False when the same feedback was already recorded."""
+        found = await self.store.get(f"decision:{request_id}")
+        if found is None:
+            raise UnknownRequest(request_id)
+        logged = LoggedDecision(**json.loads(found))
+        key = f"feedback:{request_id}"
+        if not await self.store.set_if_absent(key, repr(label), self.spec.decision_ttl_s):
+            earlier = await self.store.get(key)
+            if earlier is not None and float(earlier) != label:
+                raise ConflictingFeedback(f"feedback for this request was already given as {earlier}")
+            return False
+        if logged.confidence is not None and logged.raw is not None:
+            record = FeedbackRecord(logged.confidence, logged.raw, label, logged.scorer)
+            await self.store.push(FEEDBACK_WINDOW, json.dumps(asdict(record)), self.spec.feedback_retained)
+        return True
+
+    async def feedback_window(self, count: int) -> list[FeedbackRecord]:
+        return await read_feedback(self.store, count)
+
+    async def traffic(self) -> list[tuple[str, float | None]]:
+        """The retained (outcome, raw score or None) of recent decisions, oldest first."""
+        entries = [e.split(" ", 1) for e in await self.store.recent(self.traffic_key, self.traffic_retained)]
+        return [(outcome, None if raw == "-" else float(raw)) for outcome, raw in entries]
+
+    async def recent_scores(self, count: int) -> list[float]:
+        scores = [raw for _, raw in await self.traffic() if raw is not None]
+        return scores[-count:]

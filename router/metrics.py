@@ -1,0 +1,211 @@
+"""Prometheus metrics. One registry per app; every label takes values from a small fixed set (decisions,
+the policy's targets, error kinds, window sizes, route templates), never from request text."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from policies import Decision
+
+if TYPE_CHECKING:
+    from router.drift import DriftReport
+    from router.feedback import CalibrationStats
+
+CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CALIBRATION_WINDOWS = (100, 1000)
+"""Rolling calibration is reported over the last 100 and the last 1000 feedback records."""
+
+# litellm's exception class names (and our own codes) folded into a few kinds, so the label stays bounded.
+_ERROR_KINDS = {
+    "Timeout": "timeout",
+    "APITimeoutError": "timeout",
+    "RateLimitError": "rate_limit",
+    "AuthenticationError": "auth",
+    "PermissionDeniedError": "auth",
+    "missing_api_key": "auth",
+    "BadRequestError": "bad_request",
+    "UnprocessableEntityError": "bad_request",
+    "ContextWindowExceededError": "bad_request",
+    "ContentPolicyViolationError": "bad_request",
+    "NotFoundError": "not_found",
+    "APIConnectionError": "connection",
+    "InternalServerError": "server",
+    "ServiceUnavailableError": "server",
+    "BadGatewayError": "server",
+    "stream_cut": "stream_cut",
+}
+ERROR_KINDS = (*sorted(set(_ERROR_KINDS.values())), "other")
+FEEDBACK_OUTCOMES = ("correct", "incorrect", "graded", "duplicate", "unknown", "conflict")
+
+
+def error_kind(code: str | None) -> str:
+    return _ERROR_KINDS.get(code or "", "other")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "router_requests",
+            "Routed requests by decision and answering target.",
+            ["decision", "target"],
+            registry=r,
+        )
+        self.confidence = Histogram(
+            "router_confidence", "Confidence the policy acted on.", buckets=CONFIDENCE_BUCKETS, registry=r
+        )
+        self.scoring_seconds = Histogram(
+            "router_scoring_seconds",
+            "Time to a score, from the cache (hit) or the scorer (miss, queueing included).",
+            ["cache"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "router_queue_wait_seconds",
+            "Time a scoring request waited for its micro-batch to start.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "router_upstream_seconds",
+            "Time for the answering target to produce the answer (the stream's opening when streamed).",
+            ["target"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "router_batch_size", "Scoring requests per forward pass.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("router_queue_depth", "Scoring requests waiting for a batch.", registry=r)
+        self.queue_capacity = Gauge(
+            "router_queue_capacity", "Waiting requests beyond which the router answers 503.", registry=r
+        )
+        self.upstream_errors = Counter(
+            "router_upstream_errors", "Failed calls to remote targets.", ["target", "kind"], registry=r
+        )
+        self.tokens = Counter(
+            "router_tokens", "Tokens by answering target and direction.", ["target", "direction"], registry=r
+        )
+        self.cost = Counter(
+            "router_cost_dollars",
+            "Estimated cost in US dollars by target (litellm's cost map; 0 for the local model).",
+            ["target"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "router_feedback",
+            "Feedback received: correct, incorrect, graded (a 0..1 score); duplicate, unknown id, conflict.",
+            ["outcome"],
+            registry=r,
+        )
+        self.calibration_ece = Gauge(
+            "router_calibration_ece",
+            "Expected calibration error (15 bins) over the feedback window.",
+            ["window"],
+            registry=r,
+        )
+        self.calibration_brier = Gauge(
+            "router_calibration_brier", "Brier score over the feedback window.", ["window"], registry=r
+        )
+        self.calibration_auroc = Gauge(
+            "router_calibration_auroc",
+            "AUROC of confidence for correctness over the feedback window.",
+            ["window"],
+            registry=r,
+        )
+        self.calibration_samples = Gauge(
+            "router_calibration_samples", "Feedback records in the window.", ["window"], registry=r
+        )
+        self.drift_psi = Gauge("router_drift_psi", "PSI of recent scores against the reference.", registry=r)
+        self.drift_ks = Gauge(
+            "router_drift_ks", "KS statistic of recent scores against the reference.", registry=r
+        )
+        self.drift_ks_critical = Gauge(
+            "router_drift_ks_critical",
+            "KS statistic at which the alarm fires for these sample sizes.",
+            registry=r,
+        )
+        self.drift_alarm = Gauge(
+            "router_drift_alarm", "1 while the drift alarm rule holds, else 0.", registry=r
+        )
+        self.drift_window_samples = Gauge(
+            "router_drift_window_samples", "Recent scores compared with the reference.", registry=r
+        )
+        self.drift_reference_samples = Gauge(
+            "router_drift_reference_samples",
+            "Scores in the reference distribution (0: none yet).",
+            registry=r,
+        )
+        self.escalation_ratio = Gauge(
+            "router_escalation_ratio",
+            "Share of the recent decisions (shared window) that escalated.",
+            registry=r,
+        )
+        self.escalation_threshold = Gauge(
+            "router_escalation_threshold",
+            "The budget-targeted confidence threshold in force (NaN without target_escalation_rate).",
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "router_http_requests", "HTTP responses by route and status code.", ["route", "code"], registry=r
+        )
+        self.reloads = Counter("router_reloads", "Policy and calibrator reloads.", ["result"], registry=r)
+        # Series for every value of a fixed label set exist from the start, so that rate() and alerts see
+        # a zero before the first event rather than no series at all.
+        for outcome in FEEDBACK_OUTCOMES:
+            self.feedback.labels(outcome)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        self.escalation_threshold.set(math.nan)
+        for window in CALIBRATION_WINDOWS:
+            for gauge in (self.calibration_ece, self.calibration_brier, self.calibration_auroc):
+                gauge.labels(str(window)).set(math.nan)
+            self.calibration_samples.labels(str(window)).set(0)
+        for gauge in (self.drift_psi, self.drift_ks, self.drift_ks_critical, self.escalation_ratio):
+            gauge.set(math.nan)
+
+    def decided(self, decision: Decision) -> None:
+        self.requests.labels(decision.outcome, decision.target or "none").inc()
+        if decision.confidence is not None:
+            self.confidence.observe(decision.confidence)
+
+    def batch_ran(self, waits_s: list[float]) -> None:
+        self.batch_size.observe(len(waits_s))
+        for wait in waits_s:
+            self.queue_wait_seconds.observe(wait)
+
+    def upstream_failed(self, target: str, code: str | None) -> None:
+        self.upstream_errors.labels(target, error_kind(code)).inc()
+
+    def used(self, target: str, prompt_tokens: int, completion_tokens: int, cost: float) -> None:
+        self.tokens.labels(target, "prompt").inc(prompt_tokens)
+        self.tokens.labels(target, "completion").inc(completion_tokens)
+        self.cost.labels(target).inc(cost)
+
+    def calibrated(self, window: int, stats: CalibrationStats) -> None:
+        label = str(window)
+        self.calibration_samples.labels(label).set(stats.samples)
+        self.calibration_ece.labels(label).set(stats.ece)
+        self.calibration_brier.labels(label).set(stats.brier)
+        self.calibration_auroc.labels(label).set(stats.auroc)
+
+    def drifted(self, report: DriftReport) -> None:
+        self.drift_psi.set(report.psi)
+        self.drift_ks.set(report.ks)
+        self.drift_ks_critical.set(report.ks_critical)
+        self.drift_window_samples.set(report.window)
+        self.drift_reference_samples.set(report.reference)
+        self.drift_alarm.set(int(report.alarm))
+
+    def track_queue(self, depth: Callable[[], float]) -> None:
+        self.queue_depth.set_function(depth)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

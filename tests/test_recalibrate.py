@@ -1,0 +1,86 @@
+"""Closing the loop: answers, feedback, `router calibrate --from-feedback`, and a reload that adopts the
+fitted calibrator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+import calibrators
+from policies import load_policy
+from tests.conftest import Served, head_scorer_yaml
+
+ADMIN_KEY = "admin-key-for-tests"
+# Every request is scored and logged; refusing spares drafting an answer nobody reads.
+RULES = """\
+targets:
+  local: {kind: local}
+rules:
+  - {when: {confidence_at_least: 0.0}, action: refuse}
+  - action: refuse
+"""
+
+
+def calibrate(redis_url: str, out: Path) -> subprocess.CompletedProcess[str]:
+    command = ["calibrate", "--from-feedback", "--out", str(out), "--redis-url", redis_url]
+    return subprocess.run(
+        [sys.executable, "-m", "router", *command], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_without_feedback_calibrate_says_so(fresh_redis: str, tmp_path: Path) -> None:
+    result = calibrate(fresh_redis, tmp_path / "calibrator.json")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: no feedback is logged in this store"
+    assert not (tmp_path / "calibrator.json").exists()
+
+
+def test_a_calibrator_fitted_on_feedback_is_adopted_by_a_reload(
+    serve: Callable[..., Served],
+    tiny_model: Path,
+    tiny_head: Path,
+    fresh_redis: str,
+    tmp_path: Path,
+    http: httpx.Client,
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(head_scorer_yaml(tiny_model, tiny_head) + RULES)
+    served = serve(load_policy(policy), fresh_redis, policy, ADMIN_KEY)
+
+    answered = []
+    for i in range(60):
+        chat = {"model": "router", "messages": [{"role": "user", "content": f"Fact {i}: true?"}]}
+        response = http.post(f"{served.base_url}/v1/chat/completions", json=chat)
+        answered.append(
+            (response.headers["x-router-request-id"], float(response.headers["x-router-confidence"]))
+        )
+    # The more confident half turns out right: a calibrator should learn a rising map.
+    median = sorted(confidence for _, confidence in answered)[30]
+    for request_id, confidence in answered:
+        body = {"request_id": request_id, "correct": confidence >= median}
+        assert http.post(f"{served.base_url}/v1/feedback", json=body).status_code == 200
+    before = http.post(f"{served.base_url}/v1/score", json={"question": "A new question?"}).json()
+
+    out = tmp_path / "calibrator.json"
+    result = calibrate(fresh_redis, out)
+    assert result.returncode == 0, result.stderr
+    assert "platt on 60 records (30 correct)" in result.stdout
+    fitted = calibrators.load(out)
+
+    policy.write_text(
+        policy.read_text().replace("scorer: {method: head,", f'scorer: {{calibrator: "{out}", method: head,')
+    )
+    reloaded = http.post(f"{served.base_url}/admin/reload", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["calibrator"] == str(out)
+
+    # A score cached before the reload is recalibrated as it is served; an unseen one too.
+    after = http.post(f"{served.base_url}/v1/score", json={"question": "A new question?"}).json()
+    assert after["cached"] and after["raw_score"] == before["raw_score"]
+    assert after["confidence"] == float(fitted.transform([after["raw_score"]])[0]) != before["confidence"]
+    unseen = http.post(f"{served.base_url}/v1/score", json={"question": "Never asked before?"}).json()
+    assert unseen["confidence"] == float(fitted.transform([unseen["raw_score"]])[0])
