@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -42,7 +43,8 @@ class MicroBatcher(Generic[I, O]):
         self._run, self._length, self.limits, self._observe = run, length, limits, observe
         self._queue: asyncio.Queue[_Entry[I, O]] = asyncio.Queue(limits.max_queue)
         self._worker: asyncio.Task[None] | None = None
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=1000)
+        """The sizes of the most recent forward passes (bounded: a server runs for months)."""
 
     @property
     def depth(self) -> int:

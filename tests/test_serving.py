@@ -65,7 +65,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_scores(
         batcher = MicroBatcher(score, lambda i: len(i.messages[0]["content"]), BatchLimits(8, 20.0, 64))
         results = await asyncio.gather(*(batcher.submit(item(q)) for q in QUESTIONS))
         await batcher.close()
-        return results, batcher.batch_sizes
+        return results, list(batcher.batch_sizes)
 
     results, sizes = asyncio.run(run())
     assert [r.raw for r in results] == pytest.approx([alone[q] for q in QUESTIONS], rel=1e-4, abs=1e-6)
