@@ -12,10 +12,12 @@ from router.local_model import LocalModel
 from router.scorers import ScoreItem
 from router.scorers.card import ScorerCard
 from router.scorers.head import HeadScorer
+from router.scorers.intrinsic import IntrinsicScorer
 from train.data import DataError, QARecord, load_records, prompt
 from train.grading import is_correct
 from train.head import HeadSettings
-from train.jobs import evaluate_scorer, train_head_scorer
+from train.intrinsic import IntrinsicSettings, target_digit
+from train.jobs import evaluate_scorer, train_head_scorer, train_intrinsic_scorer
 from train.label import LabelSettings, build_dataset, done_ids
 from train.splits import split_of
 
@@ -187,3 +189,29 @@ def test_eval_writes_metrics_with_intervals_and_baselines(trained: Path) -> None
     assert json.loads((trained / "eval" / "metrics.json").read_text()) == metrics
     report = (trained / "eval" / "report.md").read_text()
     assert "reliability.png" in report and (trained / "eval" / "reliability.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("row", "digit"),
+    [
+        ({"correct": True, "samples": ["a"] * 4, "sample_accuracy": 1.0}, 9),  # 5 of 5 right: capped at 9
+        ({"correct": False, "samples": ["a"] * 4, "sample_accuracy": 0.5}, 4),  # 2 of 5
+        ({"correct": True, "samples": [], "sample_accuracy": None}, 9),
+        ({"correct": False, "samples": ["a"] * 4, "sample_accuracy": 0.0}, 0),
+    ],
+)
+def test_intrinsic_target_digit(row: dict[str, object], digit: int) -> None:
+    assert target_digit(row) == digit
+
+
+def test_intrinsic_training_writes_a_granite_style_folder(tiny_model: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(LABELS.read_text().splitlines(keepends=True)[:64]))
+    out = tmp_path / "intrinsic"
+    settings = IntrinsicSettings(batch_size=8, epochs=1.0)
+    card = train_intrinsic_scorer(str(tiny_model), [labels], out, settings, frozenset(), print)
+    assert card.method == "intrinsic" and (out / "io.yaml").is_file()
+    scorer = IntrinsicScorer(LocalModel(str(tiny_model)), out)
+    assert scorer.activated  # an aLoRA: serving reuses the base model's cache
+    [score] = scorer.score_batch([ScoreItem(prompt(record("What is 2+2?", ["4"])), 4)])
+    assert 0.05 <= score.raw <= 0.95 and score.draft is not None

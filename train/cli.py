@@ -57,7 +57,12 @@ def build_dataset(
 def train_scorer(
     data: Annotated[list[Path], typer.Option("--data", help="labels.jsonl from build-dataset (repeatable).")],
     out: Annotated[Path, typer.Option(help="The scorer folder to write.")],
-    method: Annotated[str, typer.Option(help="head (EliCal).")] = "head",
+    method: Annotated[
+        str, typer.Option(help="head (EliCal, pre-generation) or intrinsic (Granite-style).")
+    ] = "head",
+    activated: Annotated[
+        bool, typer.Option(help="intrinsic: an aLoRA that switches on at the invocation.")
+    ] = True,
     base: Annotated[
         str, typer.Option(help="The base model the labels were made with.")
     ] = "smollm2-135m-instruct",
@@ -84,10 +89,23 @@ def train_scorer(
 ) -> None:
     """Train a scorer adapter from labelled data, calibrate it on held-out rows, and write its folder."""
     from train.head import HeadSettings
-    from train.jobs import train_head_scorer
+    from train.intrinsic import IntrinsicSettings
+    from train.jobs import train_head_scorer, train_intrinsic_scorer
 
+    if method == "intrinsic":
+        intrinsic = IntrinsicSettings(
+            activated=activated,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            learning_rate=learning_rate,
+            seed=seed,
+        )
+        train_intrinsic_scorer(base, data, out, intrinsic, frozenset(hold_out or []), typer.echo)
+        typer.echo(f"{out}: intrinsic scorer written")
+        return
     if method != "head":
-        typer.echo(f"error: method '{method}' is not implemented yet; use head", err=True)
+        typer.echo(f"error: --method must be head or intrinsic, not '{method}'", err=True)
         raise typer.Exit(2)
     settings = HeadSettings(
         layer=layer,

@@ -17,8 +17,10 @@ from router.local_model import LocalModel
 from router.scorers import ScoreItem
 from router.scorers.card import ScorerCard
 from router.scorers.head import CALIBRATOR_FILE, HeadScorer, save_head
+from router.scorers.intrinsic import IntrinsicScorer
 from train.data import QARecord, prompt
 from train.head import HeadSettings, Trainer
+from train.intrinsic import IntrinsicSettings, train_intrinsic
 from train.splits import RULE as SPLIT_RULE
 from train.splits import split_rows
 
@@ -90,6 +92,53 @@ def train_head_scorer(
                 "layer_probe_auroc": layer_scores,
                 "calibration": calibration,
                 "history": progress.history,
+                "seconds": round(time.perf_counter() - started, 1),
+            },
+        }
+    )
+    card.save(out)
+    return card
+
+
+def train_intrinsic_scorer(
+    base: str,
+    label_files: list[Path],
+    out: Path,
+    settings: IntrinsicSettings,
+    held_out: frozenset[str],
+    log: Callable[[str], None],
+) -> ScorerCard:
+    started = time.perf_counter()
+    per_file = {path: read_labels([path]) for path in label_files}
+    rows = [row for part in per_file.values() for row in part]
+    splits = split_rows(rows, settings.seed, held_out)
+    card = train_intrinsic(base, splits["train"], out, settings, log)
+
+    scorer = IntrinsicScorer(LocalModel(base), out)
+    calibration = splits["calibration"]
+    raw = scorer.raw_scores(
+        [prompt(QARecord(**_record(r))) for r in calibration], [r["greedy"] for r in calibration]
+    )
+    labels = np.array([r["correct"] for r in calibration], dtype=float)
+    fitted = 0 < labels.sum() < len(labels)
+    if fitted:
+        calibrators.PlattScaling().fit(raw, labels).save(out / CALIBRATOR_FILE)
+    card = ScorerCard.model_validate(
+        {
+            **card.model_dump(),
+            "training": {
+                "labels": [{"file": str(path), "rows": len(part)} for path, part in per_file.items()],
+                "rows_by_source_and_split": _counts(splits),
+                "held_out_sources": sorted(held_out),
+                "split_rule": SPLIT_RULE,
+                "seed": settings.seed,
+                "target": "digit = floor(10 * share of the greedy answer and its samples that were correct)",
+                "settings": asdict(settings),
+                "calibration": {
+                    "method": "platt" if fitted else None,
+                    "rows": len(labels),
+                    "positives": int(labels.sum()),
+                },
                 "seconds": round(time.perf_counter() - started, 1),
             },
         }
