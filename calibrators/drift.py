@@ -5,8 +5,6 @@ Both compare score distributions only (no labels), so they work before any feedb
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -56,5 +54,5 @@ def ks_critical_value(n_reference: int, n_live: int, alpha: float) -> float:
         raise ValueError(f"sample sizes must be positive; got {n_reference} and {n_live}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1); got {alpha}")
-    c = math.sqrt(-0.5 * math.log(alpha / 2))
-    return c * math.sqrt((n_reference + n_live) / (n_reference * n_live))
+    c = np.sqrt(-0.5 * np.log(alpha / 2))
+    return float(c * np.sqrt((n_reference + n_live) / (n_reference * n_live)))

@@ -4,6 +4,7 @@ OpenAI-shaped errors for everything a client can get wrong."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def test_graded_feedback_and_decisions_without_a_confidence(served: Served, http
 def test_unknown_and_expired_ids_are_a_clear_404(
     forgetful: Served, redis_url: str, http: httpx.Client
 ) -> None:
-    unknown = feedback(http, forgetful, {"request_id": "0" * 32, "correct": True})
+    unknown = feedback(http, forgetful, {"request_id": uuid.uuid4().hex, "correct": True})  # never logged
     assert unknown.status_code == 404
     error = unknown.json()["error"]
     assert error["type"] == "not_found_error" and error["param"] == "request_id"
