@@ -18,7 +18,7 @@ serve: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy router policies calibrators tests bench
+	$(BIN)/mypy router policies calibrators train tests bench
 
 test: lint
 	$(BIN)/pytest

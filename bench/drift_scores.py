@@ -24,8 +24,9 @@ from pathlib import Path
 from router.local_model import LocalModel
 from router.scorers import ScoreItem
 from router.scorers.nprob import NProbScorer
+from train.data import shared_data_dir
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = shared_data_dir()
 OUT = Path(__file__).parents[1] / "tests" / "data" / "drift_scores.json"
 MODEL = "smollm2-135m-instruct"
 SEED = 0

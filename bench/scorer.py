@@ -38,8 +38,9 @@ from router.scorers.card import ScorerCard
 from router.scorers.head import HeadScorer, save_head
 from router.scorers.intrinsic import IntrinsicScorer, IOConfig, certainty_suffix
 from router.service import Router
+from train.data import shared_data_dir
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data" / "nq_open" / "NQ-open.dev.jsonl"
+DATA = shared_data_dir() / "nq_open" / "NQ-open.dev.jsonl"
 MODEL = "smollm2-135m-instruct"
 IO_YAML = """\
 transformations:

@@ -13,7 +13,7 @@ from router.scorers import ScoreItem
 from router.scorers.card import ScorerCard
 from router.scorers.head import HeadScorer
 from router.scorers.intrinsic import IntrinsicScorer
-from train.data import DataError, QARecord, load_records, prompt
+from train.data import DataError, QARecord, load_records, prompt, shared_data_dir
 from train.grading import is_correct
 from train.head import HeadSettings
 from train.intrinsic import IntrinsicSettings, target_digit
@@ -21,7 +21,7 @@ from train.jobs import evaluate_scorer, train_head_scorer, train_intrinsic_score
 from train.label import LabelSettings, build_dataset, done_ids
 from train.splits import split_of
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
+DATA = shared_data_dir()
 SHARED_FILES = sorted([*DATA.glob("*/*.jsonl"), *DATA.glob("*/*.csv")])
 LABELS = Path(__file__).parents[1] / "train" / "labels" / "smollm2-135m-instruct.jsonl"
 

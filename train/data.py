@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+
+def shared_data_dir() -> Path:
+    """Where the shared QA sets live: $ROUTER_DATA_DIR, else ../shared/data beside the project."""
+    return Path(os.environ.get("ROUTER_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 class QARecord(BaseModel):

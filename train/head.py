@@ -100,11 +100,12 @@ class Trainer:
 
     @torch.inference_mode()
     def _frozen_states(self, rows: list[Row], layers: list[int]) -> dict[int, np.ndarray]:
-        model = self.base_model.to(self.accelerator.device).eval()
+        # The decoder alone: the output head's logits (batch x length x vocabulary) are never needed here.
+        decoder = self.base_model.to(self.accelerator.device).eval().get_decoder()
         out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
         for batch in _batches(rows, 32):
-            hidden = model(**self._encode(batch), output_hidden_states=True).hidden_states
-            decoder_norm = model.get_decoder().norm
+            hidden = decoder(**self._encode(batch), output_hidden_states=True).hidden_states
+            decoder_norm = decoder.norm
             for layer in layers:
                 state = hidden[layer][:, -1, :]
                 state = state if layer == self.num_layers else decoder_norm(state)
