@@ -150,6 +150,7 @@ def test_training_writes_a_scorer_folder_the_server_loads(trained: Path, tiny_mo
     card = ScorerCard.load(folder)
     training = card.extra()["training"]
     assert card.method == "head" and card.layer == 3
+    assert len(card.extra()["reference_scores"]) == training["calibration"]["rows"] > 0  # the drift reference
     assert training["held_out_sources"] == ["jeopardy"]
     assert "jeopardy" not in training["rows_by_source_and_split"]["train"]
     assert training["labels"][0]["rows"] == 160 and training["split_rule"].startswith("bucket")

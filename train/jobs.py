@@ -81,6 +81,8 @@ def train_head_scorer(
     card = ScorerCard.model_validate(
         {
             **card.model_dump(),
+            # The drift monitor's default reference: raw scores on rows training never saw.
+            "reference_scores": [round(float(x), 6) for x in raw],
             "training": {
                 "labels": [{"file": str(path), "rows": len(part)} for path, part in per_file.items()],
                 "rows_by_source_and_split": _counts(splits),
@@ -126,6 +128,8 @@ def train_intrinsic_scorer(
     card = ScorerCard.model_validate(
         {
             **card.model_dump(),
+            # The drift monitor's default reference: raw scores on rows training never saw.
+            "reference_scores": [round(float(x), 6) for x in raw],
             "training": {
                 "labels": [{"file": str(path), "rows": len(part)} for path, part in per_file.items()],
                 "rows_by_source_and_split": _counts(splits),
