@@ -39,17 +39,10 @@ from router.scorers.head import HeadScorer, save_head
 from router.scorers.intrinsic import IntrinsicScorer, IOConfig, certainty_suffix
 from router.service import Router
 from train.data import shared_data_dir
+from train.intrinsic import IO_YAML
 
 DATA = shared_data_dir() / "nq_open" / "NQ-open.dev.jsonl"
 MODEL = "smollm2-135m-instruct"
-IO_YAML = """\
-transformations:
-  - type: likelihood
-    categories_to_values:
-      {0: 0.05, 1: 0.15, 2: 0.25, 3: 0.35, 4: 0.45, 5: 0.55, 6: 0.65, 7: 0.75, 8: 0.85, 9: 0.95}
-    input_path: [score]
-instruction: "<certainty>"
-"""
 
 
 def questions(n: int) -> list[Messages]:

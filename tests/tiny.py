@@ -15,24 +15,9 @@ from router.local_model import LocalModel
 from router.scorers.card import ScorerCard
 from router.scorers.head import save_head
 from router.scorers.intrinsic import IOConfig, certainty_suffix
+from train.intrinsic import IO_YAML
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
-
-IO_YAML = """\
-model: ~
-response_format: |
-  {"type": "object", "required": ["score"],
-   "properties": {"score": {"type": "string", "enum": ["0","1","2","3","4","5","6","7","8","9"]}}}
-transformations:
-  - type: likelihood
-    categories_to_values:  # each digit X maps to 0.1 * X + 0.05
-      {0: 0.05, 1: 0.15, 2: 0.25, 3: 0.35, 4: 0.45, 5: 0.55, 6: 0.65, 7: 0.75, 8: 0.85, 9: 0.95}
-    input_path: [score]
-    output_name: certainty
-instruction: "<certainty>"
-parameters:
-  max_completion_tokens: 12
-"""
 
 
 def build_tiny_model(out: Path, tokenizer_from: Path, layers: int = 4, seed: int = 0) -> Path:

@@ -32,6 +32,11 @@ class QARecord(BaseModel):
     choices: list[str] | None = None
     source: str
 
+    @classmethod
+    def of_label(cls, row: dict[str, Any]) -> QARecord:
+        """The question part of a labels.jsonl row (which adds answers, grades and scores)."""
+        return cls.model_validate({name: row[name] for name in cls.model_fields if name in row})
+
 
 class DataError(ValueError):
     """One line: file, row and what is wrong."""

@@ -115,7 +115,7 @@ class Trainer:
     def _encode(self, rows: list[Row]) -> dict[str, torch.Tensor]:
         texts = [
             self.tokenizer.apply_chat_template(
-                prompt(QARecord(**_record(r))), add_generation_prompt=True, tokenize=False
+                prompt(QARecord.of_label(r)), add_generation_prompt=True, tokenize=False
             )
             for r in rows
         ]
@@ -308,10 +308,6 @@ class Trainer:
         if hasattr(self, "_best"):
             self.model.load_state_dict(self._best[0], strict=False)
             self.head.load_state_dict(self._best[1])
-
-
-def _record(row: Row) -> Row:
-    return {k: row[k] for k in ("id", "question", "answers", "context", "choices", "source") if k in row}
 
 
 def _batches(rows: list[Row], size: int) -> Iterator[list[Row]]:

@@ -107,10 +107,7 @@ def train_intrinsic(
 
 def _example(local: LocalModel, io: IOConfig, row: Row) -> tuple[list[int], list[int], list[int]]:
     """(conversation with the answer, invocation suffix, target) token ids, split as serving splits them."""
-    record = QARecord(
-        **{k: row[k] for k in ("id", "question", "answers", "context", "choices", "source") if k in row}
-    )
-    prefix, suffix = certainty_suffix(local, prompt(record), row["greedy"], io)
+    prefix, suffix = certainty_suffix(local, prompt(QARecord.of_label(row)), row["greedy"], io)
     tokenize = local.tokenizer
     target = f'{target_digit(row)}"}}'
     return (

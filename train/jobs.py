@@ -6,7 +6,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,61 @@ def read_labels(paths: list[Path]) -> list[Row]:
     return rows
 
 
+@dataclass(frozen=True)
+class LabelledData:
+    per_file: dict[Path, list[Row]]
+    splits: dict[str, list[Row]]
+    held_out: frozenset[str]
+    seed: int
+
+    @classmethod
+    def read(cls, label_files: list[Path], seed: int, held_out: frozenset[str]) -> LabelledData:
+        per_file = {path: read_labels([path]) for path in label_files}
+        rows = [row for part in per_file.values() for row in part]
+        return cls(per_file, split_rows(rows, seed, held_out), held_out, seed)
+
+    def provenance(self) -> dict[str, Any]:
+        first = next((part[0] for part in self.per_file.values() if part), {})
+        return {
+            "labels": [{"file": str(path), "rows": len(part)} for path, part in self.per_file.items()],
+            "rows_by_source_and_split": {
+                name: dict(Counter(r["source"] for r in part)) for name, part in self.splits.items()
+            },
+            "held_out_sources": sorted(self.held_out),
+            "split_rule": SPLIT_RULE,
+            "seed": self.seed,
+            "grading": first.get("grading"),
+        }
+
+
+def finish_scorer(
+    out: Path,
+    card: ScorerCard,
+    raw: np.ndarray,
+    data: LabelledData,
+    training: dict[str, Any],
+    log: Callable[[str], None],
+) -> ScorerCard:
+    """Fit the calibrator on the calibration split's raw scores and write the card with its provenance."""
+    labels = np.array([r["correct"] for r in data.splits["calibration"]], dtype=float)
+    calibration = {"method": "platt", "rows": len(labels), "positives": int(labels.sum())}
+    if 0 < labels.sum() < len(labels):
+        calibrators.PlattScaling().fit(raw, labels).save(out / CALIBRATOR_FILE)
+    else:  # an uncalibrated scorer is still usable; the card says so
+        calibration["method"] = None
+        log(f"no calibrator: the calibration split has {len(labels)} rows, {int(labels.sum())} correct")
+    card = ScorerCard.model_validate(
+        {
+            **card.model_dump(),
+            # The drift monitor's default reference: raw scores on rows training never saw.
+            "reference_scores": [round(float(x), 6) for x in raw],
+            "training": {**data.provenance(), **training, "calibration": calibration},
+        }
+    )
+    card.save(out)
+    return card
+
+
 def train_head_scorer(
     base: str,
     label_files: list[Path],
@@ -52,54 +107,28 @@ def train_head_scorer(
     log: Callable[[str], None],
 ) -> ScorerCard:
     started = time.perf_counter()
-    per_file = {path: read_labels([path]) for path in label_files}
-    rows = [row for part in per_file.values() for row in part]
-    splits = split_rows(rows, settings.seed, held_out)
+    data = LabelledData.read(label_files, settings.seed, held_out)
     trainer = Trainer(base, settings, out)
     out.mkdir(parents=True, exist_ok=True)
     layer_scores: dict[int, float] = {}
     layer = settings.layer
     if layer is None:
-        layer, layer_scores = trainer.choose_layer(splits["train"], splits["dev"])
+        layer, layer_scores = trainer.choose_layer(data.splits["train"], data.splits["dev"])
         log(f"layer {layer} chosen on dev (probe AUROC by layer: {layer_scores})")
-    progress = trainer.train(splits["train"], splits["dev"], layer, resume, log)
+    progress = trainer.train(data.splits["train"], data.splits["dev"], layer, resume, log)
     trainer.model.save_pretrained(str(out))
     card = ScorerCard(method="head", base_model=base, layer=layer)
     save_head(out, trainer.head.weight, trainer.head.bias, card)
-
-    # The calibrator is fitted on rows training never saw, through the same path the server scores with.
+    # Calibration scores go through the path the server scores with, not the trainer's.
     scorer = HeadScorer(LocalModel(base), out)
-    raw = scorer.raw_scores([ScoreItem(prompt(QARecord(**_record(r)))) for r in splits["calibration"]])
-    labels = np.array([r["correct"] for r in splits["calibration"]], dtype=float)
-    calibration = {"method": "platt", "rows": len(labels), "positives": int(labels.sum())}
-    if 0 < labels.sum() < len(labels):
-        calibrators.PlattScaling().fit(raw, labels).save(out / CALIBRATOR_FILE)
-    else:  # an uncalibrated scorer is still usable; the card says so
-        calibration["method"] = None
-        log(f"no calibrator: the calibration split has {len(labels)} rows, {int(labels.sum())} correct")
-
-    card = ScorerCard.model_validate(
-        {
-            **card.model_dump(),
-            # The drift monitor's default reference: raw scores on rows training never saw.
-            "reference_scores": [round(float(x), 6) for x in raw],
-            "training": {
-                "labels": [{"file": str(path), "rows": len(part)} for path, part in per_file.items()],
-                "rows_by_source_and_split": _counts(splits),
-                "held_out_sources": sorted(held_out),
-                "split_rule": SPLIT_RULE,
-                "seed": settings.seed,
-                "grading": rows[0].get("grading") if rows else None,
-                "settings": asdict(settings),
-                "layer_probe_auroc": layer_scores,
-                "calibration": calibration,
-                "history": progress.history,
-                "seconds": round(time.perf_counter() - started, 1),
-            },
-        }
-    )
-    card.save(out)
-    return card
+    raw = scorer.raw_scores([ScoreItem(prompt(QARecord.of_label(r))) for r in data.splits["calibration"]])
+    training = {
+        "settings": asdict(settings),
+        "layer_probe_auroc": layer_scores,
+        "history": progress.history,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return finish_scorer(out, card, raw, data, training, log)
 
 
 def train_intrinsic_scorer(
@@ -111,52 +140,18 @@ def train_intrinsic_scorer(
     log: Callable[[str], None],
 ) -> ScorerCard:
     started = time.perf_counter()
-    per_file = {path: read_labels([path]) for path in label_files}
-    rows = [row for part in per_file.values() for row in part]
-    splits = split_rows(rows, settings.seed, held_out)
-    card = train_intrinsic(base, splits["train"], out, settings, log)
-
+    data = LabelledData.read(label_files, settings.seed, held_out)
+    card = train_intrinsic(base, data.splits["train"], out, settings, log)
     scorer = IntrinsicScorer(LocalModel(base), out)
-    calibration = splits["calibration"]
-    raw = scorer.raw_scores(
-        [prompt(QARecord(**_record(r))) for r in calibration], [r["greedy"] for r in calibration]
-    )
-    labels = np.array([r["correct"] for r in calibration], dtype=float)
-    fitted = 0 < labels.sum() < len(labels)
-    if fitted:
-        calibrators.PlattScaling().fit(raw, labels).save(out / CALIBRATOR_FILE)
-    card = ScorerCard.model_validate(
-        {
-            **card.model_dump(),
-            # The drift monitor's default reference: raw scores on rows training never saw.
-            "reference_scores": [round(float(x), 6) for x in raw],
-            "training": {
-                "labels": [{"file": str(path), "rows": len(part)} for path, part in per_file.items()],
-                "rows_by_source_and_split": _counts(splits),
-                "held_out_sources": sorted(held_out),
-                "split_rule": SPLIT_RULE,
-                "seed": settings.seed,
-                "target": "digit = floor(10 * share of the greedy answer and its samples that were correct)",
-                "settings": asdict(settings),
-                "calibration": {
-                    "method": "platt" if fitted else None,
-                    "rows": len(labels),
-                    "positives": int(labels.sum()),
-                },
-                "seconds": round(time.perf_counter() - started, 1),
-            },
-        }
-    )
-    card.save(out)
-    return card
-
-
-def _record(row: Row) -> Row:
-    return {k: row[k] for k in ("id", "question", "answers", "context", "choices", "source") if k in row}
-
-
-def _counts(splits: dict[str, list[Row]]) -> dict[str, dict[str, int]]:
-    return {name: dict(Counter(r["source"] for r in part)) for name, part in splits.items()}
+    calibration = data.splits["calibration"]
+    conversations = [prompt(QARecord.of_label(r)) for r in calibration]
+    raw = scorer.raw_scores(conversations, [r["greedy"] for r in calibration])
+    training = {
+        "target": "digit = floor(10 * share of the greedy answer and its samples that were correct)",
+        "settings": asdict(settings),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return finish_scorer(out, card, raw, data, training, log)
 
 
 def evaluate_scorer(
@@ -171,7 +166,7 @@ def evaluate_scorer(
         rows = split_rows(rows, seed if seed is not None else training.get("seed", 0), held_out)[split]
     scorer = HeadScorer(LocalModel(card.base_model), adapter)
     confidences = np.array(
-        [s.confidence for s in scorer.score_batch([ScoreItem(prompt(QARecord(**_record(r)))) for r in rows])]
+        [s.confidence for s in scorer.score_batch([ScoreItem(prompt(QARecord.of_label(r))) for r in rows])]
     )
     labels = np.array([r["correct"] for r in rows], dtype=float)
     metrics: dict[str, Any] = {
