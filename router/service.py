@@ -157,9 +157,10 @@ class Router:
     async def _on_model(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
 
-    def _draft_tokens(self, request: ChatCompletionRequest | None, target: LocalTarget | None = None) -> int:
+    def _draft_tokens(self, request: ChatCompletionRequest, target: LocalTarget | None = None) -> int:
+        """The client's token cap, within the policy's (the target's, or the scorer's for drafts)."""
         cap = target.max_tokens if target else self.policy.scorer.max_draft_tokens
-        return min(request.token_cap or cap, cap) if request else cap
+        return min(request.token_cap or cap, cap)
 
     async def score(self, messages: list[Message], max_new_tokens: int | None = None) -> Scored:
         started = time.perf_counter()
