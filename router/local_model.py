@@ -223,6 +223,12 @@ def last_token_state(decoder: Any, batch: dict[str, torch.Tensor], layer: int) -
     layer costs only the layers below it. With `layer` = the last one this is exactly the model's last
     hidden state. Training and serving both read states through here, so they cannot drift apart.
     """
+    state: torch.Tensor = decoder.norm(hidden_after(decoder, batch, layer)[:, -1, :])
+    return state
+
+
+def hidden_after(decoder: Any, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+    """The output of decoder layer `layer` (1-based) at every position; the layers above it never run."""
 
     def stop(_module: torch.nn.Module, _inputs: object, output: object) -> None:
         raise _EarlyExit(output[0] if isinstance(output, tuple) else output)  # type: ignore[arg-type]
@@ -232,8 +238,6 @@ def last_token_state(decoder: Any, batch: dict[str, torch.Tensor], layer: int) -
         decoder(**batch, use_cache=False)
         raise AssertionError("the early-exit hook did not fire")
     except _EarlyExit as exit_:
-        hidden = exit_.hidden
+        return exit_.hidden
     finally:
         handle.remove()
-    state: torch.Tensor = decoder.norm(hidden[:, -1, :])
-    return state

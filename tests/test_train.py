@@ -8,17 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from router.local_model import LocalModel
+from router.local_model import LocalModel, last_token_state
 from router.scorers import ScoreItem
 from router.scorers.card import ScorerCard
 from router.scorers.head import HeadScorer
 from router.scorers.intrinsic import IntrinsicScorer
 from train.data import DataError, QARecord, load_records, prompt, shared_data_dir
 from train.grading import is_correct
-from train.head import HeadSettings
+from train.head import HeadSettings, Trainer
 from train.intrinsic import IntrinsicSettings, target_digit
 from train.jobs import evaluate_scorer, train_head_scorer, train_intrinsic_scorer
 from train.label import LabelSettings, build_dataset, done_ids
+from train.prefix import FrozenPrefix
 from train.splits import split_of
 
 DATA = shared_data_dir()
@@ -134,7 +135,13 @@ def trained(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     labels = out / "labels.jsonl"
     labels.write_text("".join(LABELS.read_text().splitlines(keepends=True)[:160]))
     settings = HeadSettings(
-        layer=3, batch_size=16, stage2_size=120, eval_every=3, checkpoint_every=4, patience=10
+        layer=3,
+        lora_layers=2,  # layer 1 frozen: training runs on its kept output
+        batch_size=16,
+        stage2_size=120,
+        eval_every=3,
+        checkpoint_every=4,
+        patience=10,
     )
     train_head_scorer(
         str(tiny_model), [labels], out / "scorer", settings, frozenset({"jeopardy"}), False, print
@@ -161,12 +168,31 @@ def test_training_writes_a_scorer_folder_the_server_loads(trained: Path, tiny_mo
     assert 0 <= scores[0].confidence <= 1
 
 
+def test_frozen_prefix_gives_the_states_of_a_full_forward(tiny_model: Path, tmp_path: Path) -> None:
+    trainer = Trainer(str(tiny_model), HeadSettings(), tmp_path)
+    decoder = trainer.base_model.get_decoder()
+    rows = [json.loads(line) for line in LABELS.read_text().splitlines()[:12]]
+    prefix = FrozenPrefix(decoder, 2, trainer._encode)
+    prefix.add(rows, batch_size=5)
+    with torch.no_grad():
+        kept = prefix.last_token_state(rows, 4)
+        full = last_token_state(decoder, trainer._encode(rows), 4)
+    assert len(decoder.layers) == 4  # every layer is back in place
+    assert torch.allclose(kept, full, atol=2e-2) and not torch.allclose(kept[0], kept[1], atol=2e-2)
+
+
 def test_training_resumes_from_its_checkpoint(trained: Path, tiny_model: Path) -> None:
     folder = trained / "scorer"
     progress = torch.load(folder / "checkpoint.pt", weights_only=False)["progress"]
     assert progress["step"] > 0
     settings = HeadSettings(
-        layer=3, batch_size=16, stage2_size=120, eval_every=3, checkpoint_every=4, patience=10
+        layer=3,
+        lora_layers=2,  # layer 1 frozen: training runs on its kept output
+        batch_size=16,
+        stage2_size=120,
+        eval_every=3,
+        checkpoint_every=4,
+        patience=10,
     )
     card = train_head_scorer(
         str(tiny_model), [trained / "labels.jsonl"], folder, settings, frozenset({"jeopardy"}), True, print
@@ -190,6 +216,24 @@ def test_eval_writes_metrics_with_intervals_and_baselines(trained: Path) -> None
     assert json.loads((trained / "eval" / "metrics.json").read_text()) == metrics
     report = (trained / "eval" / "report.md").read_text()
     assert "reliability.png" in report and (trained / "eval" / "reliability.png").stat().st_size > 1000
+
+
+def test_eval_on_a_split_compares_with_a_probe_and_with_baselines_where_rows_have_them(
+    trained: Path,
+) -> None:
+    rows = [json.loads(line) for line in (trained / "labels.jsonl").open()]
+    for row in rows[::2]:  # greedy-only labels (build-dataset --samples 0) have no self-consistency
+        row.update(samples=[], consistency=None, sample_accuracy=None)
+    mixed = trained / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = evaluate_scorer(trained / "scorer", [mixed], trained / "eval-test", "test", None)
+    n = metrics["scorer"]["n"]
+    assert metrics["baselines"]["probe"]["n"] == metrics["baselines"]["nprob"]["n"] == n
+    consistency = metrics["baselines"]["consistency"]
+    assert 0 < consistency["n"] < n and consistency["scorer_on_these_rows"]["n"] == consistency["n"]
+    assert set(metrics["by_source"]) == {r["source"] for r in rows if split_of(r["id"], 0) == "test"} | {
+        "jeopardy"
+    }
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,8 @@ import calibrators
 from router.local_model import last_token_state
 from router.models import resolve
 from train.data import QARecord, prompt
+from train.prefix import FrozenPrefix
+from train.probe import LinearProbe
 
 Row = dict[str, Any]
 
@@ -37,6 +39,9 @@ class HeadSettings:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: str = "all-linear"
+    lora_layers: int | None = 4
+    """LoRA on this many layers directly below the head (None: all of them). The frozen layers under them
+    then run once per row, not once per step: on a CPU that is the difference between minutes and hours."""
     learning_rate: float = 2e-4
     head_learning_rate: float = 1e-3
     batch_size: int = 16
@@ -78,6 +83,7 @@ class Trainer:
         self.hidden = self.base_model.config.hidden_size
         self.num_layers = self.base_model.config.num_hidden_layers
         self.model: Any = None  # the PEFT model, once training starts
+        self.prefix: FrozenPrefix | None = None
         self.head = torch.nn.Linear(self.hidden, 1)
         self.layer = self.num_layers
 
@@ -94,8 +100,8 @@ class Trainer:
         scores = {}
         for layer in candidates:
             x = features[layer]
-            weights = _logistic_fit(x[: len(fit_rows)], y_fit)
-            scores[layer] = calibrators.auroc(_logistic(x[len(fit_rows) :], weights), y_dev)
+            probe = LinearProbe().fit(x[: len(fit_rows)], y_fit)
+            scores[layer] = calibrators.auroc(probe.transform(x[len(fit_rows) :]), y_dev)
         return max(scores, key=lambda k: scores[k]), scores
 
     @torch.inference_mode()
@@ -142,7 +148,7 @@ class Trainer:
             r=s.lora_r,
             lora_alpha=s.lora_alpha,
             lora_dropout=s.lora_dropout,
-            target_modules=self._lora_targets(layer),
+            target_modules=self._lora_targets(self._first_adapted(layer), layer),
         )
         self.model = get_peft_model(self.base_model, lora)
         if s.gradient_checkpointing:
@@ -154,6 +160,10 @@ class Trainer:
         stage1 = [r for r in train if r.get("consistency") is not None]
         stage2 = random.Random(s.seed).sample(train, min(s.stage2_size, len(train)))
         plan = [(1, stage1, "consistency", s.stage1_epochs), (2, stage2, "correct", s.stage2_epochs)]
+        if start := self._first_adapted(layer):
+            self.prefix = FrozenPrefix(self.model.get_base_model().get_decoder(), start, self._encode)
+            self.prefix.add(stage1 + stage2 + dev)
+            log(f"layers 1-{start} frozen: their output kept for {len(self.prefix.states)} rows")
         progress = self._load_progress() if resume else Progress()
         for stage, rows, target, epochs in plan:
             if stage < progress.stage or not rows:
@@ -163,7 +173,12 @@ class Trainer:
         self._restore_best()
         return progress
 
-    def _lora_targets(self, layer: int) -> list[str]:
+    def _first_adapted(self, layer: int) -> int:
+        """How many layers stay frozen below the adapted ones."""
+        adapted = self.settings.lora_layers
+        return 0 if adapted is None else max(0, layer - adapted)
+
+    def _lora_targets(self, start: int, layer: int) -> list[str]:
         """Linear layers below the head only: the ones above never reach it, so adapting them is waste."""
         decoder_layers = self.base_model.get_decoder().layers
         wanted = (
@@ -172,6 +187,7 @@ class Trainer:
         return [
             f"model.layers.{i}.{name}"
             for i, block in enumerate(decoder_layers[:layer])
+            if i >= start
             for name, module in block.named_modules()
             if isinstance(module, torch.nn.Linear) and (wanted is None or name.rsplit(".", 1)[-1] in wanted)
         ]
@@ -208,7 +224,7 @@ class Trainer:
         for index in range(progress.step * s.gradient_accumulation, len(batches)):
             batch = batches[index]
             with self.accelerator.accumulate(model):
-                states = last_token_state(self._decoder(model), self._encode(batch), self.layer)
+                states = self._states(self._decoder(model), batch)
                 predicted = torch.sigmoid(head(states.float()).squeeze(-1))
                 labels = torch.tensor([float(r[target]) for r in batch], device=predicted.device)
                 loss = torch.nn.functional.mse_loss(predicted, labels)
@@ -262,9 +278,14 @@ class Trainer:
         decoder = self.model.get_base_model().get_decoder()
         parts = []
         for batch in _batches(rows, 32):
-            states = last_token_state(decoder, self._encode(batch), self.layer)
+            states = self._states(decoder, batch)
             parts.append(torch.sigmoid(self.head(states.float())).squeeze(-1).cpu().numpy())
         return np.concatenate(parts).astype(np.float64)
+
+    def _states(self, decoder: Any, batch: list[Row]) -> torch.Tensor:
+        if self.prefix is not None:
+            return self.prefix.last_token_state(batch, self.layer)
+        return last_token_state(decoder, self._encode(batch), self.layer)
 
     # Checkpoints ------------------------------------------------------------------------------------------
 
@@ -324,20 +345,3 @@ def _epoch_batches(rows: list[Row], size: int, seed: int, epochs: int) -> list[l
         rng.shuffle(shuffled)
         batches += _batches(shuffled, size)
     return batches
-
-
-def _logistic(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-(x @ w[:-1] + w[-1])))
-
-
-def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 300) -> np.ndarray:
-    """L2-regularised logistic regression by gradient descent on standardised features (a probe)."""
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    z = (x - mean) / std
-    w = np.zeros(z.shape[1] + 1)
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-(z @ w[:-1] + w[-1])))
-        grad = np.append(z.T @ (p - y) / len(y) + l2 * w[:-1] / len(y), np.mean(p - y))
-        w -= 0.5 * grad
-    # Fold the standardisation back in, so the weights apply to raw features.
-    return np.append(w[:-1] / std, w[-1] - np.sum(w[:-1] * mean / std))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import calibrators
 from router.local_model import LocalModel
@@ -21,6 +23,7 @@ from router.scorers.intrinsic import IntrinsicScorer
 from train.data import QARecord, prompt
 from train.head import HeadSettings, Trainer
 from train.intrinsic import IntrinsicSettings, train_intrinsic
+from train.probe import LinearProbe
 from train.splits import RULE as SPLIT_RULE
 from train.splits import split_rows
 
@@ -157,39 +160,77 @@ def train_intrinsic_scorer(
 def evaluate_scorer(
     adapter: Path, label_files: list[Path], out: Path, split: str, seed: int | None
 ) -> dict[str, Any]:
-    """Metrics with bootstrap intervals on one split (default: the test split the card's seed defines)."""
+    """Metrics with bootstrap intervals on one split (default: the test split the card's seed defines).
+
+    Baselines: N-Prob and self-consistency on the rows that have them, and, when the rows come from a split,
+    a frozen linear probe fitted on the training split at the head's layer (what the LoRA has to beat).
+    """
     card = ScorerCard.load(adapter)
-    rows = read_labels(label_files)
+    every = read_labels(label_files)
     training = card.extra().get("training", {})
+    splits = None
+    rows = every
     if split != "all":
         held_out = frozenset(training.get("held_out_sources", []))
-        rows = split_rows(rows, seed if seed is not None else training.get("seed", 0), held_out)[split]
-    scorer = HeadScorer(LocalModel(card.base_model), adapter)
-    confidences = np.array(
-        [s.confidence for s in scorer.score_batch([ScoreItem(prompt(QARecord.of_label(r))) for r in rows])]
-    )
+        splits = split_rows(every, seed if seed is not None else training.get("seed", 0), held_out)
+        rows = splits[split]
+    model = LocalModel(card.base_model)
+    scorer = HeadScorer(model, adapter)
+    confidences = np.array([s.confidence for s in scorer.score_batch(_items(rows))])
     labels = np.array([r["correct"] for r in rows], dtype=float)
+    baselines = {
+        name: np.array([r.get(name) for r in rows], dtype=float) for name in ("nprob", "consistency")
+    }
+    if splits is not None:
+        baselines["probe"] = _probe_scores(model, scorer.layer, splits["train"], rows)
     metrics: dict[str, Any] = {
         "split": split,
         "scorer": _summary(confidences, labels),
-        "baselines": {},
+        "baselines": _compared(baselines, confidences, labels, np.ones(len(rows), dtype=bool)),
         "by_source": {},
     }
-    for name in ("nprob", "consistency"):
-        values = [r.get(name) for r in rows]
-        if all(v is not None for v in values):
-            metrics["baselines"][name] = _summary(np.array(values, dtype=float), labels)
     for source in sorted({r["source"] for r in rows}):
         mask = np.array([r["source"] == source for r in rows])
-        part = [r for r in rows if r["source"] == source]
-        metrics["by_source"][source] = {"scorer": _summary(confidences[mask], labels[mask])} | {
-            name: _summary(np.array([r[name] for r in part], dtype=float), labels[mask])
-            for name in metrics["baselines"]
-        }
+        metrics["by_source"][source] = {"scorer": _summary(confidences[mask], labels[mask])} | _compared(
+            baselines, confidences, labels, mask
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     calibrators.write_report(out, confidences, labels, title=f"{adapter.name} on {split} ({len(rows)} rows)")
     return metrics
+
+
+def _items(rows: list[Row]) -> list[ScoreItem]:
+    return [ScoreItem(prompt(QARecord.of_label(r))) for r in rows]
+
+
+def _probe_scores(
+    model: LocalModel, layer: int, train: list[Row], rows: list[Row], fit_rows: int = 4000
+) -> np.ndarray:
+    fit = random.Random(0).sample(train, min(fit_rows, len(train)))
+
+    def states(part: list[Row]) -> np.ndarray:
+        texts = [model.prompt_text(item.messages) for item in _items(part)]
+        chunks = [model.last_token_states(texts[i : i + 32], layer, None) for i in range(0, len(texts), 32)]
+        return torch.cat(chunks).cpu().numpy().astype(np.float64)
+
+    probe = LinearProbe().fit(states(fit), np.array([r["correct"] for r in fit], dtype=float))
+    return probe.transform(states(rows))
+
+
+def _compared(
+    baselines: dict[str, np.ndarray], confidences: np.ndarray, labels: np.ndarray, mask: np.ndarray
+) -> dict[str, Any]:
+    """Each baseline on the rows in `mask` that have it; where those are fewer, the scorer on them too."""
+    result = {}
+    for name, values in baselines.items():
+        has = mask & ~np.isnan(values)
+        if not has.any():
+            continue
+        result[name] = _summary(values[has], labels[has])
+        if has.sum() < mask.sum():
+            result[name]["scorer_on_these_rows"] = _summary(confidences[has], labels[has])
+    return result
 
 
 WANTED = ("accuracy", "auroc", "ece", "brier", "prr", "auprc", "adaptive_ece")

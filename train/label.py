@@ -79,8 +79,7 @@ def build_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with out.open("a", encoding="utf-8") as f:
-        for start in range(0, len(todo), settings.batch_size):
-            batch = todo[start : start + settings.batch_size]
+        for batch in _length_grouped(todo, settings.batch_size):
             lines = "".join(
                 json.dumps(row, ensure_ascii=False) + "\n" for row in label_batch(model, batch, settings)
             )
@@ -90,3 +89,16 @@ def build_dataset(
             written += len(batch)
             progress(len(batch))
     return written
+
+
+def _length_grouped(records: list[QARecord], size: int, window: int = 32) -> Iterable[list[QARecord]]:
+    """Batches of similar prompt length: a batch is padded to its longest prompt, so one long passage in
+    a batch of short questions multiplies its cost. Sorting within windows of `window` batches keeps the
+    caller's order (sources interleaved) at a coarse grain, so a partial run still covers every source."""
+    for start in range(0, len(records), size * window):
+        chunk = sorted(records[start : start + size * window], key=_prompt_chars)
+        yield from (chunk[i : i + size] for i in range(0, len(chunk), size))
+
+
+def _prompt_chars(record: QARecord) -> int:
+    return len(record.question) + len(record.context or "") + sum(len(c) for c in record.choices or [])
