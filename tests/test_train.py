@@ -15,7 +15,7 @@ from router.scorers.head import HeadScorer
 from router.scorers.intrinsic import IntrinsicScorer
 from train.data import DataError, QARecord, load_records, prompt, shared_data_dir
 from train.grading import is_correct
-from train.head import HeadSettings, Trainer
+from train.head import HeadSettings, HeadTrainer
 from train.intrinsic import IntrinsicSettings, target_digit
 from train.jobs import evaluate_scorer, train_head_scorer, train_intrinsic_scorer
 from train.label import LabelSettings, build_dataset, done_ids
@@ -122,7 +122,7 @@ def test_labelling_resumes_without_duplicates_or_torn_lines(tiny_model: Path, tm
     assert done_ids(out) == {r.id for r in records[:6]}
     assert build_dataset(model, records, out, settings) == 4
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in rows] == [r.id for r in records]
+    assert sorted(r["id"] for r in rows) == sorted(r.id for r in records)  # each once; grouped by length
     row = rows[0]
     assert len(row["samples"]) == 2 and row["consistency"] in {0.0, 0.5, 1.0}
     assert isinstance(row["correct"], bool) and 0 < row["nprob"] <= 1 and row["grading"].startswith("alias")
@@ -169,7 +169,7 @@ def test_training_writes_a_scorer_folder_the_server_loads(trained: Path, tiny_mo
 
 
 def test_frozen_prefix_gives_the_states_of_a_full_forward(tiny_model: Path, tmp_path: Path) -> None:
-    trainer = Trainer(str(tiny_model), HeadSettings(), tmp_path)
+    trainer = HeadTrainer(str(tiny_model), HeadSettings(), tmp_path)
     decoder = trainer.base_model.get_decoder()
     rows = [json.loads(line) for line in LABELS.read_text().splitlines()[:12]]
     prefix = FrozenPrefix(decoder, 2, trainer._encode)
@@ -249,13 +249,22 @@ def test_intrinsic_target_digit(row: dict[str, object], digit: int) -> None:
     assert target_digit(row) == digit
 
 
-def test_intrinsic_training_writes_a_granite_style_folder(tiny_model: Path, tmp_path: Path) -> None:
+def test_intrinsic_training_writes_a_granite_style_folder_and_resumes(
+    tiny_model: Path, tmp_path: Path
+) -> None:
     labels = tmp_path / "labels.jsonl"
     labels.write_text("".join(LABELS.read_text().splitlines(keepends=True)[:64]))
     out = tmp_path / "intrinsic"
-    settings = IntrinsicSettings(batch_size=8, epochs=1.0)
-    card = train_intrinsic_scorer(str(tiny_model), [labels], out, settings, frozenset(), print)
+    settings = IntrinsicSettings(batch_size=8, epochs=1.0, eval_every=2, checkpoint_every=2, patience=10)
+    card = train_intrinsic_scorer(str(tiny_model), [labels], out, settings, frozenset(), False, print)
     assert card.method == "intrinsic" and (out / "io.yaml").is_file()
+    history = card.extra()["training"]["history"]
+    assert len(history) >= 2 and all(0 <= h["dev_auroc"] <= 1 for h in history)
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)["progress"]
+    resumed = train_intrinsic_scorer(str(tiny_model), [labels], out, settings, frozenset(), True, print)
+    again = resumed.extra()["training"]["history"]
+    assert again[: len(saved["history"])] == saved["history"]
+    assert all(h["step"] > saved["step"] for h in again[len(saved["history"]) :])
     scorer = IntrinsicScorer(LocalModel(str(tiny_model)), out)
     assert scorer.activated  # an aLoRA: serving reuses the base model's cache
     [score] = scorer.score_batch([ScoreItem(prompt(record("What is 2+2?", ["4"])), 4)])

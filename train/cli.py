@@ -76,6 +76,9 @@ def train_scorer(
     lora_r: int = 8,
     lora_alpha: int = 16,
     lora_dropout: float = 0.05,
+    lora_layers: Annotated[
+        int | None, typer.Option(help="head: LoRA on this many layers below the head; default 4, 0 = all.")
+    ] = 4,
     batch_size: int = 16,
     gradient_accumulation: int = 1,
     gradient_checkpointing: bool = False,
@@ -99,9 +102,15 @@ def train_scorer(
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
             learning_rate=learning_rate,
+            batch_size=batch_size,
+            gradient_accumulation=gradient_accumulation,
+            gradient_checkpointing=gradient_checkpointing,
+            epochs=stage2_epochs,
+            eval_every=eval_every,
+            checkpoint_every=checkpoint_every,
             seed=seed,
         )
-        train_intrinsic_scorer(base, data, out, intrinsic, frozenset(hold_out or []), typer.echo)
+        train_intrinsic_scorer(base, data, out, intrinsic, frozenset(hold_out or []), resume, typer.echo)
         typer.echo(f"{out}: intrinsic scorer written")
         return
     if method != "head":
@@ -109,6 +118,7 @@ def train_scorer(
         raise typer.Exit(2)
     settings = HeadSettings(
         layer=layer,
+        lora_layers=lora_layers or None,
         lora_r=lora_r,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,

@@ -37,6 +37,11 @@ class QARecord(BaseModel):
         """The question part of a labels.jsonl row (which adds answers, grades and scores)."""
         return cls.model_validate({name: row[name] for name in cls.model_fields if name in row})
 
+    @property
+    def prompt_chars(self) -> int:
+        """Length of the parts of its prompt that vary: batches of similar length waste less on padding."""
+        return len(self.question) + len(self.context or "") + sum(len(c) for c in self.choices or [])
+
 
 class DataError(ValueError):
     """One line: file, row and what is wrong."""

@@ -1,15 +1,15 @@
 """EliCal head training: LoRA + a linear head on the prompt's last-token state, sigmoid output, MSE loss.
 
 Stage 1 regresses self-consistency on every training row; stage 2 regresses correctness on a labelled
-subset. Runs under `accelerate` (one CPU, one GPU in bf16, or `accelerate launch` on several GPUs).
+subset. The loop itself (accelerate, schedule, early stopping, checkpoints) is `train.loop`.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import calibrators
 from router.local_model import last_token_state
 from router.models import resolve
 from train.data import QARecord, prompt
+from train.loop import Loop, LoopSettings, Objective, Progress, Stage, batches_of
 from train.prefix import FrozenPrefix
 from train.probe import LinearProbe
 
@@ -56,20 +57,20 @@ class HeadSettings:
     checkpoint_every: int = 100
     seed: int = 0
 
+    @property
+    def loop(self) -> LoopSettings:
+        return LoopSettings(
+            batch_size=self.batch_size,
+            gradient_accumulation=self.gradient_accumulation,
+            warmup_ratio=self.warmup_ratio,
+            eval_every=self.eval_every,
+            patience=self.patience,
+            checkpoint_every=self.checkpoint_every,
+            seed=self.seed,
+        )
 
-@dataclass
-class Progress:
-    """Where a run is; saved with every checkpoint so `--resume` continues exactly there."""
 
-    stage: int = 1
-    step: int = 0
-    best_loss: float = math.inf
-    best_step: int = 0
-    bad_evals: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-class Trainer:
+class HeadTrainer(Objective):
     def __init__(self, base: str, settings: HeadSettings, out: Path) -> None:
         self.settings, self.out = settings, out
         location = resolve(base)
@@ -109,7 +110,7 @@ class Trainer:
         # The decoder alone: the output head's logits (batch x length x vocabulary) are never needed here.
         decoder = self.base_model.to(self.accelerator.device).eval().get_decoder()
         out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
-        for batch in _batches(rows, 32):
+        for batch in batches_of(rows, 32):
             hidden = decoder(**self._encode(batch), output_hidden_states=True).hidden_states
             decoder_norm = decoder.norm
             for layer in layers:
@@ -164,14 +165,8 @@ class Trainer:
             self.prefix = FrozenPrefix(self.model.get_base_model().get_decoder(), start, self._encode)
             self.prefix.add(stage1 + stage2 + dev)
             log(f"layers 1-{start} frozen: their output kept for {len(self.prefix.states)} rows")
-        progress = self._load_progress() if resume else Progress()
-        for stage, rows, target, epochs in plan:
-            if stage < progress.stage or not rows:
-                continue
-            self._run_stage(stage, rows, target, epochs, dev, progress, log)
-            progress.stage, progress.step, progress.best_loss, progress.bad_evals = stage + 1, 0, math.inf, 0
-        self._restore_best()
-        return progress
+        stages = [Stage(number, rows, target, epochs) for number, rows, target, epochs in plan]
+        return Loop(s.loop, self.out, self.accelerator).run(self, stages, dev, resume, log)
 
     def _first_adapted(self, layer: int) -> int:
         """How many layers stay frozen below the adapted ones."""
@@ -192,81 +187,39 @@ class Trainer:
             if isinstance(module, torch.nn.Linear) and (wanted is None or name.rsplit(".", 1)[-1] in wanted)
         ]
 
-    def _run_stage(
-        self,
-        stage: int,
-        rows: list[Row],
-        target: str,
-        epochs: float,
-        dev: list[Row],
-        progress: Progress,
-        log: Callable[[str], None],
-    ) -> None:
-        s = self.settings
-        params = [
-            {"params": [p for p in self.model.parameters() if p.requires_grad], "lr": s.learning_rate},
-            {"params": self.head.parameters(), "lr": s.head_learning_rate},
+    # The objective the shared loop trains ---------------------------------------------------------------
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model, self.head]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "params": [p for p in self.model.parameters() if p.requires_grad],
+                "lr": self.settings.learning_rate,
+            },
+            {"params": self.head.parameters(), "lr": self.settings.head_learning_rate},
         ]
-        optimizer = torch.optim.AdamW(params, weight_decay=0.0)
-        steps_per_epoch = math.ceil(len(rows) / (s.batch_size * s.gradient_accumulation))
-        batches = _epoch_batches(rows, s.batch_size, s.seed + stage, math.ceil(epochs))
-        batches = batches[: max(1, int(steps_per_epoch * epochs)) * s.gradient_accumulation]
-        # With several processes each takes every n-th batch, so n processes share the epoch, not repeat it.
-        batches = batches[self.accelerator.process_index :: self.accelerator.num_processes]
-        total = max(1, len(batches) // s.gradient_accumulation)
-        schedule = get_cosine_schedule_with_warmup(optimizer, int(s.warmup_ratio * total), total)
-        model, head, optimizer, schedule = self.accelerator.prepare(
-            self.model, self.head, optimizer, schedule
-        )
-        if progress.step:  # resuming mid-stage
-            self._restore_checkpoint(optimizer, schedule)
-        model.train()
-        for index in range(progress.step * s.gradient_accumulation, len(batches)):
-            batch = batches[index]
-            with self.accelerator.accumulate(model):
-                states = self._states(self._decoder(model), batch)
-                predicted = torch.sigmoid(head(states.float()).squeeze(-1))
-                labels = torch.tensor([float(r[target]) for r in batch], device=predicted.device)
-                loss = torch.nn.functional.mse_loss(predicted, labels)
-                self.accelerator.backward(loss)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad()
-            if (index + 1) % s.gradient_accumulation:
-                continue
-            progress.step += 1
-            if progress.step % s.eval_every == 0 or progress.step == total:
-                dev_loss, dev_auroc = self._evaluate(dev, target)
-                progress.history.append(
-                    {
-                        "stage": stage,
-                        "step": progress.step,
-                        "train_loss": loss.item(),
-                        "dev_loss": dev_loss,
-                        "dev_auroc": dev_auroc,
-                    }
-                )
-                log(
-                    f"stage {stage} step {progress.step}/{total}: train {loss.item():.4f} dev {dev_loss:.4f} "
-                    f"dev AUROC {dev_auroc:.3f}"
-                )
-                if dev_loss < progress.best_loss:
-                    progress.best_loss, progress.best_step, progress.bad_evals = dev_loss, progress.step, 0
-                    self._save_best()
-                else:
-                    progress.bad_evals += 1
-                    if progress.bad_evals >= s.patience:
-                        log(f"stage {stage}: early stop at step {progress.step} (best {progress.best_step})")
-                        return
-                model.train()
-            if progress.step % s.checkpoint_every == 0:
-                self._checkpoint(progress, optimizer, schedule)
+
+    def loss(self, prepared: list[Any], batch: list[Row], target: str) -> torch.Tensor:
+        model, head = prepared
+        predicted = torch.sigmoid(head(self._states(self._decoder(model), batch).float()).squeeze(-1))
+        labels = torch.tensor([float(r[target]) for r in batch], device=predicted.device)
+        return torch.nn.functional.mse_loss(predicted, labels)
+
+    def trainable_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        adapter = {k: v for k, v in self.model.state_dict().items() if "lora_" in k}
+        return {"adapter": adapter, "head": self.head.state_dict()}
+
+    def load_trainable_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.model.load_state_dict(state["adapter"], strict=False)
+        self.head.load_state_dict(state["head"])
 
     def _decoder(self, model: Any) -> Any:
         return self.accelerator.unwrap_model(model).get_base_model().get_decoder()
 
     @torch.no_grad()
-    def _evaluate(self, dev: list[Row], target: str) -> tuple[float, float]:
+    def evaluate(self, dev: list[Row], target: str) -> tuple[float, float]:
         self.model.eval()
         predicted = self.predict(dev)
         labels = np.array([float(r[target] if r.get(target) is not None else r["correct"]) for r in dev])
@@ -277,7 +230,7 @@ class Trainer:
     def predict(self, rows: list[Row]) -> np.ndarray:
         decoder = self.model.get_base_model().get_decoder()
         parts = []
-        for batch in _batches(rows, 32):
+        for batch in batches_of(rows, 32):
             states = self._states(decoder, batch)
             parts.append(torch.sigmoid(self.head(states.float())).squeeze(-1).cpu().numpy())
         return np.concatenate(parts).astype(np.float64)
@@ -286,62 +239,3 @@ class Trainer:
         if self.prefix is not None:
             return self.prefix.last_token_state(batch, self.layer)
         return last_token_state(decoder, self._encode(batch), self.layer)
-
-    # Checkpoints ------------------------------------------------------------------------------------------
-
-    def _checkpoint(self, progress: Progress, optimizer: Any, schedule: Any) -> None:
-        """Trainable weights, optimiser, schedule, progress and RNG: what a resume needs, not the base."""
-        if not self.accelerator.is_main_process:
-            return
-        state = {
-            "adapter": {k: v for k, v in self.model.state_dict().items() if "lora_" in k},
-            "head": self.head.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "progress": asdict(progress),
-            "rng": torch.get_rng_state(),
-        }
-        partial = self.out / "checkpoint.pt.partial"
-        torch.save(state, partial)
-        partial.replace(self.out / "checkpoint.pt")  # an interrupt never leaves a torn checkpoint
-
-    def _load_progress(self) -> Progress:
-        path = self.out / "checkpoint.pt"
-        if not path.is_file():
-            return Progress()
-        return Progress(**torch.load(path, weights_only=False)["progress"])
-
-    def _restore_checkpoint(self, optimizer: Any, schedule: Any) -> None:
-        state = torch.load(self.out / "checkpoint.pt", weights_only=False)
-        self.model.load_state_dict(state["adapter"], strict=False)
-        self.head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
-
-    def _save_best(self) -> None:
-        self._best = (
-            {k: v.detach().clone() for k, v in self.model.state_dict().items() if "lora_" in k},
-            {k: v.detach().clone() for k, v in self.head.state_dict().items()},
-        )
-
-    def _restore_best(self) -> None:
-        if hasattr(self, "_best"):
-            self.model.load_state_dict(self._best[0], strict=False)
-            self.head.load_state_dict(self._best[1])
-
-
-def _batches(rows: list[Row], size: int) -> Iterator[list[Row]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
-
-
-def _epoch_batches(rows: list[Row], size: int, seed: int, epochs: int) -> list[list[Row]]:
-    """Each epoch shuffled on its own and cut into batches, so every epoch has the same number of steps."""
-    batches: list[list[Row]] = []
-    rng = random.Random(seed)
-    for _ in range(epochs):
-        shuffled = list(rows)
-        rng.shuffle(shuffled)
-        batches += _batches(shuffled, size)
-    return batches

@@ -21,7 +21,7 @@ from router.scorers.card import ScorerCard
 from router.scorers.head import CALIBRATOR_FILE, HeadScorer, save_head
 from router.scorers.intrinsic import IntrinsicScorer
 from train.data import QARecord, prompt
-from train.head import HeadSettings, Trainer
+from train.head import HeadSettings, HeadTrainer
 from train.intrinsic import IntrinsicSettings, train_intrinsic
 from train.probe import LinearProbe
 from train.splits import RULE as SPLIT_RULE
@@ -111,7 +111,7 @@ def train_head_scorer(
 ) -> ScorerCard:
     started = time.perf_counter()
     data = LabelledData.read(label_files, settings.seed, held_out)
-    trainer = Trainer(base, settings, out)
+    trainer = HeadTrainer(base, settings, out)
     out.mkdir(parents=True, exist_ok=True)
     layer_scores: dict[int, float] = {}
     layer = settings.layer
@@ -140,11 +140,14 @@ def train_intrinsic_scorer(
     out: Path,
     settings: IntrinsicSettings,
     held_out: frozenset[str],
+    resume: bool,
     log: Callable[[str], None],
 ) -> ScorerCard:
     started = time.perf_counter()
     data = LabelledData.read(label_files, settings.seed, held_out)
-    card = train_intrinsic(base, data.splits["train"], out, settings, log)
+    card, progress = train_intrinsic(
+        base, data.splits["train"], data.splits["dev"], out, settings, resume, log
+    )
     scorer = IntrinsicScorer(LocalModel(base), out)
     calibration = data.splits["calibration"]
     conversations = [prompt(QARecord.of_label(r)) for r in calibration]
@@ -152,6 +155,7 @@ def train_intrinsic_scorer(
     training = {
         "target": "digit = floor(10 * share of the greedy answer and its samples that were correct)",
         "settings": asdict(settings),
+        "history": progress.history,
         "seconds": round(time.perf_counter() - started, 1),
     }
     return finish_scorer(out, card, raw, data, training, log)

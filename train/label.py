@@ -96,9 +96,5 @@ def _length_grouped(records: list[QARecord], size: int, window: int = 32) -> Ite
     a batch of short questions multiplies its cost. Sorting within windows of `window` batches keeps the
     caller's order (sources interleaved) at a coarse grain, so a partial run still covers every source."""
     for start in range(0, len(records), size * window):
-        chunk = sorted(records[start : start + size * window], key=_prompt_chars)
+        chunk = sorted(records[start : start + size * window], key=lambda r: r.prompt_chars)
         yield from (chunk[i : i + size] for i in range(0, len(chunk), size))
-
-
-def _prompt_chars(record: QARecord) -> int:
-    return len(record.question) + len(record.context or "") + sum(len(c) for c in record.choices or [])

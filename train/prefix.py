@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from router.local_model import hidden_after
+from train.data import QARecord
 
 Row = dict[str, Any]
 
@@ -29,7 +30,9 @@ class FrozenPrefix:
 
     @torch.no_grad()  # not inference_mode: these tensors feed the autograd graph of every training step
     def add(self, rows: list[Row], batch_size: int = 32) -> None:
-        todo = sorted((r for r in rows if r["id"] not in self.states), key=lambda r: len(r["question"]))
+        todo = sorted(
+            (r for r in rows if r["id"] not in self.states), key=lambda r: QARecord.of_label(r).prompt_chars
+        )
         for begin in range(0, len(todo), batch_size):
             batch = todo[begin : begin + batch_size]
             encoded = self.encode(batch)
