@@ -22,3 +22,28 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# The shipped scorer, from the shared QA sets ($(DATA)) to policies/scorers/. See "The default scorer" in
+# the README. Each step resumes: rerun it after an interrupt.
+DATA ?= ../shared/data
+LABELS := train/labels/smollm2-135m-instruct.jsonl
+SCORER := policies/scorers/smollm2-head
+QA_SETS := $(addprefix --data $(DATA)/,triviaqa/triviaqa_sm_sub.jsonl nq_open/NQ-open.dev.jsonl \
+	wikidata/bigbench_qa_wikidata.jsonl jeopardy/jeopardy_all.jsonl)
+MC_SETS := $(addprefix --data $(DATA)/multiple_choice/,arc_easy.jsonl boolq.jsonl commonsense_qa.jsonl \
+	arc_challenge.jsonl openbook_qa.jsonl)
+LABEL := $(BIN)/router build-dataset --out $(LABELS) --max-new-tokens 20 --seed 0
+
+.PHONY: labels scorer scorer-eval
+labels: install
+	# 167 questions per set with 4 sampled answers each: the self-consistency targets of EliCal's stage 1.
+	$(LABEL) --samples 4 --batch-size 16 --limit 167 $(QA_SETS) $(MC_SETS)
+	# Then greedy answers only (5x cheaper): correctness for stage 2 and for judging.
+	$(LABEL) --samples 0 --batch-size 32 --limit 3000 $(QA_SETS)
+	$(LABEL) --samples 0 --batch-size 32 --limit 600 $(MC_SETS)
+
+scorer: install
+	$(BIN)/router train-scorer --data $(LABELS) --out $(SCORER) --hold-out jeopardy --stage2-size 100000
+
+scorer-eval: install
+	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(LABELS) --out eval/smollm2-head

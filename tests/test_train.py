@@ -17,7 +17,7 @@ from train.data import DataError, QARecord, load_records, prompt, shared_data_di
 from train.grading import is_correct
 from train.head import HeadSettings, HeadTrainer
 from train.intrinsic import IntrinsicSettings, target_digit
-from train.jobs import evaluate_scorer, train_head_scorer, train_intrinsic_scorer
+from train.jobs import evaluate_scorer, read_labels, train_head_scorer, train_intrinsic_scorer
 from train.label import LabelSettings, build_dataset, done_ids
 from train.prefix import FrozenPrefix
 from train.splits import split_of
@@ -114,6 +114,8 @@ def test_splits_are_a_stable_function_of_id_and_seed() -> None:
 def test_labelling_resumes_without_duplicates_or_torn_lines(tiny_model: Path, tmp_path: Path) -> None:
     model = LocalModel(str(tiny_model))
     records = load_records(DATA / "triviaqa" / "triviaqa_sm_sub.jsonl")[:10]
+    # JSON leaves U+2028 and U+0085 unescaped; they must not split a line when the file is read back.
+    records[1] = records[1].model_copy(update={"question": records[1].question + "\u2028\x85"})
     out = tmp_path / "labels.jsonl"
     settings = LabelSettings(samples=2, max_new_tokens=6, batch_size=4)
     assert build_dataset(model, records[:6], out, settings) == 6
@@ -121,7 +123,7 @@ def test_labelling_resumes_without_duplicates_or_torn_lines(tiny_model: Path, tm
         f.write('{"id": "triviaqa:999", "question": "cut sh')
     assert done_ids(out) == {r.id for r in records[:6]}
     assert build_dataset(model, records, out, settings) == 4
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = read_labels([out])
     assert sorted(r["id"] for r in rows) == sorted(r.id for r in records)  # each once; grouped by length
     row = rows[0]
     assert len(row["samples"]) == 2 and row["consistency"] in {0.0, 0.5, 1.0}
@@ -234,6 +236,13 @@ def test_eval_on_a_split_compares_with_a_probe_and_with_baselines_where_rows_hav
     assert set(metrics["by_source"]) == {r["source"] for r in rows if split_of(r["id"], 0) == "test"} | {
         "jeopardy"
     }
+    trivia = evaluate_scorer(
+        trained / "scorer", [mixed], trained / "eval-trivia", "test", None, frozenset({"triviaqa"})
+    )
+    assert list(trivia["by_source"]) == ["triviaqa"]
+    alone, within = trivia["scorer"], metrics["by_source"]["triviaqa"]["scorer"]
+    assert (alone["n"], alone["positives"]) == (within["n"], within["positives"])
+    assert alone["brier"]["value"] == pytest.approx(within["brier"]["value"], abs=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -148,6 +148,9 @@ def eval_scorer(
     seed: Annotated[
         int | None, typer.Option(help="Split seed; default: the one the scorer was trained with.")
     ] = None,
+    source: Annotated[
+        list[str] | None, typer.Option(help="Only rows from these sources (repeatable).")
+    ] = None,
 ) -> None:
     """Judge a scorer on labelled rows it never saw: AUROC, ECE, Brier, PRR with bootstrap intervals."""
     from train.jobs import evaluate_scorer
@@ -156,7 +159,7 @@ def eval_scorer(
         labels = out / "labels.jsonl"
         build_dataset(data=data, out=labels, model=label_with)
         data, split = [labels], "all"
-    metrics = evaluate_scorer(adapter, data, out, split, seed)
+    metrics = evaluate_scorer(adapter, data, out, split, seed, frozenset(source or []))
     scorer = metrics["scorer"]
     typer.echo(
         f"{out / 'metrics.json'}: n={scorer['n']} positives={scorer['positives']} "

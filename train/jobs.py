@@ -33,7 +33,7 @@ Row = dict[str, Any]
 def read_labels(paths: list[Path]) -> list[Row]:
     rows: list[Row] = []
     for path in paths:
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
             if not line.strip():
                 continue
             row = json.loads(line)
@@ -162,12 +162,18 @@ def train_intrinsic_scorer(
 
 
 def evaluate_scorer(
-    adapter: Path, label_files: list[Path], out: Path, split: str, seed: int | None
+    adapter: Path,
+    label_files: list[Path],
+    out: Path,
+    split: str,
+    seed: int | None,
+    sources: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Metrics with bootstrap intervals on one split (default: the test split the card's seed defines).
 
     Baselines: N-Prob and self-consistency on the rows that have them, and, when the rows come from a split,
     a frozen linear probe fitted on the training split at the head's layer (what the LoRA has to beat).
+    `sources` narrows the judged rows (the probe still fits on every training row).
     """
     card = ScorerCard.load(adapter)
     every = read_labels(label_files)
@@ -178,6 +184,8 @@ def evaluate_scorer(
         held_out = frozenset(training.get("held_out_sources", []))
         splits = split_rows(every, seed if seed is not None else training.get("seed", 0), held_out)
         rows = splits[split]
+    if sources:
+        rows = [r for r in rows if r["source"] in sources]
     model = LocalModel(card.base_model)
     scorer = HeadScorer(model, adapter)
     confidences = np.array([s.confidence for s in scorer.score_batch(_items(rows))])

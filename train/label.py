@@ -34,7 +34,8 @@ def done_ids(out: Path) -> set[str]:
     if len(complete) != len(data):
         with out.open("r+b") as f:
             f.truncate(len(complete))
-    return {json.loads(line)["id"] for line in complete.decode("utf-8").splitlines() if line.strip()}
+    # Split on "\n" only: str.splitlines also breaks at U+2028 and friends, which JSON leaves unescaped.
+    return {json.loads(line)["id"] for line in complete.decode("utf-8").split("\n") if line.strip()}
 
 
 def label_batch(model: LocalModel, records: list[QARecord], settings: LabelSettings) -> list[dict[str, Any]]:
