@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -162,16 +163,17 @@ def test_batched_greedy_drafts_equal_one_at_a_time(model: LocalModel) -> None:
         np.testing.assert_allclose(b.token_logprobs, a.token_logprobs, rtol=1e-3, atol=1e-4)
 
 
-def test_score_command_with_the_real_model(smollm2: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "router", "score", "What is the capital of France?"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["scorer"] == "nprob"
-    assert 0.5 < report["confidence"] <= 1.0  # the model knows this one
-    assert "Paris" in report["draft"]
-    assert report["latency_ms"] > 0
+def test_score_command_with_the_real_model_and_the_shipped_scorer(smollm2: Path) -> None:
+    def score(question: str) -> dict[str, Any]:
+        result = subprocess.run(
+            [sys.executable, "-m", "router", "score", question], capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        report: dict[str, Any] = json.loads(result.stdout)
+        return report
+
+    known = score("What is the capital of France?")
+    obscure = score("Which Lancashire town hosted the first Rushcart festival in the 18th century?")
+    assert known["scorer"] == "head" and "draft" not in known  # read from the prompt, nothing generated
+    assert known["confidence"] > 4 * obscure["confidence"]
+    assert known["latency_ms"] > 0

@@ -159,6 +159,9 @@ def test_training_writes_a_scorer_folder_the_server_loads(trained: Path, tiny_mo
     card = ScorerCard.load(folder)
     training = card.extra()["training"]
     assert card.method == "head" and card.layer == 3
+    assert not (folder / "README.md").exists()  # PEFT's placeholder card; scorer.json is the card
+    adapter_config = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny_model)
     assert len(card.extra()["reference_scores"]) == training["calibration"]["rows"] > 0  # the drift reference
     assert training["held_out_sources"] == ["jeopardy"]
     assert "jeopardy" not in training["rows_by_source_and_split"]["train"]
@@ -168,6 +171,21 @@ def test_training_writes_a_scorer_folder_the_server_loads(trained: Path, tiny_mo
         [ScoreItem(prompt(record("Hi?", ["x"])))]
     )
     assert 0 <= scores[0].confidence <= 1
+
+
+def test_layer_choice_takes_the_shallowest_layer_within_the_tolerance(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    rows = [json.loads(line) for line in LABELS.read_text().split("\n")[:200]]
+    train, dev = rows[:150], rows[150:]
+    strict, scores = HeadTrainer(str(tiny_model), HeadSettings(layer_tolerance=0.0), tmp_path).choose_layer(
+        train, dev
+    )
+    loose, _ = HeadTrainer(str(tiny_model), HeadSettings(layer_tolerance=1.0), tmp_path).choose_layer(
+        train, dev
+    )
+    assert sorted(scores) == [1, 2, 3, 4]
+    assert scores[strict] == max(scores.values()) and loose == 1
 
 
 def test_frozen_prefix_gives_the_states_of_a_full_forward(tiny_model: Path, tmp_path: Path) -> None:

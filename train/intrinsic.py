@@ -22,7 +22,7 @@ from router.local_model import LocalModel
 from router.scorers.card import ScorerCard
 from router.scorers.intrinsic import IOConfig, certainty_suffix
 from train.data import QARecord, prompt
-from train.loop import Loop, LoopSettings, Objective, Progress, Stage, batches_of
+from train.loop import Loop, LoopSettings, Objective, Progress, Stage, batches_of, save_adapter
 
 Row = dict[str, Any]
 
@@ -97,7 +97,7 @@ def train_intrinsic(
     accelerator = Accelerator(gradient_accumulation_steps=settings.gradient_accumulation)
     stages = [Stage(1, train, "digit", settings.epochs)]
     progress = Loop(settings.loop, out, accelerator).run(objective, stages, dev, resume, log)
-    objective.model.save_pretrained(str(out))
+    save_adapter(objective.model, base, out)
     card = ScorerCard(method="intrinsic", base_model=base)
     card.save(out)
     return card, progress

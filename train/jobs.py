@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import calibrators
 from router.local_model import LocalModel
@@ -23,6 +22,7 @@ from router.scorers.intrinsic import IntrinsicScorer
 from train.data import QARecord, prompt
 from train.head import HeadSettings, HeadTrainer
 from train.intrinsic import IntrinsicSettings, train_intrinsic
+from train.loop import length_order, save_adapter
 from train.probe import LinearProbe
 from train.splits import RULE as SPLIT_RULE
 from train.splits import split_rows
@@ -119,12 +119,12 @@ def train_head_scorer(
         layer, layer_scores = trainer.choose_layer(data.splits["train"], data.splits["dev"])
         log(f"layer {layer} chosen on dev (probe AUROC by layer: {layer_scores})")
     progress = trainer.train(data.splits["train"], data.splits["dev"], layer, resume, log)
-    trainer.model.save_pretrained(str(out))
+    save_adapter(trainer.model, base, out)
     card = ScorerCard(method="head", base_model=base, layer=layer)
     save_head(out, trainer.head.weight, trainer.head.bias, card)
     # Calibration scores go through the path the server scores with, not the trainer's.
     scorer = HeadScorer(LocalModel(base), out)
-    raw = scorer.raw_scores([ScoreItem(prompt(QARecord.of_label(r))) for r in data.splits["calibration"]])
+    raw = _in_batches(data.splits["calibration"], lambda part: scorer.raw_scores(_items(part)))
     training = {
         "settings": asdict(settings),
         "layer_probe_auroc": layer_scores,
@@ -188,7 +188,9 @@ def evaluate_scorer(
         rows = [r for r in rows if r["source"] in sources]
     model = LocalModel(card.base_model)
     scorer = HeadScorer(model, adapter)
-    confidences = np.array([s.confidence for s in scorer.score_batch(_items(rows))])
+    confidences = _in_batches(
+        rows, lambda part: np.array([s.confidence for s in scorer.score_batch(_items(part))])
+    )
     labels = np.array([r["correct"] for r in rows], dtype=float)
     baselines = {
         name: np.array([r.get(name) for r in rows], dtype=float) for name in ("nprob", "consistency")
@@ -216,15 +218,26 @@ def _items(rows: list[Row]) -> list[ScoreItem]:
     return [ScoreItem(prompt(QARecord.of_label(r))) for r in rows]
 
 
+def _in_batches(rows: list[Row], score: Callable[[list[Row]], np.ndarray], size: int = 32) -> np.ndarray:
+    """`score` over batches of similar length, in the rows' order: one batch of thousands would be padded
+    to its longest reading passage."""
+    order = length_order(rows)
+    ranked = [rows[i] for i in order]
+    scores = np.concatenate([score(ranked[i : i + size]) for i in range(0, len(ranked), size)])
+    return scores[np.argsort(order)]
+
+
 def _probe_scores(
     model: LocalModel, layer: int, train: list[Row], rows: list[Row], fit_rows: int = 4000
 ) -> np.ndarray:
     fit = random.Random(0).sample(train, min(fit_rows, len(train)))
 
     def states(part: list[Row]) -> np.ndarray:
-        texts = [model.prompt_text(item.messages) for item in _items(part)]
-        chunks = [model.last_token_states(texts[i : i + 32], layer, None) for i in range(0, len(texts), 32)]
-        return torch.cat(chunks).cpu().numpy().astype(np.float64)
+        def batch(rows: list[Row]) -> np.ndarray:
+            texts = [model.prompt_text(item.messages) for item in _items(rows)]
+            return model.last_token_states(texts, layer, None).cpu().numpy().astype(np.float64)
+
+        return _in_batches(part, batch)
 
     probe = LinearProbe().fit(states(fit), np.array([r["correct"] for r in fit], dtype=float))
     return probe.transform(states(rows))

@@ -56,7 +56,7 @@ class Progress:
     best_loss: float = math.inf
     best_step: int = 0
     bad_evals: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float | None]] = field(default_factory=list)
 
 
 class Objective(ABC):
@@ -75,6 +75,10 @@ class Objective(ABC):
     @abstractmethod
     def evaluate(self, dev: list[Row], target: str) -> tuple[float, float]:
         """(dev loss, AUROC of the prediction against correctness on dev)."""
+
+    def begin_stage(self, stage: Stage, log: Callable[[str], None]) -> None:
+        """Called before a stage's first step (not when resuming inside it); nothing to do by default."""
+        return None
 
     @abstractmethod
     def trainable_state(self) -> dict[str, dict[str, torch.Tensor]]: ...
@@ -129,9 +133,12 @@ class Loop:
         total = max(1, len(batches) // s.gradient_accumulation)
         schedule = get_cosine_schedule_with_warmup(optimizer, int(s.warmup_ratio * total), total)
         *prepared, optimizer, schedule = self.accelerator.prepare(*objective.modules(), optimizer, schedule)
+        started = time.perf_counter()
         if progress.step:  # resuming mid-stage
             self._restore_checkpoint(objective, optimizer, schedule)
-        started = time.perf_counter()
+        else:  # the starting point is a candidate too: steps are kept only if they beat it on dev
+            objective.begin_stage(stage, log)
+            self._judge(objective, stage, dev, progress, None, started, log)
         for module in prepared:
             module.train()
         for index in range(progress.step * s.gradient_accumulation, len(batches)):
@@ -145,34 +152,47 @@ class Loop:
                 continue
             progress.step += 1
             if progress.step % s.eval_every == 0 or progress.step == total:
-                dev_loss, dev_auroc = objective.evaluate(dev, stage.target)
+                self._judge(objective, stage, dev, progress, loss.item(), started, log)
                 for module in prepared:
                     module.train()
-                progress.history.append(
-                    {
-                        "stage": stage.number,
-                        "step": progress.step,
-                        "train_loss": loss.item(),
-                        "dev_loss": dev_loss,
-                        "dev_auroc": dev_auroc,
-                    }
-                )
-                seconds = time.perf_counter() - started
-                log(
-                    f"stage {stage.number} step {progress.step}/{total} ({seconds:.0f} s): "
-                    f"train {loss.item():.4f} dev {dev_loss:.4f} dev AUROC {dev_auroc:.3f}"
-                )
-                if dev_loss < progress.best_loss:
-                    progress.best_loss, progress.best_step, progress.bad_evals = dev_loss, progress.step, 0
-                    self._best = _copy(objective.trainable_state())
-                else:
-                    progress.bad_evals += 1
-                    if progress.bad_evals >= s.patience:
-                        best = progress.best_step
-                        log(f"stage {stage.number}: early stop at step {progress.step} (best {best})")
-                        return
+                if progress.bad_evals >= s.patience:
+                    best = progress.best_step
+                    log(f"stage {stage.number}: early stop at step {progress.step} (best {best})")
+                    return
             if progress.step % s.checkpoint_every == 0:
                 self._checkpoint(objective, progress, optimizer, schedule)
+
+    def _judge(
+        self,
+        objective: Objective,
+        stage: Stage,
+        dev: list[Row],
+        progress: Progress,
+        train_loss: float | None,
+        started: float,
+        log: Callable[[str], None],
+    ) -> None:
+        """Evaluate on dev, log, and keep the weights if they are the best of this stage so far."""
+        dev_loss, dev_auroc = objective.evaluate(dev, stage.target)
+        progress.history.append(
+            {
+                "stage": stage.number,
+                "step": progress.step,
+                "train_loss": train_loss,
+                "dev_loss": dev_loss,
+                "dev_auroc": dev_auroc,
+            }
+        )
+        log(
+            f"stage {stage.number} step {progress.step} ({time.perf_counter() - started:.0f} s): "
+            f"train {'-' if train_loss is None else f'{train_loss:.4f}'} dev {dev_loss:.4f} "
+            f"dev AUROC {dev_auroc:.3f}"
+        )
+        if dev_loss < progress.best_loss:
+            progress.best_loss, progress.best_step, progress.bad_evals = dev_loss, progress.step, 0
+            self._best = _copy(objective.trainable_state())
+        else:
+            progress.bad_evals += 1
 
     # Checkpoints: trainable weights, optimiser, schedule, progress and RNG; never the base model.
 
@@ -204,9 +224,22 @@ class Loop:
         torch.set_rng_state(state["rng"])
 
 
+def save_adapter(model: Any, base: str, out: Path) -> None:
+    """The PEFT adapter, naming its base as the user did (not this machine's cache path), without PEFT's
+    placeholder model card: the scorer's card is scorer.json."""
+    model.peft_config["default"].base_model_name_or_path = base
+    model.save_pretrained(str(out))
+    (out / "README.md").unlink(missing_ok=True)
+
+
 def batches_of(rows: list[Row], size: int) -> Iterator[list[Row]]:
     for start in range(0, len(rows), size):
         yield rows[start : start + size]
+
+
+def length_order(rows: list[Row]) -> list[int]:
+    """Indices of `rows` from shortest prompt to longest: inference in this order wastes little on padding."""
+    return sorted(range(len(rows)), key=lambda i: QARecord.of_label(rows[i]).prompt_chars)
 
 
 def epoch_batches(rows: list[Row], size: int, seed: int, epochs: int) -> list[list[Row]]:

@@ -1,0 +1,62 @@
+"""The scorer the default policy ships: it loads from the policy, says where it came from, and ranks the
+real model's answers on held-out rows better than chance and better than N-Prob."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import calibrators
+from policies import DEFAULT_POLICY_PATH, load_policy
+from router.local_model import LocalModel
+from router.scorers import ScoreItem
+from router.scorers.card import ScorerCard
+from router.scorers.head import HeadScorer
+from train.data import QARecord, prompt
+from train.jobs import read_labels
+from train.splits import split_rows
+
+LABELS = Path(__file__).parents[1] / "train" / "labels" / "smollm2-135m-instruct.jsonl"
+
+
+@pytest.fixture(scope="module")
+def folder() -> Path:
+    spec = load_policy(DEFAULT_POLICY_PATH).scorer
+    assert spec.method == "head" and spec.adapter is not None
+    return Path(spec.adapter)
+
+
+@pytest.fixture(scope="module")
+def scorer(folder: Path, smollm2: Path) -> HeadScorer:
+    return HeadScorer(LocalModel(str(smollm2)), folder)
+
+
+def test_the_card_records_its_data_split_and_calibration(folder: Path) -> None:
+    card = ScorerCard.load(folder)
+    training = card.extra()["training"]
+    assert card.base_model == "smollm2-135m-instruct" and card.layer == 15
+    assert training["labels"] == [
+        {"file": str(LABELS.relative_to(LABELS.parents[2])), "rows": len(read_labels([LABELS]))}
+    ]
+    assert training["held_out_sources"] == ["jeopardy"]
+    assert "jeopardy" not in training["rows_by_source_and_split"]["train"]
+    assert training["calibration"]["method"] == "platt" and training["calibration"]["positives"] > 50
+    assert (folder / "adapter_model.safetensors").stat().st_size < 5_000_000  # a few MB at most
+
+
+def test_it_ranks_held_out_answers_better_than_n_prob(scorer: HeadScorer) -> None:
+    card = ScorerCard.load(scorer.folder).extra()["training"]
+    test = split_rows(read_labels([LABELS]), card["seed"], frozenset(card["held_out_sources"]))["test"]
+    rows = [r for r in test if r["source"] in {"triviaqa", "nq_open_dev"}]
+    raw = np.concatenate(
+        [
+            scorer.raw_scores([ScoreItem(prompt(QARecord.of_label(r))) for r in rows[i : i + 32]])
+            for i in range(0, len(rows), 32)
+        ]
+    )
+    correct = np.array([r["correct"] for r in rows], dtype=float)
+    nprob = np.array([r["nprob"] for r in rows])
+    assert correct.sum() >= 20
+    assert calibrators.auroc(raw, correct) > max(0.7, calibrators.auroc(nprob, correct))
