@@ -59,18 +59,6 @@ class HeadSettings:
     checkpoint_every: int = 100
     seed: int = 0
 
-    @property
-    def loop(self) -> LoopSettings:
-        return LoopSettings(
-            batch_size=self.batch_size,
-            gradient_accumulation=self.gradient_accumulation,
-            warmup_ratio=self.warmup_ratio,
-            eval_every=self.eval_every,
-            patience=self.patience,
-            checkpoint_every=self.checkpoint_every,
-            seed=self.seed,
-        )
-
 
 class HeadTrainer(Objective):
     def __init__(self, base: str, settings: HeadSettings, out: Path) -> None:
@@ -172,7 +160,7 @@ class HeadTrainer(Objective):
             self.prefix.add(stage1 + stage2 + dev)
             log(f"layers 1-{start} frozen: their output kept for {len(self.prefix.states)} rows")
         stages = [Stage(number, rows, target, epochs) for number, rows, target, epochs in plan]
-        return Loop(s.loop, self.out, self.accelerator).run(self, stages, dev, resume, log)
+        return Loop(LoopSettings.of(s), self.out, self.accelerator).run(self, stages, dev, resume, log)
 
     def _first_adapted(self, layer: int) -> int:
         """How many layers stay frozen below the adapted ones."""

@@ -61,18 +61,6 @@ class IntrinsicSettings:
     checkpoint_every: int = 100
     seed: int = 0
 
-    @property
-    def loop(self) -> LoopSettings:
-        return LoopSettings(
-            batch_size=self.batch_size,
-            gradient_accumulation=self.gradient_accumulation,
-            warmup_ratio=self.warmup_ratio,
-            eval_every=self.eval_every,
-            patience=self.patience,
-            checkpoint_every=self.checkpoint_every,
-            seed=self.seed,
-        )
-
 
 def target_digit(row: Row) -> int:
     """The share of the model's K+1 answers that were correct, in tenths (0..9)."""
@@ -96,7 +84,7 @@ def train_intrinsic(
     objective = IntrinsicTrainer(LocalModel(base), IOConfig.load(out / "io.yaml"), settings, train[0])
     accelerator = Accelerator(gradient_accumulation_steps=settings.gradient_accumulation)
     stages = [Stage(1, train, "digit", settings.epochs)]
-    progress = Loop(settings.loop, out, accelerator).run(objective, stages, dev, resume, log)
+    progress = Loop(LoopSettings.of(settings), out, accelerator).run(objective, stages, dev, resume, log)
     save_adapter(objective.model, base, out)
     card = ScorerCard(method="intrinsic", base_model=base)
     card.save(out)

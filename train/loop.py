@@ -12,7 +12,7 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,11 @@ class LoopSettings:
     """Evaluations without a better dev loss before a stage stops early."""
     checkpoint_every: int = 100
     seed: int = 0
+
+    @classmethod
+    def of(cls, settings: Any) -> LoopSettings:
+        """The loop's share of a method's flat settings (fields of the same names)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
