@@ -130,23 +130,25 @@ def test_labelling_resumes_without_duplicates_or_torn_lines(tiny_model: Path, tm
     assert isinstance(row["correct"], bool) and 0 < row["nprob"] <= 1 and row["grading"].startswith("alias")
 
 
+TINY_HEAD = HeadSettings(
+    layer=3,
+    lora_layers=2,  # layer 1 frozen: training runs on its kept output
+    batch_size=16,
+    stage2_size=120,
+    eval_every=3,
+    checkpoint_every=4,
+    patience=10,
+)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A head scorer on the tiny model, trained on real labels (SmolLM2's answers to real questions)."""
     out = tmp_path_factory.mktemp("scorer")
     labels = out / "labels.jsonl"
     labels.write_text("".join(LABELS.read_text().splitlines(keepends=True)[:160]))
-    settings = HeadSettings(
-        layer=3,
-        lora_layers=2,  # layer 1 frozen: training runs on its kept output
-        batch_size=16,
-        stage2_size=120,
-        eval_every=3,
-        checkpoint_every=4,
-        patience=10,
-    )
     train_head_scorer(
-        str(tiny_model), [labels], out / "scorer", settings, frozenset({"jeopardy"}), False, print
+        str(tiny_model), [labels], out / "scorer", TINY_HEAD, frozenset({"jeopardy"}), False, print
     )
     return out
 
@@ -205,17 +207,8 @@ def test_training_resumes_from_its_checkpoint(trained: Path, tiny_model: Path) -
     folder = trained / "scorer"
     progress = torch.load(folder / "checkpoint.pt", weights_only=False)["progress"]
     assert progress["step"] > 0
-    settings = HeadSettings(
-        layer=3,
-        lora_layers=2,  # layer 1 frozen: training runs on its kept output
-        batch_size=16,
-        stage2_size=120,
-        eval_every=3,
-        checkpoint_every=4,
-        patience=10,
-    )
     card = train_head_scorer(
-        str(tiny_model), [trained / "labels.jsonl"], folder, settings, frozenset({"jeopardy"}), True, print
+        str(tiny_model), [trained / "labels.jsonl"], folder, TINY_HEAD, frozenset({"jeopardy"}), True, print
     )
     history = card.extra()["training"]["history"]
     before = len(progress["history"])

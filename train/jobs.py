@@ -149,9 +149,10 @@ def train_intrinsic_scorer(
         base, data.splits["train"], data.splits["dev"], out, settings, resume, log
     )
     scorer = IntrinsicScorer(LocalModel(base), out)
-    calibration = data.splits["calibration"]
-    conversations = [prompt(QARecord.of_label(r)) for r in calibration]
-    raw = scorer.raw_scores(conversations, [r["greedy"] for r in calibration])
+    raw = _in_batches(
+        data.splits["calibration"],
+        lambda part: scorer.raw_scores([i.messages for i in _items(part)], [r["greedy"] for r in part]),
+    )
     training = {
         "target": "digit = floor(10 * share of the greedy answer and its samples that were correct)",
         "settings": asdict(settings),
