@@ -208,23 +208,42 @@ class LocalModel:
     # Hidden states ----------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def last_token_states(self, texts: list[str], layer: int, adapter: str | None) -> torch.Tensor:
-        """See `last_token_state`; scoring never needs gradients."""
+    def prompt_states(
+        self, texts: list[str], layer: int, pooling: Pooling, adapter: str | None
+    ) -> torch.Tensor:
+        """See `prompt_state`; scoring never needs gradients."""
         if not 1 <= layer <= self.num_layers:
             raise ValueError(f"layer must be in 1..{self.num_layers}, not {layer}")
         with self.adapter(adapter):
-            return last_token_state(self.decoder, self.encode(texts), layer).float()
+            return prompt_state(self.decoder, self.encode(texts), layer, pooling).float()
 
 
-def last_token_state(decoder: Any, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
-    """The final norm applied to the output of decoder layer `layer` (1-based) at each row's last token.
+Pooling = Literal["last", "last+mean"]
+"""What a head reads of the prompt's states: the last token's, or that and the mean over every token.
+
+The mean carries what the whole question is about, not only where it ends; on a data set left out of
+training it transfers better than the last token alone (docs/scorer-quality.md).
+"""
+
+
+def prompt_state(decoder: Any, batch: dict[str, torch.Tensor], layer: int, pooling: Pooling) -> torch.Tensor:
+    """The final norm applied to the output of decoder layer `layer` (1-based), pooled over each prompt.
 
     The forward pass stops after that layer and never reaches the output head, so a head reading a middle
-    layer costs only the layers below it. With `layer` = the last one this is exactly the model's last
-    hidden state. Training and serving both read states through here, so they cannot drift apart.
+    layer costs only the layers below it. With `layer` = the last one and "last" pooling this is exactly
+    the model's last hidden state. Training and serving both read states through here, so they cannot drift
+    apart.
     """
-    state: torch.Tensor = decoder.norm(hidden_after(decoder, batch, layer)[:, -1, :])
-    return state
+    return pool(decoder.norm(hidden_after(decoder, batch, layer)), batch["attention_mask"], pooling)
+
+
+def pool(states: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Rows are left-padded, so the last position is every row's last token; the mean skips the padding."""
+    last = states[:, -1, :]
+    if pooling == "last":
+        return last
+    weights = mask.unsqueeze(-1).to(states.dtype)
+    return torch.cat([last, (states * weights).sum(1) / weights.sum(1)], dim=-1)
 
 
 def hidden_after(decoder: Any, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:

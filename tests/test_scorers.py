@@ -39,17 +39,18 @@ def model(tiny_model: Path) -> LocalModel:
 
 
 @pytest.mark.parametrize("layer", [2, 4])
-def test_early_exit_state_equals_the_full_forward_pass(model: LocalModel, layer: int) -> None:
+def test_early_exit_states_equal_the_full_forward_pass_unpadded(model: LocalModel, layer: int) -> None:
     texts = [model.prompt_text(i.messages) for i in items()]
-    ours = model.last_token_states(texts, layer, adapter=None)
-    for row, text in enumerate(texts):
+    ours = model.prompt_states(texts, layer, "last+mean", adapter=None)
+    assert ours.shape == (len(texts), 2 * model.model.config.hidden_size)
+    torch.testing.assert_close(ours[:, : ours.shape[1] // 2], model.prompt_states(texts, layer, "last", None))
+    for row, text in enumerate(texts):  # one at a time: no padding, so every position is the prompt's
         ids = model.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
         with torch.inference_mode():
             hidden = model.model(ids, output_hidden_states=True).hidden_states
         # hidden_states[-1] is already normed; earlier layers are not, and the head reads them normed.
-        expected = (
-            hidden[layer][0, -1] if layer == model.num_layers else model.decoder.norm(hidden[layer][0, -1])
-        )
+        states = hidden[layer][0] if layer == model.num_layers else model.decoder.norm(hidden[layer][0])
+        expected = torch.cat([states[-1], states.mean(0)])
         torch.testing.assert_close(ours[row], expected.float(), rtol=1e-4, atol=1e-5)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from router.local_model import LocalModel, last_token_state
+from router.local_model import LocalModel, prompt_state
 from router.scorers import ScoreItem
 from router.scorers.card import ScorerCard
 from router.scorers.head import HeadScorer
@@ -197,8 +197,8 @@ def test_frozen_prefix_gives_the_states_of_a_full_forward(tiny_model: Path, tmp_
     prefix = FrozenPrefix(decoder, 2, trainer._encode)
     prefix.add(rows, batch_size=5)
     with torch.no_grad():
-        kept = prefix.last_token_state(rows, 4)
-        full = last_token_state(decoder, trainer._encode(rows), 4)
+        kept = prefix.prompt_state(rows, 4, "last+mean")
+        full = prompt_state(decoder, trainer._encode(rows), 4, "last+mean")
     assert len(decoder.layers) == 4  # every layer is back in place
     assert torch.allclose(kept, full, atol=2e-2) and not torch.allclose(kept[0], kept[1], atol=2e-2)
 

@@ -1,4 +1,4 @@
-"""EliCal head training: LoRA + a linear head on the prompt's last-token state, sigmoid output, MSE loss.
+"""EliCal head training: LoRA + a linear head on the prompt's states, sigmoid output, MSE loss.
 
 Stage 1 regresses self-consistency on every training row; stage 2 regresses correctness on a labelled
 subset. The loop itself (accelerate, schedule, early stopping, checkpoints) is `train.loop`.
@@ -20,7 +20,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import calibrators
-from router.local_model import last_token_state
+from router.local_model import Pooling, pool, prompt_state
 from router.models import resolve
 from train.data import QARecord, prompt
 from train.loop import Loop, LoopSettings, Objective, Progress, Stage, batches_of, length_order
@@ -33,11 +33,12 @@ Row = dict[str, Any]
 @dataclass(frozen=True)
 class HeadSettings:
     layer: int | None = None
-    """None: choose on the dev split among `candidate_layers` with a frozen linear probe."""
+    """None: choose among `candidate_fractions` by how well a frozen probe transfers across sources."""
     candidate_fractions: tuple[float, ...] = (1 / 3, 1 / 2, 2 / 3, 5 / 6, 1)
     """Layers tried when choosing, as fractions of the depth (10, 15, 20, 25, 30 of SmolLM2's 30)."""
     layer_tolerance: float = 0.01
     """Dev probe AUROC this close to the best is a tie (its standard error on ~1k dev rows is ~0.03)."""
+    pooling: Pooling = "last+mean"
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -75,24 +76,44 @@ class HeadTrainer(Objective):
         self.num_layers = self.base_model.config.num_hidden_layers
         self.model: Any = None  # the PEFT model, once training starts
         self.prefix: FrozenPrefix | None = None
-        self.head = torch.nn.Linear(self.hidden, 1)
+        self.head = torch.nn.Linear(self.hidden * (2 if settings.pooling == "last+mean" else 1), 1)
         self.layer = self.num_layers
 
     # Layer choice -----------------------------------------------------------------------------------------
 
     def choose_layer(self, train: list[Row], dev: list[Row]) -> tuple[int, dict[int, float]]:
-        """The candidate layer whose frozen last-token state best predicts correctness (dev probe AUROC)."""
+        """The candidate layer whose frozen states best predict correctness on data the probe never saw.
+
+        Each source's dev rows are scored by a probe fitted on the other sources' training rows, and the
+        AUROCs averaged: a scorer serves traffic unlike its training mix, and on the shared QA sets in-source
+        dev AUROC preferred shallower layers that transfer worse (docs/scorer-quality.md). With fewer than
+        two sources to judge, it falls back to one probe on every training row.
+        """
         fractions = self.settings.candidate_fractions
         candidates = sorted({max(1, round(f * self.num_layers)) for f in fractions})
-        fit_rows = train[:1500]
+        fit_rows = random.Random(self.settings.seed).sample(train, min(3000, len(train)))
         features = self._frozen_states(fit_rows + dev, candidates)
         y_fit = np.array([r["correct"] for r in fit_rows], dtype=float)
         y_dev = np.array([r["correct"] for r in dev], dtype=float)
+        fit_source = np.array([r["source"] for r in fit_rows])
+        dev_source = np.array([r["source"] for r in dev])
+        judged = [
+            s
+            for s in sorted(set(dev_source))
+            if _ranks(y_dev[dev_source == s]) and _ranks(y_fit[fit_source != s]) and (fit_source == s).any()
+        ]
+        folds = [(fit_source != s, dev_source == s) for s in judged] if len(judged) >= 2 else None
+        folds = folds or [(np.ones(len(fit_rows), bool), np.ones(len(dev), bool))]
         scores = {}
         for layer in candidates:
-            x = features[layer]
-            probe = LinearProbe().fit(x[: len(fit_rows)], y_fit)
-            scores[layer] = calibrators.auroc(probe.transform(x[len(fit_rows) :]), y_dev)
+            x_fit, x_dev = features[layer][: len(fit_rows)], features[layer][len(fit_rows) :]
+            aurocs = [
+                calibrators.auroc(
+                    LinearProbe().fit(x_fit[fit], y_fit[fit]).transform(x_dev[judge]), y_dev[judge]
+                )
+                for fit, judge in folds
+            ]
+            scores[layer] = float(np.mean(aurocs))
         best = max(scores.values())
         # Within noise of the best, the shallowest: serving stops at the head's layer, so it is also cheapest.
         return min(k for k, v in scores.items() if v >= best - self.settings.layer_tolerance), scores
@@ -104,12 +125,13 @@ class HeadTrainer(Objective):
         out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
         order = length_order(rows)
         for batch in batches_of([rows[i] for i in order], 32):
-            hidden = decoder(**self._encode(batch), output_hidden_states=True).hidden_states
-            decoder_norm = decoder.norm
+            encoded = self._encode(batch)
+            hidden = decoder(**encoded, output_hidden_states=True).hidden_states
             for layer in layers:
-                state = hidden[layer][:, -1, :]
-                state = state if layer == self.num_layers else decoder_norm(state)
-                out[layer].append(state.float().cpu().numpy())
+                # The last layer's output is already normed; the others get the norm a head would apply.
+                states = hidden[layer] if layer == self.num_layers else decoder.norm(hidden[layer])
+                pooled = pool(states, encoded["attention_mask"], self.settings.pooling)
+                out[layer].append(pooled.float().cpu().numpy())
         restore = np.argsort(order)
         return {layer: np.concatenate(parts)[restore] for layer, parts in out.items()}
 
@@ -251,5 +273,10 @@ class HeadTrainer(Objective):
 
     def _states(self, decoder: Any, batch: list[Row]) -> torch.Tensor:
         if self.prefix is not None:
-            return self.prefix.last_token_state(batch, self.layer)
-        return last_token_state(decoder, self._encode(batch), self.layer)
+            return self.prefix.prompt_state(batch, self.layer, self.settings.pooling)
+        return prompt_state(decoder, self._encode(batch), self.layer, self.settings.pooling)
+
+
+def _ranks(labels: np.ndarray, at_least: int = 5) -> bool:
+    """Enough of both outcomes for an AUROC to mean something."""
+    return bool(labels.sum() >= at_least and (1 - labels).sum() >= at_least)

@@ -120,7 +120,7 @@ def train_head_scorer(
         log(f"layer {layer} chosen on dev (probe AUROC by layer: {layer_scores})")
     progress = trainer.train(data.splits["train"], data.splits["dev"], layer, resume, log)
     save_adapter(trainer.model, base, out)
-    card = ScorerCard(method="head", base_model=base, layer=layer)
+    card = ScorerCard(method="head", base_model=base, layer=layer, pooling=settings.pooling)
     save_head(out, trainer.head.weight, trainer.head.bias, card)
     # Calibration scores go through the path the server scores with, not the trainer's.
     scorer = HeadScorer(LocalModel(base), out)
@@ -236,7 +236,7 @@ def _probe_scores(
     def states(part: list[Row]) -> np.ndarray:
         def batch(rows: list[Row]) -> np.ndarray:
             texts = [model.prompt_text(item.messages) for item in _items(rows)]
-            return model.last_token_states(texts, layer, None).cpu().numpy().astype(np.float64)
+            return model.prompt_states(texts, layer, "last", None).cpu().numpy().astype(np.float64)
 
         return _in_batches(part, batch)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from router.local_model import hidden_after
+from router.local_model import Pooling, hidden_after, pool
 from train.data import QARecord
 
 Row = dict[str, Any]
@@ -40,8 +40,8 @@ class FrozenPrefix:
             for row, states, mask in zip(batch, hidden, encoded["attention_mask"], strict=True):
                 self.states[row["id"]] = states[mask.bool()].to(torch.float16).cpu()
 
-    def last_token_state(self, rows: list[Row], stop: int) -> torch.Tensor:
-        """What `router.local_model.last_token_state(decoder, batch, stop)` gives, from the kept states."""
+    def prompt_state(self, rows: list[Row], stop: int, pooling: Pooling) -> torch.Tensor:
+        """What `router.local_model.prompt_state(decoder, batch, stop, pooling)` gives, from kept states."""
         sequences = [self.states[r["id"]] for r in rows]
         width = max(len(s) for s in sequences)
         device = next(self.decoder.parameters()).device
@@ -57,8 +57,7 @@ class FrozenPrefix:
                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=False,
             )
-        state: torch.Tensor = out.last_hidden_state[:, -1, :]  # the decoder applies its final norm
-        return state
+        return pool(out.last_hidden_state, mask, pooling)  # the decoder applies its final norm
 
 
 @contextmanager

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from router.local_model import Pooling
+
 CARD = "scorer.json"
 
 
@@ -18,7 +20,9 @@ class ScorerCard(BaseModel):
     method: Literal["head", "intrinsic"]
     base_model: str
     layer: int | None = None
-    """For `head`: the decoder layer (1-based) whose last-token state the head reads."""
+    """For `head`: the decoder layer (1-based) whose states the head reads."""
+    pooling: Pooling = "last"
+    """For `head`: which of that layer's states it reads (see `router.local_model.Pooling`)."""
     prompt_format: str = "chat_template+generation_prompt"
 
     @classmethod

@@ -17,7 +17,7 @@ CALIBRATOR_FILE = "calibrator.json"
 
 
 class HeadScorer(Scorer):
-    """EliCal-style pre-generation scorer: LoRA on the base model, a linear head on the prompt's last token.
+    """EliCal-style pre-generation scorer: LoRA on the base model, a linear head on the prompt's states.
 
     One forward pass over the prompt, stopped at the layer the head reads; nothing is generated.
     """
@@ -30,7 +30,7 @@ class HeadScorer(Scorer):
         if card.method != "head":
             raise ValueError(f"{folder}: a '{card.method}' scorer, not a head scorer")
         self.model, self.folder = model, folder
-        self.layer = card.layer or model.num_layers
+        self.layer, self.pooling = card.layer or model.num_layers, card.pooling
         # A head on frozen states (a probe) has no adapter; it scores with the base weights.
         self.adapter = ADAPTER_NAME if (folder / "adapter_config.json").is_file() else None
         if self.adapter:
@@ -43,11 +43,11 @@ class HeadScorer(Scorer):
         )
         self.reference_scores = card.extra().get("reference_scores")
         files = [HEAD_FILE, CALIBRATOR_FILE, "adapter_model.safetensors", "adapter_config.json"]
-        self.version = f"head:{folder_digest(folder, files)}:layer{self.layer}"
+        self.version = f"head:{folder_digest(folder, files)}:layer{self.layer}:{self.pooling}"
 
     def raw_scores(self, items: list[ScoreItem]) -> np.ndarray:
         texts = [self.model.prompt_text(i.messages) for i in items]
-        states = self.model.last_token_states(texts, self.layer, self.adapter)
+        states = self.model.prompt_states(texts, self.layer, self.pooling, self.adapter)
         return torch.sigmoid(states @ self.weight + self.bias).cpu().numpy().astype(np.float64)
 
     def score_batch(self, items: list[ScoreItem]) -> list[Score]:
