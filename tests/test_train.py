@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from router.scorers.head import HeadScorer
 from router.scorers.intrinsic import IntrinsicScorer
 from train.data import DataError, QARecord, load_records, prompt, shared_data_dir
 from train.grading import is_correct
-from train.head import HeadSettings, HeadTrainer
+from train.head import HeadSettings, HeadTrainer, transfer_folds
 from train.intrinsic import IntrinsicSettings, target_digit
 from train.jobs import evaluate_scorer, read_labels, train_head_scorer, train_intrinsic_scorer
 from train.label import LabelSettings, build_dataset, done_ids
@@ -190,6 +192,24 @@ def test_layer_choice_takes_the_shallowest_layer_within_the_tolerance(
     assert scores[strict] == max(scores.values()) and loose == 1
 
 
+def test_layer_choice_judges_each_free_form_source_with_a_probe_that_never_saw_it() -> None:
+    def rows(source: str, n: int, positives: int, choices: list[str] | None = None) -> list[dict[str, Any]]:
+        return [{"source": source, "correct": i < positives, "choices": choices} for i in range(n)]
+
+    fit = rows("trivia", 40, 10) + rows("nq", 40, 10) + rows("arc", 40, 10, ["a", "b"])
+    dev = rows("trivia", 20, 6) + rows("nq", 20, 6) + rows("arc", 20, 6, ["a", "b"])
+    dev += rows("unseen", 20, 6)
+    folds = transfer_folds(fit, dev)
+    judged = [
+        ({fit[i]["source"] for i in np.flatnonzero(f)}, {dev[i]["source"] for i in np.flatnonzero(j)})
+        for f, j in folds
+    ]
+    assert judged == [({"trivia", "arc"}, {"nq"}), ({"nq", "arc"}, {"trivia"})]
+    # One source to judge is no transfer test: one probe on every training row, judged on all of dev.
+    [(fit_all, judge_all)] = transfer_folds(fit, rows("trivia", 20, 6))
+    assert fit_all.all() and judge_all.all()
+
+
 def test_frozen_prefix_gives_the_states_of_a_full_forward(tiny_model: Path, tmp_path: Path) -> None:
     trainer = HeadTrainer(str(tiny_model), HeadSettings(), tmp_path)
     decoder = trainer.base_model.get_decoder()
@@ -241,7 +261,8 @@ def test_eval_on_a_split_compares_with_a_probe_and_with_baselines_where_rows_hav
     mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
     metrics = evaluate_scorer(trained / "scorer", [mixed], trained / "eval-test", "test", None)
     n = metrics["scorer"]["n"]
-    assert metrics["baselines"]["probe"]["n"] == metrics["baselines"]["nprob"]["n"] == n
+    baselines = metrics["baselines"]
+    assert baselines["probe"]["n"] == baselines["probe_last+mean"]["n"] == baselines["nprob"]["n"] == n
     consistency = metrics["baselines"]["consistency"]
     assert 0 < consistency["n"] < n and consistency["scorer_on_these_rows"]["n"] == consistency["n"]
     assert set(metrics["by_source"]) == {r["source"] for r in rows if split_of(r["id"], 0) == "test"} | {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from itertools import chain, zip_longest
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast, get_args
 
 import typer
 
@@ -67,8 +67,12 @@ def train_scorer(
         str, typer.Option(help="The base model the labels were made with.")
     ] = "smollm2-135m-instruct",
     layer: Annotated[
-        int | None, typer.Option(help="Decoder layer the head reads; default: chosen on dev.")
+        int | None,
+        typer.Option(help="Decoder layer the head reads; default: the one whose probe transfers best."),
     ] = None,
+    pooling: Annotated[
+        str, typer.Option(help="head: last (the last token's state) or last+mean (and the prompt's mean).")
+    ] = "last+mean",
     hold_out: Annotated[
         list[str] | None, typer.Option(help="Sources kept out of training (repeatable).")
     ] = None,
@@ -91,6 +95,7 @@ def train_scorer(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
 ) -> None:
     """Train a scorer adapter from labelled data, calibrate it on held-out rows, and write its folder."""
+    from router.local_model import Pooling
     from train.head import HeadSettings
     from train.intrinsic import IntrinsicSettings
     from train.jobs import train_head_scorer, train_intrinsic_scorer
@@ -116,8 +121,12 @@ def train_scorer(
     if method != "head":
         typer.echo(f"error: --method must be head or intrinsic, not '{method}'", err=True)
         raise typer.Exit(2)
+    if pooling not in get_args(Pooling):
+        typer.echo(f"error: --pooling must be last or last+mean, not '{pooling}'", err=True)
+        raise typer.Exit(2)
     settings = HeadSettings(
         layer=layer,
+        pooling=cast(Pooling, pooling),
         lora_layers=lora_layers or None,
         lora_r=lora_r,
         lora_alpha=lora_alpha,

@@ -84,10 +84,12 @@ class HeadTrainer(Objective):
     def choose_layer(self, train: list[Row], dev: list[Row]) -> tuple[int, dict[int, float]]:
         """The candidate layer whose frozen states best predict correctness on data the probe never saw.
 
-        Each source's dev rows are scored by a probe fitted on the other sources' training rows, and the
-        AUROCs averaged: a scorer serves traffic unlike its training mix, and on the shared QA sets in-source
-        dev AUROC preferred shallower layers that transfer worse (docs/scorer-quality.md). With fewer than
-        two sources to judge, it falls back to one probe on every training row.
+        Each free-form source's dev rows are scored by a probe fitted on the other sources' training rows,
+        and the AUROCs averaged: a scorer serves traffic unlike its training mix, and on the shared QA sets
+        in-source dev AUROC preferred shallower layers that transfer worse (docs/scorer-quality.md).
+        Multiple-choice sources train the probes but are not judged: within one of them the ranking is near
+        chance at every layer, so they would only add noise. With fewer than two sources to judge, one
+        probe on every training row is judged on all of dev.
         """
         fractions = self.settings.candidate_fractions
         candidates = sorted({max(1, round(f * self.num_layers)) for f in fractions})
@@ -95,15 +97,7 @@ class HeadTrainer(Objective):
         features = self._frozen_states(fit_rows + dev, candidates)
         y_fit = np.array([r["correct"] for r in fit_rows], dtype=float)
         y_dev = np.array([r["correct"] for r in dev], dtype=float)
-        fit_source = np.array([r["source"] for r in fit_rows])
-        dev_source = np.array([r["source"] for r in dev])
-        judged = [
-            s
-            for s in sorted(set(dev_source))
-            if _ranks(y_dev[dev_source == s]) and _ranks(y_fit[fit_source != s]) and (fit_source == s).any()
-        ]
-        folds = [(fit_source != s, dev_source == s) for s in judged] if len(judged) >= 2 else None
-        folds = folds or [(np.ones(len(fit_rows), bool), np.ones(len(dev), bool))]
+        folds = transfer_folds(fit_rows, dev)
         scores = {}
         for layer in candidates:
             x_fit, x_dev = features[layer][: len(fit_rows)], features[layer][len(fit_rows) :]
@@ -275,6 +269,26 @@ class HeadTrainer(Objective):
         if self.prefix is not None:
             return self.prefix.prompt_state(batch, self.layer, self.settings.pooling)
         return prompt_state(decoder, self._encode(batch), self.layer, self.settings.pooling)
+
+
+Fold = tuple[np.ndarray, np.ndarray]
+
+
+def transfer_folds(fit_rows: list[Row], dev: list[Row]) -> list[Fold]:
+    """(rows to fit on, dev rows to judge) per judged source: see `HeadTrainer.choose_layer`."""
+    y_fit = np.array([r["correct"] for r in fit_rows], dtype=float)
+    y_dev = np.array([r["correct"] for r in dev], dtype=float)
+    fit_source = np.array([r["source"] for r in fit_rows])
+    dev_source = np.array([r["source"] for r in dev])
+    multiple_choice = {r["source"] for r in dev if r.get("choices")}
+    judged = [
+        s
+        for s in sorted(set(dev_source) - multiple_choice)
+        if _ranks(y_dev[dev_source == s]) and _ranks(y_fit[fit_source != s]) and (fit_source == s).any()
+    ]
+    if len(judged) < 2:
+        return [(np.ones(len(fit_rows), bool), np.ones(len(dev), bool))]
+    return [(fit_source != s, dev_source == s) for s in judged]
 
 
 def _ranks(labels: np.ndarray, at_least: int = 5) -> bool:

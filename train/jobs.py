@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 import calibrators
-from router.local_model import LocalModel
+from router.local_model import LocalModel, Pooling
 from router.scorers import ScoreItem
 from router.scorers.card import ScorerCard
 from router.scorers.head import CALIBRATOR_FILE, HeadScorer, save_head
@@ -173,7 +173,9 @@ def evaluate_scorer(
     """Metrics with bootstrap intervals on one split (default: the test split the card's seed defines).
 
     Baselines: N-Prob and self-consistency on the rows that have them, and, when the rows come from a split,
-    a frozen linear probe fitted on the training split at the head's layer (what the LoRA has to beat).
+    frozen linear probes fitted on the training split at the head's layer: `probe` on the last token's state
+    (the issue's reference), and `probe_<pooling>` on what the head reads, if that differs (what the LoRA
+    adds).
     `sources` narrows the judged rows (the probe still fits on every training row).
     """
     card = ScorerCard.load(adapter)
@@ -197,7 +199,7 @@ def evaluate_scorer(
         name: np.array([r.get(name) for r in rows], dtype=float) for name in ("nprob", "consistency")
     }
     if splits is not None:
-        baselines["probe"] = _probe_scores(model, scorer.layer, splits["train"], rows)
+        baselines |= _probe_scores(model, scorer.layer, scorer.pooling, splits["train"], rows)
     metrics: dict[str, Any] = {
         "split": split,
         "scorer": _summary(confidences, labels),
@@ -229,19 +231,24 @@ def _in_batches(rows: list[Row], score: Callable[[list[Row]], np.ndarray], size:
 
 
 def _probe_scores(
-    model: LocalModel, layer: int, train: list[Row], rows: list[Row], fit_rows: int = 4000
-) -> np.ndarray:
+    model: LocalModel, layer: int, pooling: Pooling, train: list[Row], rows: list[Row], fit_rows: int = 4000
+) -> dict[str, np.ndarray]:
     fit = random.Random(0).sample(train, min(fit_rows, len(train)))
 
     def states(part: list[Row]) -> np.ndarray:
         def batch(rows: list[Row]) -> np.ndarray:
             texts = [model.prompt_text(item.messages) for item in _items(rows)]
-            return model.prompt_states(texts, layer, "last", None).cpu().numpy().astype(np.float64)
+            return model.prompt_states(texts, layer, "last+mean", None).cpu().numpy().astype(np.float64)
 
         return _in_batches(part, batch)
 
-    probe = LinearProbe().fit(states(fit), np.array([r["correct"] for r in fit], dtype=float))
-    return probe.transform(states(rows))
+    fit_states, row_states = states(fit), states(rows)
+    last = fit_states.shape[1] // 2  # one forward pass serves both probes: "last+mean" starts with "last"
+    y = np.array([r["correct"] for r in fit], dtype=float)
+    result = {"probe": LinearProbe().fit(fit_states[:, :last], y).transform(row_states[:, :last])}
+    if pooling != "last":
+        result[f"probe_{pooling}"] = LinearProbe().fit(fit_states, y).transform(row_states)
+    return result
 
 
 def _compared(
