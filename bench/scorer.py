@@ -1,6 +1,7 @@
 """Scorer cost on the real default model, every figure a ratio against a baseline measured in this run.
 
-1. Pre-generation score (head at --layer, LoRA r=8 on all linear layers) at batch 1
+1. Pre-generation score at batch 1 (head on the last token and the mean at --layer, LoRA r=8 on all
+   linear layers)
    vs a bare full forward pass of the same model on the same prompt (output head included).
 2. 32 concurrent requests through the service's micro-batcher
    vs the bare batched head forward at batch 32 (throughput; p50/p99 latency reported).
@@ -9,7 +10,7 @@
 
 Speed does not depend on what the adapters learned, so they are freshly initialised here.
 
-    python -m bench.scorer [--layer 15] [--prompts 40]
+    python -m bench.scorer [--layer 20] [--prompts 40]
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def build_adapters(base: Path, out: Path, layer: int) -> tuple[Path, Path]:
     lora = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear")
     get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(str(head))
     save_head(
-        head, torch.zeros(576), torch.zeros(()), ScorerCard(method="head", base_model=MODEL, layer=layer)
+        head,
+        torch.zeros(2 * 576),
+        torch.zeros(()),
+        ScorerCard(method="head", base_model=MODEL, layer=layer, pooling="last+mean"),
     )
     model = LocalModel(str(base))
     intrinsic.mkdir()
@@ -101,7 +105,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--layer", type=int, default=15)
+    parser.add_argument("--layer", type=int, default=20)  # the shipped scorer's
     parser.add_argument("--prompts", type=int, default=40)
     args = parser.parse_args()
     base = models.pull(MODEL)

@@ -36,7 +36,7 @@ def scorer(folder: Path, smollm2: Path) -> HeadScorer:
 def test_the_card_records_its_data_split_and_calibration(folder: Path) -> None:
     card = ScorerCard.load(folder)
     training = card.extra()["training"]
-    assert card.base_model == "smollm2-135m-instruct" and card.layer == 15
+    assert card.base_model == "smollm2-135m-instruct" and card.layer == 20 and card.pooling == "last+mean"
     assert training["labels"] == [
         {"file": str(LABELS.relative_to(LABELS.parents[2])), "rows": len(read_labels([LABELS]))}
     ]
