@@ -46,4 +46,4 @@ scorer: install
 	$(BIN)/router train-scorer --data $(LABELS) --out $(SCORER) --hold-out jeopardy --stage2-size 100000
 
 scorer-eval: install
-	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(LABELS) --out eval/smollm2-head
+	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(LABELS) --out docs/scorer-eval

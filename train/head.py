@@ -39,6 +39,7 @@ class HeadSettings:
     layer_tolerance: float = 0.01
     """Dev probe AUROC this close to the best is a tie (its standard error on ~1k dev rows is ~0.03)."""
     pooling: Pooling = "last+mean"
+    """What the head reads at its layer; see `router.local_model.Pooling`."""
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
