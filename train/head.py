@@ -23,7 +23,7 @@ import calibrators
 from router.local_model import Pooling, pool, prompt_state
 from router.models import resolve
 from train.data import QARecord, prompt
-from train.loop import Loop, LoopSettings, Objective, Progress, Stage, batches_of, length_order
+from train.loop import Loop, LoopSettings, Objective, Progress, Stage, in_length_order
 from train.prefix import FrozenPrefix
 from train.probe import LinearProbe
 
@@ -117,18 +117,19 @@ class HeadTrainer(Objective):
     def _frozen_states(self, rows: list[Row], layers: list[int]) -> dict[int, np.ndarray]:
         # The decoder alone: the output head's logits (batch x length x vocabulary) are never needed here.
         decoder = self.base_model.to(self.accelerator.device).eval().get_decoder()
-        out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
-        order = length_order(rows)
-        for batch in batches_of([rows[i] for i in order], 32):
-            encoded = self._encode(batch)
+
+        def batch(part: list[Row]) -> np.ndarray:
+            encoded = self._encode(part)
             hidden = decoder(**encoded, output_hidden_states=True).hidden_states
-            for layer in layers:
-                # The last layer's output is already normed; the others get the norm a head would apply.
-                states = hidden[layer] if layer == self.num_layers else decoder.norm(hidden[layer])
-                pooled = pool(states, encoded["attention_mask"], self.settings.pooling)
-                out[layer].append(pooled.float().cpu().numpy())
-        restore = np.argsort(order)
-        return {layer: np.concatenate(parts)[restore] for layer, parts in out.items()}
+            # The last layer's output is already normed; the others get the norm a head would apply.
+            normed = [
+                hidden[layer] if layer == self.num_layers else decoder.norm(hidden[layer]) for layer in layers
+            ]
+            pooled = [pool(states, encoded["attention_mask"], self.settings.pooling) for states in normed]
+            return torch.stack(pooled, dim=1).float().cpu().numpy()  # rows x layers x features
+
+        stacked = in_length_order(rows, batch)
+        return {layer: stacked[:, i] for i, layer in enumerate(layers)}
 
     def _encode(self, rows: list[Row]) -> dict[str, torch.Tensor]:
         texts = [
@@ -259,12 +260,7 @@ class HeadTrainer(Objective):
     def _all_states(self, rows: list[Row]) -> np.ndarray:
         """The head's input for every row, in order (computed in batches of similar length)."""
         decoder = self.model.get_base_model().get_decoder()
-        order = length_order(rows)
-        parts = [
-            self._states(decoder, batch).float().cpu().numpy()
-            for batch in batches_of([rows[i] for i in order], 32)
-        ]
-        return np.concatenate(parts)[np.argsort(order)]
+        return in_length_order(rows, lambda batch: self._states(decoder, batch).float().cpu().numpy())
 
     def _states(self, decoder: Any, batch: list[Row]) -> torch.Tensor:
         if self.prefix is not None:

@@ -22,7 +22,7 @@ from router.scorers.intrinsic import IntrinsicScorer
 from train.data import QARecord, prompt
 from train.head import HeadSettings, HeadTrainer
 from train.intrinsic import IntrinsicSettings, train_intrinsic
-from train.loop import length_order, save_adapter
+from train.loop import in_length_order, save_adapter
 from train.probe import LinearProbe
 from train.splits import RULE as SPLIT_RULE
 from train.splits import split_rows
@@ -124,7 +124,7 @@ def train_head_scorer(
     save_head(out, trainer.head.weight, trainer.head.bias, card)
     # Calibration scores go through the path the server scores with, not the trainer's.
     scorer = HeadScorer(LocalModel(base), out)
-    raw = _in_batches(data.splits["calibration"], lambda part: scorer.raw_scores(_items(part)))
+    raw = in_length_order(data.splits["calibration"], lambda part: scorer.raw_scores(_items(part)))
     training = {
         "settings": asdict(settings),
         "layer_probe_auroc": layer_scores,
@@ -149,7 +149,7 @@ def train_intrinsic_scorer(
         base, data.splits["train"], data.splits["dev"], out, settings, resume, log
     )
     scorer = IntrinsicScorer(LocalModel(base), out)
-    raw = _in_batches(
+    raw = in_length_order(
         data.splits["calibration"],
         lambda part: scorer.raw_scores([i.messages for i in _items(part)], [r["greedy"] for r in part]),
     )
@@ -191,7 +191,7 @@ def evaluate_scorer(
         rows = [r for r in rows if r["source"] in sources]
     model = LocalModel(card.base_model)
     scorer = HeadScorer(model, adapter)
-    confidences = _in_batches(
+    confidences = in_length_order(
         rows, lambda part: np.array([s.confidence for s in scorer.score_batch(_items(part))])
     )
     labels = np.array([r["correct"] for r in rows], dtype=float)
@@ -221,15 +221,6 @@ def _items(rows: list[Row]) -> list[ScoreItem]:
     return [ScoreItem(prompt(QARecord.of_label(r))) for r in rows]
 
 
-def _in_batches(rows: list[Row], score: Callable[[list[Row]], np.ndarray], size: int = 32) -> np.ndarray:
-    """`score` over batches of similar length, in the rows' order: one batch of thousands would be padded
-    to its longest reading passage."""
-    order = length_order(rows)
-    ranked = [rows[i] for i in order]
-    scores = np.concatenate([score(ranked[i : i + size]) for i in range(0, len(ranked), size)])
-    return scores[np.argsort(order)]
-
-
 def _probe_scores(
     model: LocalModel, layer: int, pooling: Pooling, train: list[Row], rows: list[Row], fit_rows: int = 4000
 ) -> dict[str, np.ndarray]:
@@ -240,7 +231,7 @@ def _probe_scores(
             texts = [model.prompt_text(item.messages) for item in _items(rows)]
             return model.prompt_states(texts, layer, "last+mean", None).cpu().numpy().astype(np.float64)
 
-        return _in_batches(part, batch)
+        return in_length_order(part, batch)
 
     fit_states, row_states = states(fit), states(rows)
     last = fit_states.shape[1] // 2  # one forward pass serves both probes: "last+mean" starts with "last"

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from transformers import get_cosine_schedule_with_warmup
@@ -242,9 +243,13 @@ def batches_of(rows: list[Row], size: int) -> Iterator[list[Row]]:
         yield rows[start : start + size]
 
 
-def length_order(rows: list[Row]) -> list[int]:
-    """Indices of `rows` from shortest prompt to longest: inference in this order wastes little on padding."""
-    return sorted(range(len(rows)), key=lambda i: QARecord.of_label(rows[i]).prompt_chars)
+def in_length_order(rows: list[Row], score: Callable[[list[Row]], np.ndarray], size: int = 32) -> np.ndarray:
+    """`score` over batches of similar prompt length, results in the rows' order: one batch of thousands,
+    or a shuffled one, would be padded to its longest reading passage."""
+    order = sorted(range(len(rows)), key=lambda i: QARecord.of_label(rows[i]).prompt_chars)
+    ranked = [rows[i] for i in order]
+    scores = np.concatenate([score(ranked[i : i + size]) for i in range(0, len(ranked), size)])
+    return scores[np.argsort(order)]
 
 
 def epoch_batches(rows: list[Row], size: int, seed: int, epochs: int) -> list[list[Row]]:
