@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import calibrators
 from router.local_model import LocalModel, prompt_state
 from router.scorers import ScoreItem
 from router.scorers.card import ScorerCard
@@ -22,6 +23,7 @@ from train.intrinsic import IntrinsicSettings, target_digit
 from train.jobs import evaluate_scorer, read_labels, train_head_scorer, train_intrinsic_scorer
 from train.label import LabelSettings, build_dataset, done_ids
 from train.prefix import FrozenPrefix
+from train.probe import LinearProbe, cross_fitted, fold_of
 from train.splits import split_of
 
 DATA = shared_data_dir()
@@ -275,6 +277,37 @@ def test_eval_on_a_split_compares_with_a_probe_and_with_baselines_where_rows_hav
     alone, within = trivia["scorer"], metrics["by_source"]["triviaqa"]["scorer"]
     assert (alone["n"], alone["positives"]) == (within["n"], within["positives"])
     assert alone["brier"]["value"] == pytest.approx(within["brier"]["value"], abs=1e-6)
+
+
+def test_cross_fitted_scores_come_from_probes_that_never_saw_their_row() -> None:
+    rng = np.random.default_rng(0)
+    rows = [{"id": f"r{i}", "correct": bool(c)} for i, c in enumerate(rng.random(300) < 0.3)]
+    labels = np.array([r["correct"] for r in rows], dtype=float)
+    noise = rng.normal(size=(300, 400))  # wider than the rows: a probe can memorise its labels
+    memorised = calibrators.auroc(LinearProbe().fit(noise, labels).transform(noise), labels)
+    held_out = calibrators.auroc(cross_fitted(noise, rows, 5), labels)
+    assert memorised > 0.9 and abs(held_out - 0.5) < 0.12
+    signal = noise + 0.2 * labels[:, None]  # a real signal survives cross-fitting
+    assert calibrators.auroc(cross_fitted(signal, rows, 5), labels) > 0.8
+    assert len({fold_of(str(r["id"]), 5) for r in rows}) == 5
+
+
+def test_eval_can_judge_the_recipe_on_every_trained_row(trained: Path) -> None:
+    rows = [json.loads(line) for line in (trained / "labels.jsonl").open()]
+    metrics = evaluate_scorer(
+        trained / "scorer", [trained / "labels.jsonl"], trained / "eval-cf", "test", None, cross_fit=3
+    )
+    cross = metrics["cross_fitted_probe"]
+    assert cross["folds"] == 3 and set(cross["by_source"]) == {r["source"] for r in rows} - {"jeopardy"}
+    for source, block in cross["by_source"].items():
+        of_source = [r for r in rows if r["source"] == source]
+        assert (
+            block["probe"]["n"]
+            == block["nprob"]["n"]
+            == len(of_source)
+            > metrics["by_source"].get(source, {"scorer": {"n": 0}})["scorer"]["n"]
+        )
+        assert block["probe"]["positives"] == sum(r["correct"] for r in of_source)
 
 
 @pytest.mark.parametrize(

@@ -160,6 +160,12 @@ def eval_scorer(
     source: Annotated[
         list[str] | None, typer.Option(help="Only rows from these sources (repeatable).")
     ] = None,
+    cross_fit: Annotated[
+        int,
+        typer.Option(
+            help="Also judge the head's recipe on every trained row, cross-fitted over this many folds."
+        ),
+    ] = 0,
 ) -> None:
     """Judge a scorer on labelled rows it never saw: AUROC, ECE, Brier, PRR with bootstrap intervals."""
     from train.jobs import evaluate_scorer
@@ -168,7 +174,7 @@ def eval_scorer(
         labels = out / "labels.jsonl"
         build_dataset(data=data, out=labels, model=label_with)
         data, split = [labels], "all"
-    metrics = evaluate_scorer(adapter, data, out, split, seed, frozenset(source or []))
+    metrics = evaluate_scorer(adapter, data, out, split, seed, frozenset(source or []), cross_fit)
     scorer = metrics["scorer"]
     typer.echo(
         f"{out / 'metrics.json'}: n={scorer['n']} positives={scorer['positives']} "

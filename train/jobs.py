@@ -23,7 +23,7 @@ from train.data import QARecord, prompt
 from train.head import HeadSettings, HeadTrainer
 from train.intrinsic import IntrinsicSettings, train_intrinsic
 from train.loop import in_length_order, save_adapter
-from train.probe import LinearProbe
+from train.probe import FrozenStates, LinearProbe, cross_fitted
 from train.splits import RULE as SPLIT_RULE
 from train.splits import split_rows
 
@@ -169,6 +169,7 @@ def evaluate_scorer(
     split: str,
     seed: int | None,
     sources: frozenset[str] = frozenset(),
+    cross_fit: int = 0,
 ) -> dict[str, Any]:
     """Metrics with bootstrap intervals on one split (default: the test split the card's seed defines).
 
@@ -177,6 +178,10 @@ def evaluate_scorer(
     (the issue's reference), and `probe_<pooling>` on what the head reads, if that differs (what the LoRA
     adds).
     `sources` narrows the judged rows (the probe still fits on every training row).
+    `cross_fit` > 1 adds `cross_fitted_probe`: the head's recipe (a frozen probe on what the head reads)
+    judged on every row of the trained sources, each scored by a probe fitted on the other folds, next to
+    N-Prob on the same rows. A 10% test split leaves too few positives per source to judge (TriviaQA's has
+    16); this is the same question asked of all of them.
     """
     card = ScorerCard.load(adapter)
     every = read_labels(label_files)
@@ -198,8 +203,9 @@ def evaluate_scorer(
     baselines = {
         name: np.array([r.get(name) for r in rows], dtype=float) for name in ("nprob", "consistency")
     }
+    states = FrozenStates(model, scorer.layer)
     if splits is not None:
-        baselines |= _probe_scores(model, scorer.layer, scorer.pooling, splits["train"], rows)
+        baselines |= _probe_scores(states, scorer.pooling, splits["train"], rows)
     metrics: dict[str, Any] = {
         "split": split,
         "scorer": _summary(confidences, labels),
@@ -211,6 +217,9 @@ def evaluate_scorer(
         metrics["by_source"][source] = {"scorer": _summary(confidences[mask], labels[mask])} | _compared(
             baselines, confidences, labels, mask
         )
+    if cross_fit > 1:
+        trained = [r for r in every if r["source"] not in training.get("held_out_sources", [])]
+        metrics["cross_fitted_probe"] = _cross_fitted(states, scorer.pooling, trained, cross_fit)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     calibrators.write_report(out, confidences, labels, title=f"{adapter.name} on {split} ({len(rows)} rows)")
@@ -222,17 +231,9 @@ def _items(rows: list[Row]) -> list[ScoreItem]:
 
 
 def _probe_scores(
-    model: LocalModel, layer: int, pooling: Pooling, train: list[Row], rows: list[Row], fit_rows: int = 4000
+    states: FrozenStates, pooling: Pooling, train: list[Row], rows: list[Row], fit_rows: int = 4000
 ) -> dict[str, np.ndarray]:
     fit = random.Random(0).sample(train, min(fit_rows, len(train)))
-
-    def states(part: list[Row]) -> np.ndarray:
-        def batch(rows: list[Row]) -> np.ndarray:
-            texts = [model.prompt_text(item.messages) for item in _items(rows)]
-            return model.prompt_states(texts, layer, "last+mean", None).cpu().numpy().astype(np.float64)
-
-        return in_length_order(part, batch)
-
     fit_states, row_states = states(fit), states(rows)
     last = fit_states.shape[1] // 2  # one forward pass serves both probes: "last+mean" starts with "last"
     y = np.array([r["correct"] for r in fit], dtype=float)
@@ -240,6 +241,20 @@ def _probe_scores(
     if pooling != "last":
         result[f"probe_{pooling}"] = LinearProbe().fit(fit_states, y).transform(row_states)
     return result
+
+
+def _cross_fitted(states: FrozenStates, pooling: Pooling, rows: list[Row], folds: int) -> dict[str, Any]:
+    x = states(rows)
+    scores = cross_fitted(x if pooling != "last" else x[:, : x.shape[1] // 2], rows, folds)
+    labels = np.array([r["correct"] for r in rows], dtype=float)
+    nprob = {"nprob": np.array([r.get("nprob") for r in rows], dtype=float)}
+    by_source = {}
+    for source in sorted({r["source"] for r in rows}):
+        mask = np.array([r["source"] == source for r in rows])
+        by_source[source] = {"probe": _summary(scores[mask], labels[mask])} | _compared(
+            nprob, scores, labels, mask
+        )
+    return {"folds": folds, "pooling": pooling, "by_source": by_source}
 
 
 def _compared(
