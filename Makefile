@@ -42,15 +42,14 @@ labels: install
 	# Then greedy answers only (5x cheaper): correctness for stage 2 and for judging.
 	$(LABEL) --samples 0 --batch-size 32 --limit 3000 $(QA_SETS)
 	$(LABEL) --samples 0 --batch-size 32 --limit 600 $(MC_SETS)
-	# EfficientQA's 3,569 NQ questions (none of them in NQ-open dev): a larger held-out NQ check for the
-	# shipped scorer now, training data for the next one.
+	# EfficientQA's 3,569 NQ questions (none of them in NQ-open dev): its dev half trains, its test half is
+	# held out whole, a larger NQ check than NQ-open's test split.
 	$(BIN)/router build-dataset --out $(EFFICIENTQA) --max-new-tokens 20 --seed 0 --samples 0 --batch-size 32 \
 		$(addprefix --data $(DATA)/nq_open/,NQ-open.efficientqa.dev.1.1.jsonl NQ-open.efficientqa.test.1.1.jsonl)
 
 scorer: install
-	$(BIN)/router train-scorer --data $(LABELS) --out $(SCORER) --hold-out jeopardy --stage2-size 100000
+	$(BIN)/router train-scorer --data $(LABELS) --data $(EFFICIENTQA) --out $(SCORER) --stage2-size 100000 \
+		--hold-out jeopardy --hold-out nq_open_efficientqa_test
 
 scorer-eval: install
-	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(LABELS) --out docs/scorer-eval
-	# Every EfficientQA row is held out (never trained on): NQ-open with ten times the test positives.
-	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(EFFICIENTQA) --split all --out docs/scorer-eval/efficientqa
+	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(LABELS) --data $(EFFICIENTQA) --out docs/scorer-eval --cross-fit 5

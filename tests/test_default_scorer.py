@@ -18,7 +18,9 @@ from train.data import QARecord, prompt
 from train.jobs import read_labels
 from train.splits import split_rows
 
-LABELS = Path(__file__).parents[1] / "train" / "labels" / "smollm2-135m-instruct.jsonl"
+LABEL_DIR = Path(__file__).parents[1] / "train" / "labels"
+LABELS = LABEL_DIR / "smollm2-135m-instruct.jsonl"
+EFFICIENTQA = LABEL_DIR / "smollm2-135m-instruct-efficientqa.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +40,21 @@ def test_the_card_records_its_data_split_and_calibration(folder: Path) -> None:
     training = card.extra()["training"]
     assert card.base_model == "smollm2-135m-instruct" and card.layer == 20 and card.pooling == "last+mean"
     assert training["labels"] == [
-        {"file": str(LABELS.relative_to(LABELS.parents[2])), "rows": len(read_labels([LABELS]))}
+        {"file": str(path.relative_to(LABEL_DIR.parents[1])), "rows": len(read_labels([path]))}
+        for path in (LABELS, EFFICIENTQA)
     ]
-    assert training["held_out_sources"] == ["jeopardy"]
-    assert "jeopardy" not in training["rows_by_source_and_split"]["train"]
+    assert training["held_out_sources"] == ["jeopardy", "nq_open_efficientqa_test"]
+    trained = training["rows_by_source_and_split"]["train"]
+    assert "jeopardy" not in trained and "nq_open_efficientqa_test" not in trained
     assert training["calibration"]["method"] == "platt" and training["calibration"]["positives"] > 50
     assert (folder / "adapter_model.safetensors").stat().st_size < 5_000_000  # a few MB at most
 
 
 def test_it_ranks_held_out_answers_better_than_n_prob(scorer: HeadScorer) -> None:
     card = ScorerCard.load(scorer.folder).extra()["training"]
-    test = split_rows(read_labels([LABELS]), card["seed"], frozenset(card["held_out_sources"]))["test"]
+    test = split_rows(read_labels([LABELS, EFFICIENTQA]), card["seed"], frozenset(card["held_out_sources"]))[
+        "test"
+    ]
     rows = [r for r in test if r["source"] in {"triviaqa", "nq_open_dev"}]
     raw = np.concatenate(
         [
