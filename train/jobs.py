@@ -234,18 +234,18 @@ def _probe_scores(
     states: FrozenStates, pooling: Pooling, train: list[Row], rows: list[Row], fit_rows: int = 4000
 ) -> dict[str, np.ndarray]:
     fit = random.Random(0).sample(train, min(fit_rows, len(train)))
-    fit_states, row_states = states(fit), states(rows)
-    last = fit_states.shape[1] // 2  # one forward pass serves both probes: "last+mean" starts with "last"
     y = np.array([r["correct"] for r in fit], dtype=float)
-    result = {"probe": LinearProbe().fit(fit_states[:, :last], y).transform(row_states[:, :last])}
+    inputs: dict[str, Pooling] = {"probe": "last"}  # the reference
     if pooling != "last":
-        result[f"probe_{pooling}"] = LinearProbe().fit(fit_states, y).transform(row_states)
-    return result
+        inputs[f"probe_{pooling}"] = pooling  # what the head reads: the gap to it is what the LoRA adds
+    return {
+        name: LinearProbe().fit(states(fit, input_), y).transform(states(rows, input_))
+        for name, input_ in inputs.items()
+    }
 
 
 def _cross_fitted(states: FrozenStates, pooling: Pooling, rows: list[Row], folds: int) -> dict[str, Any]:
-    x = states(rows)
-    scores = cross_fitted(x if pooling != "last" else x[:, : x.shape[1] // 2], rows, folds)
+    scores = cross_fitted(states(rows, pooling), rows, folds)
     labels = np.array([r["correct"] for r in rows], dtype=float)
     nprob = {"nprob": np.array([r.get("nprob") for r in rows], dtype=float)}
     by_source = {}

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from router.local_model import LocalModel
+from router.local_model import LocalModel, Pooling
 from train.data import QARecord, prompt
 from train.loop import in_length_order
 
@@ -45,7 +45,7 @@ class LinearProbe:
 
 
 class FrozenStates:
-    """The base model's `last+mean` states at one layer, computed once per row id ("last" is the first half).
+    """The base model's prompt states at one layer, extracted once per row id for every pooling.
 
     Extraction is what a probe costs (minutes per thousand rows on a CPU), and an evaluation asks for the
     same rows more than once: the probe's fitting rows, the judged rows, every row when cross-fitting.
@@ -55,13 +55,15 @@ class FrozenStates:
         self.model, self.layer = model, layer
         self._cache: dict[str, np.ndarray] = {}
 
-    def __call__(self, rows: list[Row]) -> np.ndarray:
+    def __call__(self, rows: list[Row], pooling: Pooling) -> np.ndarray:
         missing = list({r["id"]: r for r in rows if r["id"] not in self._cache}.values())
         if missing:
             self._cache.update(
                 zip([r["id"] for r in missing], in_length_order(missing, self._batch), strict=True)
             )
-        return np.stack([self._cache[r["id"]] for r in rows])
+        states = np.stack([self._cache[r["id"]] for r in rows])
+        # One forward pass serves every pooling: "last+mean" starts with "last".
+        return states if pooling == "last+mean" else states[:, : states.shape[1] // 2]
 
     def _batch(self, rows: list[Row]) -> np.ndarray:
         texts = [self.model.prompt_text(prompt(QARecord.of_label(r))) for r in rows]
