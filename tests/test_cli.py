@@ -63,6 +63,21 @@ def test_explain_rejects_a_confidence_outside_0_1() -> None:
     assert "less than or equal to 1" in result.stderr
 
 
+def test_eval_scorer_rejects_a_single_cross_fit_fold(tmp_path: Path) -> None:
+    args = [
+        "eval-scorer",
+        "--adapter",
+        str(tmp_path),
+        "--data",
+        str(tmp_path / "l.jsonl"),
+        "--out",
+        str(tmp_path),
+    ]
+    result = router(*args, "--cross-fit", "1")
+    assert result.returncode == 2 and "at least 2 folds" in result.stderr
+    assert not (tmp_path / "metrics.json").exists()
+
+
 def test_serve_refuses_an_invalid_policy_without_binding(write_policy: Callable[[str], Path]) -> None:
     bad = write_policy("targets: {}\nrules: []\n")
     port = free_port()

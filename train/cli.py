@@ -163,7 +163,8 @@ def eval_scorer(
     cross_fit: Annotated[
         int,
         typer.Option(
-            help="Also judge the head's recipe on every trained row, cross-fitted over this many folds."
+            min=0,
+            help="Also judge the head's recipe on every trained row, cross-fitted over this many folds.",
         ),
     ] = 0,
 ) -> None:
@@ -174,6 +175,8 @@ def eval_scorer(
         labels = out / "labels.jsonl"
         build_dataset(data=data, out=labels, model=label_with)
         data, split = [labels], "all"
+    if cross_fit == 1:  # one fold would fit on nothing and judge everything
+        raise typer.BadParameter("needs at least 2 folds (0 turns it off)", param_hint="--cross-fit")
     metrics = evaluate_scorer(adapter, data, out, split, seed, frozenset(source or []), cross_fit)
     scorer = metrics["scorer"]
     typer.echo(

@@ -181,7 +181,7 @@ def evaluate_scorer(
     `cross_fit` > 1 adds `cross_fitted_probe`: the head's recipe (a frozen probe on what the head reads)
     judged on every row of the trained sources, each scored by a probe fitted on the other folds, next to
     N-Prob on the same rows. A 10% test split leaves too few positives per source to judge (TriviaQA's has
-    16); this is the same question asked of all of them.
+    16 of its 182).
     """
     card = ScorerCard.load(adapter)
     every = read_labels(label_files)
