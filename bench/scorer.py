@@ -4,7 +4,7 @@
    linear layers)
    vs a bare full forward pass of the same model on the same prompt (output head included).
 2. 32 concurrent requests through the service's micro-batcher
-   vs the bare batched head forward at batch 32 (throughput; p50/p99 latency reported).
+   vs the bare batched head forward at batch 32 (throughput, best of 5 alternating rounds each; p50/p99).
 3. Cost per request, pre-generation (head) vs post-generation (greedy draft + aLoRA certainty intrinsic).
 4. Peak memory of a serving process vs the model's weights.
 
@@ -44,6 +44,7 @@ from train.intrinsic import IO_YAML
 
 DATA = shared_data_dir() / "nq_open" / "NQ-open.dev.jsonl"
 MODEL = "smollm2-135m-instruct"
+ROUNDS = 5
 
 
 def questions(n: int) -> list[Messages]:
@@ -138,8 +139,6 @@ def main() -> None:
 
     # 2. 32 concurrent requests through the batcher vs the bare batched forward at batch 32
     batch32 = [ScoreItem(m) for m in prompts[:32]]
-    bare32 = min(timed(lambda: head.score_batch(batch32)) for _ in range(3))
-    bare_throughput = 32 / bare32
     policy_file = work / "policy.yaml"
     policy_file.write_text(
         f"scorer: {{method: head, model: {MODEL}, adapter: {head_dir}, cache_ttl_s: 0,"
@@ -148,22 +147,27 @@ def main() -> None:
     )
     router = Router(load_policy(policy_file), model)
 
-    async def burst() -> tuple[float, list[float]]:
+    async def burst() -> tuple[float, float, list[float]]:
         async def one(m: Messages) -> float:
             started = time.perf_counter()
             await router.score(m)
             return time.perf_counter() - started
 
         await asyncio.gather(*(one(m) for m in prompts[:32]))  # warm-up
-        rounds, latencies, started = 3, [], time.perf_counter()
-        for _ in range(rounds):
+        # Rounds alternate bare and batched, and each side reports its best: this VM's speed drifts by a
+        # third within a minute, which would otherwise decide the ratio.
+        bare, served, latencies = 0.0, 0.0, []
+        for _ in range(ROUNDS):
+            bare = max(bare, 32 / timed(lambda: head.score_batch(batch32)))
+            started = time.perf_counter()
             latencies += await asyncio.gather(*(one(m) for m in prompts[:32]))
-        return 32 * rounds / (time.perf_counter() - started), latencies
+            served = max(served, 32 / (time.perf_counter() - started))
+        return bare, served, latencies
 
-    served_throughput, latencies = asyncio.run(burst())
+    bare_throughput, served_throughput, latencies = asyncio.run(burst())
     print(
-        f"2. 32 concurrent: bare batched forward {bare_throughput:.1f} req/s; through the batcher "
-        f"{served_throughput:.1f} req/s (p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
+        f"2. 32 concurrent, best of {ROUNDS} alternating rounds: bare batched {bare_throughput:.1f} req/s; "
+        f"through the batcher {served_throughput:.1f} req/s (p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
         f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, batches {list(router.batcher.batch_sizes)[-6:]}); "
         f"ratio {served_throughput / bare_throughput:.3f}x (target >= 0.9)"
     )
