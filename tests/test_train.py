@@ -292,6 +292,18 @@ def test_cross_fitted_scores_come_from_probes_that_never_saw_their_row() -> None
     assert len({fold_of(str(r["id"]), 5) for r in rows}) == 5
 
 
+def test_the_probe_weighs_rare_positives_but_predicts_their_real_rate() -> None:
+    rng = np.random.default_rng(1)
+    labels = (rng.random(4000) < 0.07).astype(float)
+    states = rng.normal(size=(4000, 64)) + 0.3 * labels[:, None] * (np.arange(64) < 8)
+    fit, judge = slice(0, 3000), slice(3000, None)
+    probe = LinearProbe().fit(states[fit], labels[fit])
+    predicted = probe.transform(states[judge])
+    # Equal class weights alone would centre predictions near 0.5; the prior shift brings them back.
+    assert abs(predicted.mean() - labels[fit].mean()) < 0.02
+    assert calibrators.auroc(predicted, labels[judge]) > 0.7
+
+
 def test_eval_can_judge_the_recipe_on_every_trained_row(trained: Path) -> None:
     rows = [json.loads(line) for line in (trained / "labels.jsonl").open()]
     metrics = evaluate_scorer(
