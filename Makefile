@@ -9,8 +9,22 @@ $(BIN)/router: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: install serve test lint
+.PHONY: install tools serve test lint
 install: $(BIN)/router
+
+# What the tests run that pip does not install: promtool (tests/test_metrics.py lints a /metrics scrape and
+# unit-tests the alert rules), from Debian's prometheus package, of which only promtool is used. A no-op
+# once promtool is on PATH.
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+		command -v apt-get >/dev/null 2>&1 || { echo "promtool is missing and there is no apt-get:" \
+			"install Prometheus's promtool and put it on PATH" >&2; exit 1; }; \
+		echo "installing promtool (Debian's prometheus package)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes \
+			apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	}
 
 serve: install
 	$(BIN)/router serve
@@ -20,7 +34,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy router policies calibrators train tests bench
 
-test: lint
+test: lint tools
 	$(BIN)/pytest
 
 # The shipped scorer, from the shared QA sets ($(DATA)) to policies/scorers/. See "The default scorer" in

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from policies.keywords import forwarding_problem
 
 Action = Literal["answer_with", "escalate_to", "hedge", "refuse"]
 VIRTUAL_MODEL = "router"
@@ -48,6 +50,13 @@ class LocalTarget(_Strict):
     max_tokens: int = Field(256, gt=0)
 
 
+def _forwardable(name: str) -> str:
+    problem = forwarding_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
 class LiteLLMTarget(_Strict):
     """Any model litellm can call. Keys come from `api_key_env` or litellm's own environment variables."""
 
@@ -56,7 +65,18 @@ class LiteLLMTarget(_Strict):
     api_base: str | None = None
     api_key_env: str | None = None
     timeout_s: float = Field(60.0, gt=0)
+    """Bounds the whole call, retries and their waits included (for a stream: until its first chunk; after
+    that, each chunk must follow the one before within this time)."""
     num_retries: int = Field(1, ge=0)
+    """Extra attempts after a timeout, a connection failure, a 5xx or a 429, within `timeout_s`; never
+    after another 4xx (docs/upstream.md)."""
+    max_tokens: int | None = Field(None, gt=0)
+    """A cap on the answer's length: a client's max_tokens or max_completion_tokens above it is lowered to
+    it, and a request giving neither gets max_tokens set to it (as the local target's max_tokens does)."""
+    extra_fields: tuple[Annotated[str, AfterValidator(_forwardable)], ...] = ()
+    """Request fields beyond the OpenAI ones the router forwards that clients may send to this target
+    (provider-specific extras such as top_k), passed on as they come. litellm's control keywords (api_base,
+    fallbacks, extra_headers, mock_response, ...) are refused here: see policies/keywords.py."""
 
 
 Target = Annotated[LocalTarget | LiteLLMTarget, Field(discriminator="kind")]
@@ -73,6 +93,19 @@ class DriftSpec(_Strict):
     """The most recent scored requests compared with the reference."""
     psi_alarm: float = Field(0.25, gt=0)
     ks_alpha: float = Field(0.001, gt=0, lt=1)
+
+
+class LimitsSpec(_Strict):
+    """Bounds on one request, so that no single request can exhaust the replica or hold the model for long."""
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Larger request bodies get HTTP 413 before they are parsed."""
+    max_messages: int = Field(2048, ge=1)
+    """Conversations with more messages get HTTP 400 (OpenAI's own bound)."""
+    max_prompt_tokens: int = Field(4096, ge=16)
+    """Prompts the local model reads (to score or to answer) beyond this many tokens get HTTP 400
+    (code context_length_exceeded); requests that only pass through to a remote target are not counted.
+    It bounds how long one request holds the model's worker (docs/operations.md)."""
 
 
 class MonitoringSpec(_Strict):
@@ -128,6 +161,7 @@ class Policy(_Strict):
     """The escalate_to rule's confidence_below follows this quantile of recent confidences, so about this
     share of scored traffic escalates; the written threshold holds until enough traffic has been seen."""
     monitoring: MonitoringSpec = MonitoringSpec()
+    limits: LimitsSpec = LimitsSpec()
 
     @property
     def model_names(self) -> list[str]:

@@ -8,22 +8,24 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from policies import Policy
+from router.asgi import RequestGuard
 from router.errors import APIError, install_error_handlers
 from router.feedback import ConflictingFeedback, UnknownRequest
 from router.metrics import Metrics
+from router.openapi import install_openapi
 from router.schemas import ChatCompletionRequest, FeedbackRequest, ScoreRequest
 from router.service import Routed
 from router.serving import Serving
-from router.state import StateStore, open_store
+from router.state import StateStore, StoreUnavailable, open_store
 
 log = logging.getLogger("router")
 
@@ -41,6 +43,8 @@ def create_app(
     metrics = Metrics()
     serving = Serving(policy, store, metrics, policy_path)
     metrics.track_queue(lambda: serving.router.batcher.depth if serving.router else 0)
+    metrics.track_store(store)
+    windows_failing = False  # so that a store that keeps failing logs once, not at every scrape
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -59,19 +63,13 @@ def create_app(
 
     app = FastAPI(title="confidence-router", lifespan=lifespan)
     install_error_handlers(app)
+    install_openapi(app)
 
-    @app.middleware("http")
-    async def count_responses(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # The route template, not the URL, so that the label takes a few known values.
-        try:
-            response = await call_next(request)
-        except Exception:
-            metrics.http_requests.labels(_route(request), "500").inc()
-            raise
-        metrics.http_requests.labels(_route(request), str(response.status_code)).inc()
-        return response
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=lambda: (serving.router.policy if serving.router else policy).limits.max_body_bytes,
+        responded=lambda route, status: metrics.http_requests.labels(route, str(status)).inc(),
+    )
 
     def require_admin(authorization: str | None) -> None:
         if admin_key is None:
@@ -96,8 +94,9 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        # A replica whose Redis is away keeps serving (from its local state): it stays in.
         if serving.router is not None:
-            return JSONResponse({"status": "ready"})
+            return JSONResponse({"status": "ready", "store": store.health().mode})
         body = {"status": "failed", "error": serving.failure} if serving.failure else {"status": "loading"}
         return JSONResponse(body, status_code=503)
 
@@ -136,13 +135,28 @@ def create_app(
             except ConflictingFeedback as exc:
                 metrics.feedback.labels("conflict").inc()
                 raise APIError(409, str(exc), param="request_id", code="feedback_conflict") from exc
+            except StoreUnavailable as exc:  # not acknowledged, so that nothing acknowledged is lost
+                raise APIError(
+                    503,
+                    "Feedback not recorded: the state store is unreachable and this replica cannot keep "
+                    "more writes for it; retry later",
+                    type="service_unavailable",
+                    headers={"Retry-After": "1"},
+                ) from exc
         metrics.feedback.labels(request.outcome if recorded else "duplicate").inc()
         return {"request_id": request.request_id, "status": "recorded" if recorded else "duplicate"}
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
+        nonlocal windows_failing
         if serving.router is not None:
-            await serving.router.observe_windows()
+            try:
+                await serving.router.observe_windows()
+                windows_failing = False
+            except Exception:  # the window gauges keep their last values; everything else still renders
+                if not windows_failing:
+                    log.debug("computing the window gauges failed", exc_info=True)
+                windows_failing = True
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/reload")
@@ -159,21 +173,17 @@ def create_app(
     @app.post("/v1/score")
     async def score(request: ScoreRequest) -> dict[str, object]:
         async with serving.ready().in_use() as router:
-            scored = await router.score(request.plain_messages(), request.max_tokens)
+            # Never from the shared cache: a hit would tell the caller that someone else asked this.
+            scored = await router.score(request.plain_messages(), request.max_tokens, cached=False)
         return {
             "confidence": scored.score.confidence,
             "raw_score": scored.score.raw,
             "scorer": router.scorer.name,
             "scorer_version": router.scorer.version,
-            "cached": scored.cached,
             "latency_ms": round(scored.latency_ms, 3),
         }
 
     return app
-
-
-def _route(request: Request) -> str:
-    return str(getattr(request.scope.get("route"), "path", "unmatched"))
 
 
 async def _sse(routed: Routed, metrics: Metrics) -> AsyncIterator[str]:
@@ -184,6 +194,7 @@ async def _sse(routed: Routed, metrics: Metrics) -> AsyncIterator[str]:
     except Exception as exc:  # headers are gone: the stream can only end with an error event
         log.exception("stream %s failed", routed.request_id)
         metrics.upstream_failed(routed.decision.target or "none", "stream_cut")
-        error = {"message": f"stream failed ({type(exc).__name__})", "type": "upstream_error"}
+        said = exc.message if isinstance(exc, APIError) else f"stream failed ({type(exc).__name__})"
+        error = {"message": said, "type": "upstream_error", "param": None, "code": "stream_cut"}
         yield f"data: {json.dumps({'error': error})}\n\n"
     yield "data: [DONE]\n\n"

@@ -92,6 +92,18 @@ class MicroBatcher(Generic[I, O]):
                 groups.append([entry])
         return groups
 
+    async def _unless_abandoned(self, items: list[I], futures: list[asyncio.Future[O]]) -> list[O]:
+        """Run a forward pass, cancelled as soon as every caller in it has gone (disconnected)."""
+        run = asyncio.ensure_future(self._run(items))
+
+        def gone(_: asyncio.Future[O]) -> None:
+            if all(f.cancelled() for f in futures):
+                run.cancel()
+
+        for future in futures:
+            future.add_done_callback(gone)
+        return await run
+
     async def _work(self) -> None:
         while True:
             for group in self._groups(await self._collect()):
@@ -103,7 +115,12 @@ class MicroBatcher(Generic[I, O]):
                     now = time.perf_counter()
                     self._observe([now - queued for _, future, queued in group if not future.cancelled()])
                 try:
-                    results = await self._run([item for item, _ in live])
+                    results = await self._unless_abandoned([item for item, _ in live], [f for _, f in live])
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # the batcher is closing
+                    continue  # every caller went away
                 except Exception as exc:  # every waiter learns of the failure; the worker lives on
                     for _, future in live:
                         if not future.done():

@@ -55,8 +55,18 @@ def serve(
         typer.Option(envvar="ROUTER_REDIS_URL", help="Shared state (score cache); in-process if unset."),
     ] = None,
     log_level: str = "info",
+    grace_s: Annotated[
+        float,
+        typer.Option(
+            envvar="ROUTER_GRACE_S",
+            min=0,
+            help="On SIGTERM, how long requests in flight may finish before they are cancelled.",
+        ),
+    ] = 30.0,
 ) -> None:
     """Serve the OpenAI-compatible proxy."""
+    import signal
+
     import uvicorn
 
     from router import models
@@ -75,7 +85,14 @@ def serve(
         policy_path=policy or DEFAULT_POLICY_PATH,
         admin_key=os.environ.get("ROUTER_ADMIN_KEY"),
     )
-    uvicorn.run(proxy, host=host, port=port, log_level=log_level)
+    # uvicorn annotates the grace period as int but waits on it with asyncio.wait_for, which takes a float.
+    grace: int = grace_s  # type: ignore[assignment]
+    config = uvicorn.Config(proxy, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace)
+    # uvicorn drains on SIGTERM and SIGINT, then raises the signal again under the handler it found; with
+    # these in place a drained shutdown is a clean exit (0), not death by signal (143, 130).
+    for drained in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(drained, lambda *_: None)
+    uvicorn.Server(config).run()
 
 
 @app.command()

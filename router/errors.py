@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+log = logging.getLogger("router")
 
 
 class APIError(Exception):
@@ -55,6 +58,16 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return APIError(exc.status_code, str(exc.detail), type=kind).response()
 
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the client's doing: OpenAI's shape and words for it, never the exception's text (it may
+        # quote the request). The log has the traceback, and the route, not the body.
+        route = getattr(request.scope.get("route"), "path", request.url.path)
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, route, exc_info=exc)
+        message = "The server had an error while processing your request"
+        return APIError(500, message, type="server_error").response()
+
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(HTTPException, http_error)
+    # Starlette's outermost middleware runs this for any other exception (then re-raises it to the server).
+    app.add_exception_handler(Exception, unexpected)

@@ -6,10 +6,15 @@
 - `window:traffic:<scorer>`: each decision's outcome and raw score, the newest `traffic_retained`, per
   scorer version (raw scores of two scorers are not comparable): drift, the escalation ratio and the
   budget-targeted threshold read it.
+
+With Redis unreachable and this replica's replay buffer full (router/resilient_store.py), the decision
+log drops its writes rather than the client's answer, and feedback raises StoreUnavailable (a 503), so
+that no feedback is acknowledged that could be lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -20,7 +25,7 @@ import numpy as np
 import calibrators
 from policies import Decision
 from policies.schema import MonitoringSpec
-from router.state import StateStore
+from router.state import StateStore, StoreUnavailable
 
 FEEDBACK_WINDOW = "window:feedback"
 TRAFFIC_RETAINED = 2000
@@ -98,27 +103,39 @@ class DecisionLog:
         self.traffic_retained = retained
 
     async def record(self, request_id: str, decision: Decision, raw: float | None) -> None:
+        """Never fails for the store's sake: the answer is already made, and the client gets it."""
         logged = LoggedDecision(
             decision.outcome, decision.target, decision.rule, decision.confidence, raw, self.scorer_version
         )
-        await self.store.set(f"decision:{request_id}", json.dumps(asdict(logged)), self.spec.decision_ttl_s)
+        with contextlib.suppress(StoreUnavailable):  # kept locally; the store logged that it dropped it
+            await self.store.set(
+                f"decision:{request_id}", json.dumps(asdict(logged)), self.spec.decision_ttl_s
+            )
         entry = f"{decision.outcome} {'-' if raw is None else repr(raw)}"
-        await self.store.push(self.traffic_key, entry, self.traffic_retained)
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.push(self.traffic_key, entry, self.traffic_retained)
 
     async def feedback(self, request_id: str, label: float) -> bool:
-        """Join feedback with its decision; False when the same feedback was already recorded."""
+        """Join feedback with its decision; False when the same feedback was already recorded.
+
+        StoreUnavailable when the store could not keep it: nothing is written then, so a retry is safe."""
         found = await self.store.get(f"decision:{request_id}")
         if found is None:
             raise UnknownRequest(request_id)
         logged = LoggedDecision(**json.loads(found))
+        record = None
+        if logged.confidence is not None and logged.raw is not None:
+            record = FeedbackRecord(logged.confidence, logged.raw, label, logged.scorer)
+        # The marker and the record are kept together or not at all: a marker without its record would
+        # make the client's retry a "duplicate" of feedback that was never kept.
+        self.store.check_writable(1 if record is None else 2)
         key = f"feedback:{request_id}"
         if not await self.store.set_if_absent(key, repr(label), self.spec.decision_ttl_s):
             earlier = await self.store.get(key)
             if earlier is not None and float(earlier) != label:
                 raise ConflictingFeedback(f"feedback for this request was already given as {earlier}")
             return False
-        if logged.confidence is not None and logged.raw is not None:
-            record = FeedbackRecord(logged.confidence, logged.raw, label, logged.scorer)
+        if record is not None:
             await self.store.push(FEEDBACK_WINDOW, json.dumps(asdict(record)), self.spec.feedback_retained)
         return True
 

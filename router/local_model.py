@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -21,6 +22,7 @@ from transformers.utils import logging as transformers_logging
 from router.models import resolve
 
 Message = dict[str, Any]
+T = TypeVar("T")
 
 
 def pick_device() -> tuple[torch.device, torch.dtype]:
@@ -53,6 +55,11 @@ class Draft:
         return math.exp(sum(self.token_logprobs) / len(self.token_logprobs))
 
 
+class Aborted(Exception):
+    """The job's caller went away (a client disconnected, the server is shutting down): the forward pass
+    stopped at the next decoder layer."""
+
+
 class _EarlyExit(Exception):
     def __init__(self, hidden: torch.Tensor) -> None:
         self.hidden = hidden
@@ -75,6 +82,26 @@ class LocalModel:
         if not hasattr(self.decoder, "layers") or not hasattr(self.decoder, "norm"):
             raise ValueError(f"{ref}: scoring needs a decoder with `layers` and `norm` (Llama-style)")
         self.num_layers = len(self.decoder.layers)
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+        self.closing = threading.Event()
+        """Set once the server shuts down: every running job stops at its next layer."""
+        self._abort: threading.Event | None = None
+        for layer in self.decoder.layers:
+            # A check before each layer stops a long prompt within one layer's time, and a generation
+            # within one step, without cooperation from transformers' generate.
+            layer.register_forward_pre_hook(self._check_abort)
+
+    def _check_abort(self, _module: torch.nn.Module, _inputs: object) -> None:
+        if self.closing.is_set() or (self._abort is not None and self._abort.is_set()):
+            raise Aborted
+
+    def run_abortable(self, abort: threading.Event, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(*args)` (on the model's worker) so that setting `abort` stops it at the next layer."""
+        self._abort = abort
+        try:
+            return fn(*args)
+        finally:
+            self._abort = None
 
     def _eos_ids(self) -> set[int]:
         ids = self.model.generation_config.eos_token_id
@@ -136,6 +163,10 @@ class LocalModel:
 
     def token_count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def prompt_tokens(self, messages: list[Message]) -> int:
+        """The tokens the model reads for this conversation, generation prompt included."""
+        return self.token_count(self.prompt_text(messages))
 
     # Generation -------------------------------------------------------------------------------------------
 

@@ -4,16 +4,19 @@ the policy's targets, error kinds, window sizes, route templates), never from re
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from policies import Decision
 
 if TYPE_CHECKING:
     from router.drift import DriftReport
     from router.feedback import CalibrationStats
+    from router.state import StateStore
 
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -21,23 +24,20 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CALIBRATION_WINDOWS = (100, 1000)
 """Rolling calibration is reported over the last 100 and the last 1000 feedback records."""
 
-# litellm's exception class names (and our own codes) folded into a few kinds, so the label stays bounded.
+# The codes of the router's upstream errors (router/upstream.py) folded into a few kinds, so that the label
+# stays bounded.
 _ERROR_KINDS = {
-    "Timeout": "timeout",
-    "APITimeoutError": "timeout",
-    "RateLimitError": "rate_limit",
-    "AuthenticationError": "auth",
-    "PermissionDeniedError": "auth",
+    "upstream_timeout": "timeout",
+    "upstream_rate_limited": "rate_limit",
+    "upstream_auth_failed": "auth",
     "missing_api_key": "auth",
-    "BadRequestError": "bad_request",
-    "UnprocessableEntityError": "bad_request",
-    "ContextWindowExceededError": "bad_request",
-    "ContentPolicyViolationError": "bad_request",
-    "NotFoundError": "not_found",
-    "APIConnectionError": "connection",
-    "InternalServerError": "server",
-    "ServiceUnavailableError": "server",
-    "BadGatewayError": "server",
+    "upstream_bad_request": "bad_request",
+    "upstream_request_too_large": "bad_request",
+    "upstream_not_found": "not_found",
+    "upstream_connection": "connection",
+    "upstream_server_error": "server",
+    "upstream_unavailable": "server",
+    "upstream_malformed": "malformed",
     "stream_cut": "stream_cut",
 }
 ERROR_KINDS = (*sorted(set(_ERROR_KINDS.values())), "other")
@@ -207,5 +207,40 @@ class Metrics:
     def track_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
 
+    def track_store(self, store: StateStore) -> None:
+        """router_store_up, _outages_total, _pending_writes, _dropped_writes_total, read at each scrape."""
+        self.registry.register(_StoreCollector(store))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _StoreCollector(Collector):
+    """The state store's health, read when scraped (the store counts; a Counter could not be set)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(0, 0, 0, 0)
+
+    def collect(self) -> Iterator[Metric]:
+        health = self.store.health()
+        return self._families(int(health.up), health.outages, health.pending_writes, health.dropped_writes)
+
+    @staticmethod
+    def _families(up: int, outages: int, pending: int, dropped: int) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "router_store_up", "1 while the shared state store answers (always 1 in memory), else 0.", up
+        )
+        yield CounterMetricFamily(
+            "router_store_outages", "Times the state store became unreachable.", outages
+        )
+        yield GaugeMetricFamily(
+            "router_store_pending_writes", "Writes kept for the state store until it answers again.", pending
+        )
+        yield CounterMetricFamily(
+            "router_store_dropped_writes",
+            "Writes the state store could not keep (replay buffer full, or rejected on replay).",
+            dropped,
+        )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 
 from router.local_model import Draft, Message
 from router.scorers import Score
-from router.state import StateStore
+from router.state import StateStore, StoreUnavailable
 
 
 def conversation_key(messages: list[Message]) -> str:
@@ -35,10 +36,12 @@ class ScoreCache:
         return Score(**data, draft=None if draft is None else Draft(**draft))
 
     async def put(self, messages: list[Message], max_new_tokens: int, score: Score) -> None:
-        # json keeps floats exact (repr round-trips), so a cached score is the identical score.
-        await self.store.set(
-            self._key(messages, max_new_tokens), json.dumps(dataclasses.asdict(score)), self.ttl_s
-        )
+        # json keeps floats exact (repr round-trips), so a cached score is the identical score. A cache
+        # write the store cannot keep (Redis away, its replay buffer full) is only a lost cache entry.
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.set(
+                self._key(messages, max_new_tokens), json.dumps(dataclasses.asdict(score)), self.ttl_s
+            )
 
     def _key(self, messages: list[Message], max_new_tokens: int) -> str:
         # A draft's length limit changes the draft, so it is part of the key for scorers that draft.

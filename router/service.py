@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -24,13 +25,13 @@ from router.completions import Completion
 from router.drift import DriftMonitor
 from router.errors import APIError
 from router.feedback import TRAFFIC_RETAINED, DecisionLog, calibration_stats
-from router.local_model import LocalModel, Message
+from router.local_model import Aborted, LocalModel, Message
 from router.metrics import CALIBRATION_WINDOWS, Metrics
 from router.schemas import ChatCompletionRequest
 from router.score_cache import ScoreCache
 from router.scorers import Score, ScoreItem, build_scorer
 from router.state import MemoryStore, StateStore
-from router.upstream import LiteLLMUpstream
+from router.upstream import LiteLLMUpstream, check_fields
 
 log = logging.getLogger("router")
 T = TypeVar("T")
@@ -107,6 +108,12 @@ class Router:
         # One thread owns the model: requests queue for it instead of fighting over the cores.
         self._owns_model_thread = model_thread is None
         self._model_thread = model_thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # Counting a long prompt's tokens takes milliseconds: neither the event loop nor the model waits.
+        self._text_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.max_prompt_tokens = self._prompt_token_limit()
+        # Each token is at least one byte and a character at most four bytes, so a prompt below this many
+        # characters fits without being counted.
+        self._framing = len(model.prompt_text([{"role": "user", "content": ""}]).encode())
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -155,29 +162,82 @@ class Router:
         self.metrics.escalation_threshold.set(math.nan if threshold is None else threshold)
 
     async def _on_model(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
+        """Run `fn` on the model's worker; if the caller is cancelled, the job stops at its next layer."""
+        abort = threading.Event()
+        job = asyncio.get_running_loop().run_in_executor(
+            self._model_thread, self.model.run_abortable, abort, fn, *args
+        )
+        try:
+            return await job
+        except asyncio.CancelledError:
+            abort.set()
+            raise
+        except Aborted as exc:  # not this caller's cancellation: the server is closing
+            raise APIError(
+                503, "The server is shutting down", type="service_unavailable", headers={"Retry-After": "1"}
+            ) from exc
+
+    def _prompt_token_limit(self) -> int:
+        """The policy's limit, within what the model can read beside the longest answer it may write."""
+        longest = max(
+            [self.policy.scorer.max_draft_tokens]
+            + [t.max_tokens for t in self.policy.targets.values() if isinstance(t, LocalTarget)]
+        )
+        return min(self.policy.limits.max_prompt_tokens, self.model.context_length - longest)
+
+    def _check_length(self, messages: int) -> None:
+        if messages > self.policy.limits.max_messages:
+            raise APIError(
+                400,
+                f"Too many messages: {messages}; this router takes at most "
+                f"{self.policy.limits.max_messages} (policy limits.max_messages)",
+                param="messages",
+                code="too_many_messages",
+            )
+
+    async def _check_prompt(self, messages: list[Message]) -> None:
+        """A prompt the local model reads must fit `max_prompt_tokens`: it bounds one job's time."""
+        characters = sum(len(str(m.get("content") or "")) for m in messages)
+        if 4 * characters + self._framing * (len(messages) + 1) <= self.max_prompt_tokens:
+            return
+        loop = asyncio.get_running_loop()
+        tokens = await loop.run_in_executor(self._text_thread, self.model.prompt_tokens, messages)
+        if tokens > self.max_prompt_tokens:
+            raise APIError(
+                400,
+                f"This conversation is {tokens} tokens long; the local model reads at most "
+                f"{self.max_prompt_tokens} (policy limits.max_prompt_tokens)",
+                param="messages",
+                code="context_length_exceeded",
+            )
 
     def _draft_tokens(self, request: ChatCompletionRequest, target: LocalTarget | None = None) -> int:
         """The client's token cap, within the policy's (the target's, or the scorer's for drafts)."""
         cap = target.max_tokens if target else self.policy.scorer.max_draft_tokens
         return min(request.token_cap or cap, cap)
 
-    async def score(self, messages: list[Message], max_new_tokens: int | None = None) -> Scored:
+    async def score(
+        self, messages: list[Message], max_new_tokens: int | None = None, *, cached: bool = True
+    ) -> Scored:
+        """`cached=False` neither reads nor writes the shared score cache (see /v1/score)."""
         started = time.perf_counter()
+        self._check_length(len(messages))
         item = ScoreItem(messages, max_new_tokens or self.policy.scorer.max_draft_tokens)
         # Pre-generation scores do not depend on the draft length, so it stays out of their cache key.
         length_key = 0 if self.scorer.pre_generation else item.max_new_tokens
-        cached = await self.cache.get(messages, length_key) if self.cache else None
-        if cached is not None:
-            return self._scored(cached, True, started)
+        cache = self.cache if cached else None
+        hit = await cache.get(messages, length_key) if cache else None
+        if hit is not None:
+            return self._scored(hit, True, started)
+        await self._check_prompt(messages)
         try:
             score = await self.batcher.submit(item)
         except Overloaded as exc:
             raise APIError(
                 503, f"Overloaded: {exc}", type="overloaded", headers={"Retry-After": "1"}
             ) from exc
-        if self.cache:
-            await self.cache.put(messages, length_key, score)
+        if cache:
+            await cache.put(messages, length_key, score)
         return self._scored(score, False, started)
 
     def _scored(self, score: Score, cached: bool, started: float) -> Scored:
@@ -192,6 +252,8 @@ class Router:
             served = ", ".join(self.policy.model_names)
             message = f"The model '{request.model}' does not exist; this router serves: {served}"
             raise APIError(404, message, param="model", code="model_not_found")
+        check_fields(request, self.remote.values())  # unknown fields: a 400 before any model work
+        self._check_length(len(request.messages))
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
         scored: list[Score] = []
@@ -265,9 +327,9 @@ class Router:
         # do not apply to it for that reason.
         draft = score.draft if score is not None else None
         if draft is None:
-            draft = await self._on_model(
-                self.model.draft, request.plain_messages(), self._draft_tokens(request, target)
-            )
+            messages = request.plain_messages()
+            await self._check_prompt(messages)
+            draft = await self._on_model(self.model.draft, messages, self._draft_tokens(request, target))
         self.metrics.used(name, draft.prompt_tokens, draft.completion_tokens, 0.0)
         return completions.completion(
             request_id, name, draft.text, draft.finish_reason, draft.prompt_tokens, draft.completion_tokens
@@ -290,5 +352,6 @@ class Router:
         """After a reload: waits for this router's requests in flight, then stops its batcher."""
         await self._idle.wait()
         await self.batcher.close()
+        self._text_thread.shutdown(wait=False, cancel_futures=True)
         if self._owns_model_thread:
             self._model_thread.shutdown(wait=False, cancel_futures=True)

@@ -76,6 +76,8 @@ class Serving:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
+        """At shutdown, after the server's drain: whatever still runs on the model stops at its next layer."""
         await asyncio.gather(*self._background)
         if self.router is not None:
+            self.router.model.closing.set()
             await self.router.close()

@@ -2,6 +2,9 @@
 
 Two kinds of entry: keys with an optional time to live, and bounded lists (rolling windows) that keep only
 their newest `max_len` values, so every structure here has bounded retention.
+
+`open_store` wraps Redis in a `ResilientStore` (router/resilient_store.py), so that Redis going away
+degrades a replica to its local state instead of failing its requests.
 """
 
 from __future__ import annotations
@@ -9,6 +12,41 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+REDIS_CONNECT_TIMEOUT_S = 0.5
+REDIS_SOCKET_TIMEOUT_S = 1.0
+"""A hung (not refused) Redis stalls a command for at most this long; the ResilientStore then stops asking
+it until it answers a probe again."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The shared store is unreachable and this replica cannot keep the write for later: it may be lost."""
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    mode: Literal["ok", "degraded", "memory"]
+    outages: int = 0
+    pending_writes: int = 0
+    dropped_writes: int = 0
+
+    @property
+    def up(self) -> bool:
+        return self.mode != "degraded"
+
+
+@dataclass(frozen=True)
+class Write:
+    """A write kept for replay. `expires_at` is on the monotonic clock, so a replayed TTL is what is left."""
+
+    op: Literal["set", "set_if_absent", "push"]
+    key: str
+    value: str
+    expires_at: float | None = None
+    max_len: int = 0
 
 
 class StateStore(ABC):
@@ -29,6 +67,13 @@ class StateStore(ABC):
     @abstractmethod
     async def recent(self, key: str, count: int) -> list[str]:
         """The newest `count` values of a rolling window, oldest first."""
+
+    def health(self) -> StoreHealth:
+        return StoreHealth("memory")
+
+    def check_writable(self, writes: int) -> None:
+        """Raise StoreUnavailable when `writes` more writes could not all be kept (never, for most stores)."""
+        return None
 
     async def close(self) -> None:
         return None
@@ -75,13 +120,40 @@ class MemoryStore(StateStore):
         window = self._windows.get(key, deque())
         return list(window)[-count:] if count > 0 else []
 
+    def load_window(self, key: str, values: list[str]) -> None:
+        """Replace a window's values (a copy of the shared window), keeping its bound when it has one."""
+        known = self._windows.get(key)
+        bound = known.maxlen if known is not None and known.maxlen else max(len(values), 1)
+        self._windows[key] = deque(values, maxlen=bound)
+
+    def window_size(self, key: str) -> int:
+        return len(self._windows.get(key, ()))
+
 
 class RedisStore(StateStore):
-    def __init__(self, url: str, prefix: str = "confidence-router:") -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "confidence-router:",
+        connect_timeout_s: float = REDIS_CONNECT_TIMEOUT_S,
+        timeout_s: float = REDIS_SOCKET_TIMEOUT_S,
+    ) -> None:
         import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-        self._redis = redis.Redis.from_url(url, decode_responses=True)
+        # No retries inside the client: one failed command is the signal to degrade, not to wait.
+        self._redis = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=connect_timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
         self.prefix = prefix
+
+    def health(self) -> StoreHealth:
+        return StoreHealth("ok")
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -109,9 +181,36 @@ class RedisStore(StateStore):
             return []
         return [str(v) for v in await self._redis.lrange(self.prefix + key, -count, -1)]
 
+    async def apply(self, writes: Sequence[Write]) -> int:
+        """Apply `writes` in order in one MULTI/EXEC; returns how many Redis rejected (programming errors).
+        A write whose time to live ran out while it waited is applied as what it would be now: gone."""
+        now, commands = time.monotonic(), []  # commands queued per write
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for write in writes:
+                key = self.prefix + write.key
+                px = None if write.expires_at is None else int((write.expires_at - now) * 1000)
+                if write.op == "push":
+                    pipe.rpush(key, write.value)
+                    pipe.ltrim(key, -write.max_len, -1)
+                    commands.append(2)
+                elif px is not None and px <= 0:
+                    if write.op == "set":
+                        pipe.delete(key)
+                    commands.append(int(write.op == "set"))
+                else:
+                    pipe.set(key, write.value, px=px, nx=write.op == "set_if_absent")
+                    commands.append(1)
+            results = iter(await pipe.execute(raise_on_error=False))
+        failed = [[isinstance(next(results), Exception) for _ in range(n)] for n in commands]
+        return sum(any(write) for write in failed)
+
     async def close(self) -> None:
         await self._redis.aclose()
 
 
 def open_store(redis_url: str | None) -> StateStore:
-    return RedisStore(redis_url) if redis_url else MemoryStore()
+    if not redis_url:
+        return MemoryStore()
+    from router.resilient_store import ResilientStore
+
+    return ResilientStore(RedisStore(redis_url))

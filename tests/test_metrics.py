@@ -38,8 +38,9 @@ ROUTES = {
 
 def promtool() -> str:
     found = shutil.which("promtool")
-    # Not a skip: CI installs promtool (.ci/run), and these checks must not quietly stop running.
-    assert found, "promtool is missing: install Debian's prometheus package (apt-get install -y prometheus)"
+    # Not a skip: `make test` installs promtool (the Makefile's `tools`), and these checks must not quietly
+    # stop running.
+    assert found, "promtool is missing: run `make tools` (Debian's prometheus package), or put it on PATH"
     return found
 
 

@@ -104,7 +104,7 @@ def test_models_lists_the_router_and_the_policy_targets(client: openai.OpenAI) -
 
 def test_health_and_readiness(proxy: Served) -> None:
     assert httpx.get(f"{proxy.base_url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{proxy.base_url}/readyz").json() == {"status": "ready"}
+    assert httpx.get(f"{proxy.base_url}/readyz").json() == {"status": "ready", "store": "memory"}
 
 
 @pytest.mark.parametrize(

@@ -171,8 +171,8 @@ def test_score_endpoint_and_head_policy_over_http(
     again = httpx.post(
         f"{served.base_url}/v1/score", json={"messages": [{"role": "user", "content": "Where is Timbuktu?"}]}
     ).json()
-    assert first["scorer"] == "head" and first["cached"] is False
-    assert again["cached"] is True and again["confidence"] == first["confidence"]
+    assert first["scorer"] == "head" and again["confidence"] == first["confidence"]
+    assert "cached" not in first  # whether someone else asked this is not the caller's business
     assert 0 <= first["confidence"] <= 1 and first["latency_ms"] > 0
 
     chat = httpx.post(

@@ -89,6 +89,8 @@ def _from_fields(row: dict[str, Any], source: str, index: int) -> dict[str, Any]
             "answers": [row["choices"][row["gold"]]],
             "source": source,
         }
+    if "context" in row and str(row["context"]).startswith("Context:") and "continuation" in row:
+        return _passage_choice(row, rid, source)  # PubMedQA (llm-foundry)
     if "context" in row and "continuation" in row:  # Jeopardy clues (with a category), Wikidata completions
         clue = row["context"].strip()
         question = clue if "category" in row else f"Complete this sentence: {clue} ..."
@@ -104,6 +106,25 @@ def _from_fields(row: dict[str, Any], source: str, index: int) -> dict[str, Any]
     if "question" in row and "answer" in row:  # a user's simple file
         return {"id": rid, "question": row["question"], "answers": _split(row["answer"]), "source": source}
     raise DataError(f"no known QA fields (have: {', '.join(sorted(row))})")
+
+
+_LETTERED = re.compile(r"^[A-Z]\. (.+)$")
+
+
+def _passage_choice(row: dict[str, Any], rid: str, source: str) -> dict[str, Any]:
+    """`Context: <passage>\nQuestion: <question>\nA. yes\nB. no\nC. maybe\nAnswer: ` and the answer."""
+    passage, _, rest = str(row["context"]).removeprefix("Context:").rpartition("\nQuestion:")
+    lines = [line.strip() for line in _ANSWER_SUFFIX.sub("", rest).strip().splitlines()]
+    choices = [m.group(1) for m in map(_LETTERED.match, lines) if m]
+    question = " ".join(line for line in lines if not _LETTERED.match(line))
+    return {
+        "id": rid,
+        "question": question,
+        "context": passage.strip(),
+        "choices": choices or None,
+        "answers": [str(row["continuation"]).strip()],
+        "source": source,
+    }
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -1,0 +1,401 @@
+"""The OpenAPI document as the service really answers.
+
+FastAPI's generated document knows only the endpoints' signatures: it declares 422 with its own validation
+body (the router answers 400 in the OpenAI error shape, router/errors.py), none of the other error statuses,
+loose 200 bodies, and application/json for /metrics and for streamed completions. `install_openapi`
+post-processes it once, on first use, into what the endpoints return.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from policies.schema import VIRTUAL_MODEL
+
+Document = dict[str, Any]
+
+# Each operation's error statuses besides 500, which every operation may answer (router/errors.py).
+ERRORS: dict[tuple[str, str], dict[int, str]] = {
+    ("get", "/healthz"): {},
+    ("get", "/readyz"): {},  # its 503 carries a Readiness body, not an error (see corrected)
+    ("get", "/v1/models"): {},
+    ("get", "/metrics"): {},
+    ("post", "/v1/chat/completions"): {
+        400: "Invalid request (a field, an unknown field, too many messages, a prompt beyond the local "
+        "model's limit), or a remote target rejected it",
+        404: "The requested model is not one this router serves",
+        413: "The request body is larger than the policy's limits.max_body_bytes, or a remote target's limit",
+        429: "A remote target is rate-limiting the router",
+        502: "A remote target failed, could not be reached, refused the router's credentials or has no key",
+        503: "Not ready yet (the model is loading), overloaded (the scoring queue is full), shutting down, "
+        "or a remote target asks to retry later",
+        504: "A remote target did not answer in time",
+    },
+    ("post", "/v1/feedback"): {
+        400: "Invalid request: give request_id and either correct or score",
+        404: "No decision is logged for this request id (unknown, or older than the decision log keeps)",
+        409: "Feedback with a different label was already recorded for this request id",
+        413: "The request body is larger than the policy's limits.max_body_bytes",
+        503: "Not ready yet (the model is loading), or the state store is unreachable: not recorded",
+    },
+    ("post", "/v1/score"): {
+        400: "Invalid request: give either messages or question; or a prompt beyond the model's limit",
+        413: "The request body is larger than the policy's limits.max_body_bytes",
+        503: "Not ready yet (the model is loading) or overloaded (the scoring queue is full)",
+    },
+    ("post", "/admin/reload"): {
+        400: "The policy file failed to load; the old policy keeps serving",
+        401: "The Authorization header is missing or does not carry the admin key",
+        403: "Admin endpoints are off: the server was started without an admin key",
+        409: "Nothing to reload: the server was not started from a policy file",
+        503: "Not ready yet: the model is loading",
+    },
+}
+
+SERVER_ERROR = "An unexpected failure of the router (the server's log has the traceback)"
+
+_NULLABLE_STRING = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "title": "Error",
+        "description": "OpenAI's error shape, so that SDKs raise their usual exceptions.",
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string", "examples": ["invalid_request_error", "server_error"]},
+                    "param": _NULLABLE_STRING,
+                    "code": _NULLABLE_STRING,
+                },
+                "required": ["message", "type", "param", "code"],
+            }
+        },
+        "required": ["error"],
+    },
+    "Health": {
+        "type": "object",
+        "properties": {"status": {"const": "ok"}},
+        "required": ["status"],
+    },
+    "Readiness": {
+        "type": "object",
+        "properties": {
+            "status": {"enum": ["ready", "loading", "failed"]},
+            "error": {"type": "string", "description": "Why loading failed (status `failed` only)."},
+            "store": {
+                "enum": ["ok", "degraded", "memory"],
+                "description": "The state store (status `ready` only): Redis answering, Redis unreachable "
+                "(served from this replica's local state, writes kept for replay), or in-process only.",
+            },
+        },
+        "required": ["status"],
+    },
+    "ModelList": {
+        "type": "object",
+        "properties": {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "object": {"const": "model"},
+                        "created": {"type": "integer"},
+                        "owned_by": {"type": "string"},
+                    },
+                    "required": ["id", "object", "created", "owned_by"],
+                },
+            },
+        },
+        "required": ["object", "data"],
+    },
+    "Usage": {
+        "type": "object",
+        "properties": {
+            "prompt_tokens": {"type": "integer", "minimum": 0},
+            "completion_tokens": {"type": "integer", "minimum": 0},
+            "total_tokens": {"type": "integer", "minimum": 0},
+        },
+        "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+    },
+    "ChatCompletion": {
+        "description": "An OpenAI chat completion; a remote target's own fields pass through.",
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "message": {
+                            "type": "object",
+                            "properties": {"role": {"const": "assistant"}, "content": _NULLABLE_STRING},
+                            "required": ["role"],
+                        },
+                        "finish_reason": _NULLABLE_STRING,
+                    },
+                    "required": ["index", "message"],
+                },
+            },
+            "usage": {"anyOf": [{"$ref": "#/components/schemas/Usage"}, {"type": "null"}]},
+        },
+        "required": ["id", "object", "created", "model", "choices"],
+    },
+    "ChatCompletionChunk": {
+        "description": "One event of a streamed completion; the last one carries usage when "
+        "stream_options.include_usage is set.",
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion.chunk"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "delta": {"type": "object"},
+                        "finish_reason": _NULLABLE_STRING,
+                    },
+                    "required": ["index", "delta"],
+                },
+            },
+            "usage": {"anyOf": [{"$ref": "#/components/schemas/Usage"}, {"type": "null"}]},
+        },
+        "required": ["id", "object", "created", "model", "choices"],
+    },
+    "StreamError": {
+        "description": "The last event before [DONE] when a stream fails after its headers were sent.",
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": _NULLABLE_STRING,
+                    "code": _NULLABLE_STRING,
+                },
+                "required": ["message", "type"],
+            }
+        },
+        "required": ["error"],
+    },
+    "FeedbackRecorded": {
+        "type": "object",
+        "properties": {
+            "request_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "status": {"enum": ["recorded", "duplicate"]},
+        },
+        "required": ["request_id", "status"],
+    },
+    "Scored": {
+        "type": "object",
+        "properties": {
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "raw_score": {"type": "number"},
+            "scorer": {"type": "string"},
+            "scorer_version": {"type": "string"},
+            "latency_ms": {"type": "number", "minimum": 0},
+        },
+        "required": ["confidence", "raw_score", "scorer", "scorer_version", "latency_ms"],
+    },
+    "Reloaded": {
+        "type": "object",
+        "properties": {
+            "status": {"const": "reloaded"},
+            "policy": {"type": "string"},
+            "scorer_version": {"type": "string"},
+            "calibrator": _NULLABLE_STRING,
+        },
+        "required": ["status", "policy", "scorer_version", "calibrator"],
+    },
+}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+
+# One server-sent event (OpenAPI before 3.2 has a stream's `schema` describe each of its events): a
+# chat.completion.chunk as JSON, a StreamError when the stream fails after its headers, and last `[DONE]`.
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "data": {
+            "type": "string",
+            "if": {"const": "[DONE]"},
+            "else": {
+                "contentMediaType": "application/json",
+                "contentSchema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/ChatCompletionChunk"},
+                        {"$ref": "#/components/schemas/StreamError"},
+                    ]
+                },
+            },
+        }
+    },
+    "required": ["data"],
+}
+
+_DECISION_HEADERS = {
+    "x-router-request-id": {
+        "description": "Unique per request; the id POST /v1/feedback takes",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    },
+    "x-router-decision": {
+        "description": "What the policy did",
+        "required": True,
+        "schema": {"enum": ["answer", "escalate", "hedge", "refuse"]},
+    },
+    "x-router-target": {
+        "description": "The target that produced the answer, or `none` for a refusal",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "x-router-rule": {
+        "description": "The name (or `rules[i]`) of the rule that matched",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "x-router-confidence": {
+        "description": "The certainty the policy acted on; absent when the matching rule needed none",
+        "required": False,
+        "schema": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
+
+# Each operation's 200, as it is really sent.
+SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
+    ("get", "/healthz"): {"description": "The process is up", "content": _json("Health")},
+    ("get", "/readyz"): {
+        "description": "The model is loaded: requests are served",
+        "content": _json("Readiness"),
+    },
+    ("get", "/v1/models"): {
+        "description": "The model names this router serves",
+        "content": _json("ModelList"),
+    },
+    ("get", "/metrics"): {
+        "description": "Prometheus text exposition format (content type text/plain; version=...)",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    ("post", "/v1/chat/completions"): {
+        "description": "A chat completion, or with `stream: true` its chunks as server-sent events",
+        "headers": _DECISION_HEADERS,
+        "content": {
+            **_json("ChatCompletion"),
+            "text/event-stream": {"schema": _SSE_EVENT},
+        },
+    },
+    ("post", "/v1/feedback"): {
+        "description": "Recorded, or a repeat of a label already recorded",
+        "content": _json("FeedbackRecorded"),
+    },
+    ("post", "/v1/score"): {
+        "description": "The scorer's confidence in the conversation",
+        "content": _json("Scored"),
+    },
+    ("post", "/admin/reload"): {
+        "description": "The policy file is serving now",
+        "content": _json("Reloaded"),
+    },
+}
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+_SHOULD_RETRY = {
+    "x-should-retry": {
+        "description": "`false` when retrying cannot help, or the router already retried (the openai SDKs "
+        "honour it)",
+        "schema": {"enum": ["true", "false"]},
+    }
+}
+_WWW_AUTHENTICATE = {"WWW-Authenticate": {"required": True, "schema": {"const": "Bearer"}}}
+
+REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/v1/chat/completions"): {
+        "model": VIRTUAL_MODEL,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 4,
+    },
+    ("post", "/v1/score"): {"question": "What is the capital of France?"},
+}
+
+
+def _error(description: str, status: int, upstream: bool) -> dict[str, Any]:
+    """`upstream`: the operation may pass on a remote target's failure, with its retry headers."""
+    headers: dict[str, Any] = {}
+    if status in (429, 503):
+        headers |= _RETRY_AFTER
+    if status == 401:
+        headers |= _WWW_AUTHENTICATE
+    if upstream and status != 404:
+        headers |= _SHOULD_RETRY
+    response: dict[str, Any] = {"description": description, "content": _json("Error")}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def corrected(generated: Document) -> Document:
+    """The generated document with the router's real responses (a new document; `generated` is kept)."""
+    document = copy.deepcopy(generated)
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas.update(copy.deepcopy(SCHEMAS))
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            key = (method, path)
+            if key not in ERRORS:
+                raise KeyError(f"router/openapi.py does not know the responses of {method.upper()} {path}")
+            responses: dict[str, Any] = {"200": copy.deepcopy(SUCCESS[key])}
+            upstream = path == "/v1/chat/completions"
+            for status, description in ERRORS[key].items():
+                responses[str(status)] = _error(description, status, upstream)
+            if path == "/readyz":
+                responses["503"] = {
+                    "description": "Not ready: the model is loading, or failed to load (`error` says why)",
+                    "content": _json("Readiness"),
+                }
+            responses["500"] = _error(SERVER_ERROR, 500, upstream=False)
+            operation["responses"] = dict(sorted(responses.items()))
+            if key in REQUEST_EXAMPLES:
+                body = operation["requestBody"]["content"]["application/json"]
+                body["example"] = REQUEST_EXAMPLES[key]
+    return document
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve the corrected document at /openapi.json (and in /docs), built once, on first use."""
+    generate: Callable[[], Document] = app.openapi  # FastAPI's own, which caches in app.openapi_schema
+
+    def openapi() -> Document:
+        if app.openapi_schema is None:
+            app.openapi_schema = corrected(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,246 @@
+"""Redis that is allowed to go away: a replica keeps serving from its own recent state and catches up later.
+
+Healthy, every operation goes to Redis, and writes are also applied to a bounded local `MemoryStore`
+mirror (write-through; `MIRROR_ENTRIES` keys, LRU; each window as bounded as in Redis), and a full read of
+a shared window refreshes the mirror's copy of it. So during an outage the replica still knows its own
+recent decisions, cached scores, feedback markers and the last windows it read.
+
+The first operation that fails with a connection error (refused, reset, timed out: `CONNECTION_ERRORS`;
+never a programming error such as WRONGTYPE) makes the store degraded: reads come from the mirror, writes
+go to the mirror and to an ordered replay buffer of at most `MAX_PENDING` writes. No request waits on Redis
+then: one background task PINGs it every `PROBE_INTERVAL_S`, and when it answers, replays the buffer in
+order (MULTI/EXEC chunks of `REPLAY_CHUNK`; TTLs shortened by the time spent waiting) and only then turns
+healthy again. Requests during the replay keep taking the degraded path, so their writes queue behind
+the replayed ones. The client's timeouts (`REDIS_CONNECT_TIMEOUT_S`, `REDIS_SOCKET_TIMEOUT_S`) bound what
+a hung Redis costs the requests in flight when it hangs. One WARNING line per outage, one INFO line when
+it ends (how long, how many writes replayed); keys are never logged (they hold prompt hashes and ids).
+
+When the buffer is full a write raises `StoreUnavailable` (and is kept in the mirror anyway, except a
+`set_if_absent`, which is not applied so that a retry is not mistaken for a repeat). The request path
+swallows it (the decision log, the score cache: an answer is never dropped for the store's sake); feedback
+checks for room first and answers 503, so that nothing is acknowledged that could be lost. Within the
+bound, nothing acknowledged is lost, unless this process ends while degraded (the count is logged).
+
+What an outage cannot give:
+- Reads see this replica's view only: a decision made by another replica, or a score another replica
+  cached, is unknown here until Redis is back (feedback for it answers 404, the score is computed again).
+- Deduplication of feedback is per replica while degraded; the same id posted to two degraded replicas
+  is recorded twice. A timed-out write that Redis did apply is replayed again (at least once): a window
+  may hold that entry twice.
+
+Redis restarting WITHOUT persistence comes back empty: every decision, feedback marker, cached score,
+pinned drift reference and window is gone, and only what this replica still buffers (writes made while it
+saw Redis down) is written back. Decisions from before the outage are then unknown (feedback for them is a
+404), the windows restart from the replayed entries, and drift pins a new reference. Metric counters are
+per process and are not rewound, so they then count more than the store holds. With AOF persistence
+(`appendonly yes`; `appendfsync always` loses nothing acknowledged, `everysec` up to a second) Redis
+comes back with its data, the replay appends the outage's writes after it, and the store afterwards holds
+everything every replica acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+
+import redis.exceptions
+
+from router.state import MemoryStore, RedisStore, StateStore, StoreHealth, StoreUnavailable, Write
+
+log = logging.getLogger("router")
+
+MAX_PENDING = 10_000
+"""Writes kept for replay during an outage (each a few hundred bytes): a request costs two or three (its
+decision, its traffic entry, a cached score), so about ten minutes of a replica serving 5 requests/s."""
+MIRROR_ENTRIES = 20_000
+PROBE_INTERVAL_S = 0.5
+REPLAY_CHUNK = 500
+
+# TimeoutError (asyncio's too, on 3.11) and ConnectionRefusedError are OSErrors; BusyLoadingError (Redis
+# still loading its AOF) is a redis ConnectionError.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
+
+
+class ResilientStore(StateStore):
+    def __init__(
+        self,
+        remote: RedisStore,
+        *,
+        max_pending: int = MAX_PENDING,
+        mirror_entries: int = MIRROR_ENTRIES,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+    ) -> None:
+        self.remote, self.mirror = remote, MemoryStore(mirror_entries)
+        self.max_pending, self.probe_interval_s = max_pending, probe_interval_s
+        self._pending: deque[Write] = deque()
+        self._up = True
+        self.outages = self.dropped = 0
+        self._down_since = 0.0
+        self._replayed = 0
+        self._full_reported = False
+        self._probe: asyncio.Task[None] | None = None
+
+    def health(self) -> StoreHealth:
+        return StoreHealth("ok" if self._up else "degraded", self.outages, len(self._pending), self.dropped)
+
+    def check_writable(self, writes: int) -> None:
+        if not self._up and len(self._pending) + writes > self.max_pending:
+            self._refuse(writes)
+
+    async def get(self, key: str) -> str | None:
+        if self._up:
+            try:
+                return await self.remote.get(key)
+            except CONNECTION_ERRORS as exc:
+                self._went_down(exc)
+        return await self.mirror.get(key)
+
+    async def recent(self, key: str, count: int) -> list[str]:
+        if self._up:
+            try:
+                values = await self.remote.recent(key, count)
+            except CONNECTION_ERRORS as exc:
+                self._went_down(exc)
+            else:
+                # Keep the shared window for an outage, when this read saw all of it, or more of it than
+                # the mirror holds (the mirror alone knows only this replica's writes).
+                if len(values) < count or count >= self.mirror.window_size(key):
+                    self.mirror.load_window(key, values)
+                return values
+        return await self.mirror.recent(key, count)
+
+    async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
+        if self._up:
+            try:
+                await self.remote.set(key, value, ttl_s)
+            except CONNECTION_ERRORS as exc:
+                self._went_down(exc)
+            else:
+                await self.mirror.set(key, value, ttl_s)
+                return
+        await self.mirror.set(key, value, ttl_s)
+        self._keep(Write("set", key, value, _expiry(ttl_s)))
+
+    async def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
+        if self._up:
+            try:
+                won = await self.remote.set_if_absent(key, value, ttl_s)
+            except CONNECTION_ERRORS as exc:
+                self._went_down(exc)
+            else:
+                if won:
+                    await self.mirror.set(key, value, ttl_s)
+                return won
+        self.check_writable(1)
+        won = await self.mirror.set_if_absent(key, value, ttl_s)
+        if won:
+            self._keep(Write("set_if_absent", key, value, _expiry(ttl_s)))
+        return won
+
+    async def push(self, key: str, value: str, max_len: int) -> None:
+        if self._up:
+            try:
+                await self.remote.push(key, value, max_len)
+            except CONNECTION_ERRORS as exc:
+                self._went_down(exc)
+            else:
+                await self.mirror.push(key, value, max_len)
+                return
+        await self.mirror.push(key, value, max_len)
+        self._keep(Write("push", key, value, max_len=max_len))
+
+    def _keep(self, write: Write) -> None:
+        if len(self._pending) >= self.max_pending:
+            self._refuse(1)
+        self._pending.append(write)
+
+    def _refuse(self, writes: int) -> None:
+        self.dropped += writes
+        if not self._full_reported:
+            self._full_reported = True
+            log.error(
+                "state store: the replay buffer is full (%d writes); writes from now on are not kept for "
+                "Redis, and feedback is refused with 503 until Redis is back",
+                self.max_pending,
+            )
+        raise StoreUnavailable(f"the state store is unreachable and {self.max_pending} writes wait for it")
+
+    def _went_down(self, exc: BaseException) -> None:
+        if not self._up:
+            return
+        self._up, self._full_reported = False, False
+        self.outages += 1
+        self._down_since, self._replayed = time.monotonic(), 0
+        # The exception's text names the host and the failure (refused, timed out), never a key.
+        log.warning(
+            "state store: Redis is unreachable (%s: %s); serving from this replica's local state and "
+            "keeping up to %d writes until it answers again",
+            type(exc).__name__,
+            exc,
+            self.max_pending,
+        )
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        reported = False
+        while True:
+            await asyncio.sleep(self.probe_interval_s)
+            try:
+                await self.remote.ping()
+                await self._replay()
+            except CONNECTION_ERRORS:
+                continue
+            except Exception:  # never let the probe die: the store would stay degraded for good
+                if not reported:
+                    log.exception("state store: replaying to Redis failed; trying again")
+                    reported = True
+                continue
+            self._up = True
+            log.info(
+                "state store: Redis is back after %.1f s; %d buffered writes replayed",
+                time.monotonic() - self._down_since,
+                self._replayed,
+            )
+            return
+
+    async def _replay(self) -> None:
+        while self._pending:
+            chunk = list(itertools.islice(self._pending, REPLAY_CHUNK))
+            try:
+                rejected = await self.remote.apply(chunk)
+            except CONNECTION_ERRORS:
+                raise
+            except redis.exceptions.RedisError:  # a whole chunk Redis refuses: drop it, not block on it
+                rejected = len(chunk)
+            if rejected:
+                self.dropped += rejected
+                log.error("state store: Redis rejected %d replayed writes; they are dropped", rejected)
+            # Writes made while this chunk was in flight were appended behind it.
+            for _ in chunk:
+                self._pending.popleft()
+            self._replayed += len(chunk) - rejected
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        if self._pending:
+            log.warning(
+                "state store: closing while Redis is unreachable; %d buffered writes are lost",
+                len(self._pending),
+            )
+        await self.remote.close()
+
+
+def _expiry(ttl_s: float | None) -> float | None:
+    return None if ttl_s is None else time.monotonic() + ttl_s
