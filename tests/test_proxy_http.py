@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -146,3 +147,23 @@ def test_unknown_model_is_a_404_the_sdk_understands(client: openai.OpenAI) -> No
 def test_sdk_sees_bad_requests_as_bad_request_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="at least 1 item"):
         client.chat.completions.create(model="router", messages=[])
+
+
+def test_the_default_limits_turn_away_oversized_requests_while_a_short_one_is_answered(
+    proxy: Served, client: openai.OpenAI
+) -> None:
+    oversized = {
+        "request_too_large": [{"role": "user", "content": "x" * 10_000_000}],
+        "context_length_exceeded": [{"role": "user", "content": "The river ran past the mill. " * 7_000}],
+        "too_many_messages": [{"role": "user", "content": "m"}] * 10_000,
+    }
+    url = f"{proxy.base_url}/v1/chat/completions"
+    with ThreadPoolExecutor(len(oversized)) as pool:
+        sent = {
+            code: pool.submit(httpx.post, url, json={"model": "router", "messages": m}, timeout=120)
+            for code, m in oversized.items()
+        }
+        assert client.chat.completions.create(model="router", messages=ask(EASY)).choices[0].message.content
+        for code, response in sent.items():
+            assert response.result().status_code == (413 if code == "request_too_large" else 400)
+            assert response.result().json()["error"]["code"] == code

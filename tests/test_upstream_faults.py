@@ -254,14 +254,15 @@ def test_the_openai_sdk_does_not_multiply_the_routers_retries(router: Served, st
 def test_retry_after_takes_seconds_milliseconds_and_dates() -> None:
     import email.utils
 
-    from router.upstream import _retry_after, backoff
+    from router.upstream import backoff
+    from router.upstream_errors import retry_after_s
 
-    assert _retry_after(httpx.Headers({"retry-after": "7"})) == 7
-    assert _retry_after(httpx.Headers({"retry-after": "2", "retry-after-ms": "1500"})) == 1.5
+    assert retry_after_s(httpx.Headers({"retry-after": "7"})) == 7
+    assert retry_after_s(httpx.Headers({"retry-after": "2", "retry-after-ms": "1500"})) == 1.5
     soon = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 25 < (_retry_after(httpx.Headers({"retry-after": soon})) or 0) <= 30
-    assert _retry_after(httpx.Headers({"retry-after": "whenever"})) is None
-    assert _retry_after(httpx.Headers({})) is None
+    assert 25 < (retry_after_s(httpx.Headers({"retry-after": soon})) or 0) <= 30
+    assert retry_after_s(httpx.Headers({"retry-after": "whenever"})) is None
+    assert retry_after_s(httpx.Headers({})) is None
     assert all(
         0.125 <= backoff(1) <= 0.25 and 2.0 <= backoff(5) <= 4.0 and backoff(50) <= 4.0 for _ in range(50)
     )
