@@ -102,7 +102,7 @@ class LimitsSpec(_Strict):
     """Larger request bodies get HTTP 413 before they are parsed."""
     max_messages: int = Field(2048, ge=1)
     """Conversations with more messages get HTTP 400 (OpenAI's own bound)."""
-    max_prompt_tokens: int = Field(4096, ge=16)
+    max_prompt_tokens: int = Field(2048, ge=16)
     """Prompts the local model reads (to score or to answer) beyond this many tokens get HTTP 400
     (code context_length_exceeded); requests that only pass through to a remote target are not counted.
     It bounds how long one request holds the model's worker (docs/operations.md)."""

@@ -77,7 +77,7 @@ class LocalModel:
         self.model = AutoModelForCausalLM.from_pretrained(location, dtype=self.dtype)
         self.model.to(device=self.device).eval()
         self._peft: Any = None
-        self._stop_ids = self._eos_ids()
+        self.stop_ids = self._eos_ids()
         self.decoder = self.model.get_decoder()
         if not hasattr(self.decoder, "layers") or not hasattr(self.decoder, "norm"):
             raise ValueError(f"{ref}: scoring needs a decoder with `layers` and `norm` (Llama-style)")
@@ -224,12 +224,13 @@ class LocalModel:
         prompt_tokens = batch["attention_mask"].sum(1).tolist()
         per_prompt = max(samples, 1)
         return [
-            self._finish(row, lps, int(prompt_tokens[i // per_prompt]))
+            self.draft_of(row, lps, int(prompt_tokens[i // per_prompt]))
             for i, (row, lps) in enumerate(zip(new_ids.tolist(), logprobs, strict=True))
         ]
 
-    def _finish(self, ids: list[int], logprobs: list[float], prompt_tokens: int) -> Draft:
-        end = next((i for i, token in enumerate(ids) if token in self._stop_ids), None)
+    def draft_of(self, ids: list[int], logprobs: list[float], prompt_tokens: int) -> Draft:
+        """The answer in generated `ids` (with their log-probabilities): up to the first stop token."""
+        end = next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
         # The end-of-turn token, and the padding of rows that finished early, are not part of the answer.
         kept = ids if end is None else ids[:end]
         text = str(self.tokenizer.decode(kept, skip_special_tokens=True)).strip()

@@ -18,7 +18,7 @@ import numpy as np
 
 import calibrators
 from policies import Decision, LiteLLMTarget, LocalTarget, Policy, RequestFacts, decide
-from router import completions
+from router import completions, generation
 from router.batcher import BatchLimits, MicroBatcher, Overloaded
 from router.budget import WINDOW, EscalationBudget
 from router.completions import Completion
@@ -329,7 +329,12 @@ class Router:
         if draft is None:
             messages = request.plain_messages()
             await self._check_prompt(messages)
-            draft = await self._on_model(self.model.draft, messages, self._draft_tokens(request, target))
+            # A segment per job: other requests' work on the model runs between segments.
+            tokens = self._draft_tokens(request, target)
+            written = await self._on_model(generation.begin, self.model, messages, tokens)
+            while not written.done:
+                written = await self._on_model(generation.advance, self.model, written)
+            draft = generation.finish(self.model, written)
         self.metrics.used(name, draft.prompt_tokens, draft.completion_tokens, 0.0)
         return completions.completion(
             request_id, name, draft.text, draft.finish_reason, draft.prompt_tokens, draft.completion_tokens
