@@ -44,7 +44,7 @@ def advance(model: LocalModel, generation: Generation, steps: int = SEGMENT_TOKE
         out = base.generate(
             input_ids=generation.ids,
             attention_mask=torch.ones_like(generation.ids),
-            past_key_values=generation.cache,
+            cache=generation.cache,
             max_new_tokens=min(steps, generation.remaining),
             do_sample=False,
             temperature=None,
@@ -60,7 +60,7 @@ def advance(model: LocalModel, generation: Generation, steps: int = SEGMENT_TOKE
         for step, token in zip(out.scores, new, strict=True)
     ]
     generation.new_ids += new.tolist()
-    generation.ids, generation.cache = out.sequences, out.past_key_values
+    generation.ids, generation.cache = out.sequences, out.cache
     generation.remaining -= len(new)
     generation.done = generation.remaining <= 0 or any(t in model.stop_ids for t in new.tolist())
     return generation
