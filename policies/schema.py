@@ -106,6 +106,9 @@ class LimitsSpec(_Strict):
     """Prompts the local model reads (to score or to answer) beyond this many tokens get HTTP 400
     (code context_length_exceeded); requests that only pass through to a remote target are not counted.
     It bounds how long one request holds the model's worker (docs/operations.md)."""
+    max_local_answers: int = Field(8, ge=1)
+    """Local answers written at once (taking turns on the model, a segment each); others wait for a turn.
+    Each holds its prompt's KV cache, about 100 MB for SmolLM2-135M at 2,048 tokens."""
 
 
 class MonitoringSpec(_Strict):

@@ -83,6 +83,8 @@ class LocalModel:
             raise ValueError(f"{ref}: scoring needs a decoder with `layers` and `norm` (Llama-style)")
         self.num_layers = len(self.decoder.layers)
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+        self.max_token_chars = max(len(token) for token in self.tokenizer.get_vocab())
+        """No token stands for more characters than this: a bound on a prompt's tokens without counting."""
         self.closing = threading.Event()
         """Set once the server shuts down: every running job stops at its next layer."""
         self._abort: threading.Event | None = None

@@ -5,7 +5,8 @@ mirror (write-through; `MIRROR_ENTRIES` keys, LRU; each window as bounded as in 
 a shared window refreshes the mirror's copy of it. So during an outage the replica still knows its own
 recent decisions, cached scores, feedback markers and the last windows it read.
 
-The first operation that fails with a connection error (refused, reset, timed out: `CONNECTION_ERRORS`;
+The first operation that fails because Redis cannot take it now (refused, reset, timed out, read-only after
+a failover, out of memory: `CONNECTION_ERRORS`;
 never a programming error such as WRONGTYPE) makes the store degraded: reads come from the mirror, writes
 go to the mirror and to an ordered replay buffer of at most `MAX_PENDING` writes. No request waits on Redis
 then: one background task PINGs it every `PROBE_INTERVAL_S`, and when it answers, replays the buffer in
@@ -60,11 +61,18 @@ MIRROR_ENTRIES = 20_000
 PROBE_INTERVAL_S = 0.5
 REPLAY_CHUNK = 500
 
-# TimeoutError (asyncio's too, on 3.11) and ConnectionRefusedError are OSErrors; BusyLoadingError (Redis
-# still loading its AOF) is a redis ConnectionError.
+# What makes Redis unable to take the store's operations for now, as an outage does: it is unreachable
+# (TimeoutError, asyncio's too on 3.11, and ConnectionRefusedError are OSErrors), still loading its AOF
+# (BusyLoadingError, a redis ConnectionError), a replica after a failover (READONLY), at maxmemory (OOM),
+# without a master (MASTERDOWN), or a transaction refused for one of those (EXECABORT).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ExecAbortError,
     OSError,
 )
 

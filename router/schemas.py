@@ -3,39 +3,87 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_DEPTH = 64
+MAX_VALUES = 50_000
+"""A request nested deeper, or holding more JSON values, is refused before anything walks it again: the
+bound on what one body under `limits.max_body_bytes` can cost to validate and to forward."""
 
 
-def lone_surrogate(value: object, path: str = "") -> str | None:
-    """The path of the first string holding a lone UTF-16 surrogate (JSON allows `"\\ud800"`, UTF-8 does
-    not), or None. Such text cannot be tokenised, hashed or sent on, so it is refused up front."""
-    if isinstance(value, str):
-        if value.isascii():
-            return None
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return path or "(value)"
-        return None
-    if isinstance(value, dict):
-        children: Iterable[tuple[object, object]] = value.items()
-    else:
-        children = enumerate(value) if isinstance(value, list) else ()
-    for key, child in children:
-        found = lone_surrogate(child, f"{path}.{key}" if path else str(key))
-        if found is not None:
-            return found
-    return None
-
-
-def _valid_unicode(data: object) -> object:
-    found = lone_surrogate(data)
-    if found is not None:
-        raise ValueError(f"{found} holds a lone UTF-16 surrogate, which is not valid Unicode text")
+def _check_json(data: object) -> object:
+    """Refuse, naming the place, text with a lone UTF-16 surrogate (JSON allows `"\\ud800"`, UTF-8 does
+    not: such text cannot be tokenised, hashed or sent on), nesting beyond MAX_DEPTH and more than
+    MAX_VALUES values. Iterative, so that no nesting can exhaust the interpreter's stack."""
+    pending: list[tuple[object, str, int]] = [(data, "", 0)]
+    seen = 0
+    while pending:
+        value, path, depth = pending.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ValueError(f"the request holds more than {MAX_VALUES} JSON values")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{path} is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, str):
+            if not value.isascii() and not _encodes(value):
+                raise ValueError(
+                    f"{path or '(value)'} holds a lone UTF-16 surrogate, which is not valid Unicode text"
+                )
+            continue
+        if isinstance(value, dict):
+            children: Iterable[tuple[object, object]] = value.items()
+        else:
+            children = enumerate(value) if isinstance(value, list) else ()
+        for key, child in children:
+            if isinstance(key, str) and not _encodes(key):  # !a: the message itself must encode
+                raise ValueError(f"the key {key!a} holds a lone UTF-16 surrogate")
+            pending.append((child, f"{path}.{key}" if path else str(key), depth + 1))
     return data
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+CONTENT_PARTS: dict[str, dict[str, frozenset[str]]] = {
+    "text": {"text": frozenset()},
+    "image_url": {"image_url": frozenset({"url", "detail"})},
+    "input_audio": {"input_audio": frozenset({"data", "format"})},
+    "file": {"file": frozenset({"file_id", "file_data", "filename"})},
+    "refusal": {"refusal": frozenset()},
+}
+"""OpenAI's content parts and the keys each may hold (beside `type`); others are refused. litellm acts on
+some unknown keys, and on a `file_id` that is a URL it downloads the file from the router's host."""
+MAX_CONTENT_PARTS = 1024
+"""In one request, over all messages: the openai client transforms each part on the event loop."""
+
+
+def _check_part(index: int, part: dict[str, Any]) -> None:
+    where = f"part {index}"
+    shape = CONTENT_PARTS.get(str(part.get("type")))
+    if shape is None:
+        raise ValueError(f"{where}.type must be one of {', '.join(CONTENT_PARTS)}")
+    for key, value in part.items():
+        if key != "type" and key not in shape:
+            raise ValueError(f"{where}: a {part['type']} part takes no field '{key}'")
+        inner = shape.get(key)
+        if inner and not isinstance(value, dict):
+            raise ValueError(f"{where}.{key} must be an object")
+        if inner:
+            extra = sorted(set(value) - inner)
+            if extra:
+                raise ValueError(f"{where}.{key} takes no field '{extra[0]}'")
+    file_id = (part.get("file") or {}).get("file_id")
+    if file_id is not None and not re.fullmatch(r"file-[A-Za-z0-9_-]{1,128}", str(file_id)):
+        raise ValueError(f"{where}.file.file_id must be an uploaded file's id (file-...), not '{file_id}'")
 
 
 # What a litellm target gets from the client besides model, messages and stream (which the router sets per
@@ -63,6 +111,13 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _known_parts(cls, content: str | list[dict[str, Any]] | None) -> object:
+        for index, part in enumerate(content if isinstance(content, list) else ()):
+            _check_part(index, part)
+        return content
+
     def text(self) -> str:
         """The message as plain text; the local model reads text parts only."""
         if isinstance(self.content, list):
@@ -83,7 +138,7 @@ class ScoreRequest(BaseModel):
     """Shorthand for a single user message."""
     max_tokens: int | None = Field(None, gt=0)
 
-    _unicode = model_validator(mode="before")(_valid_unicode)
+    _json = model_validator(mode="before")(_check_json)
 
     @model_validator(mode="after")
     def _one_of(self) -> ScoreRequest:
@@ -111,8 +166,28 @@ class ChatCompletionRequest(BaseModel):
     n: Literal[1] = 1
     user: str | None = Field(None, max_length=256)
     """An end-user tag that policy rules can match; never a metric label."""
+    # OpenAI's own bounds, so that no client can make the forwarding step arbitrarily long.
+    stop: str | list[str] | None = Field(None, max_length=4)
+    logit_bias: dict[str, int] | None = Field(None, max_length=300)
+    tools: list[dict[str, Any]] | None = Field(None, max_length=128)
 
-    _unicode = model_validator(mode="before")(_valid_unicode)
+    @field_validator("tools")
+    @classmethod
+    def _function_tools(cls, tools: list[dict[str, Any]] | None) -> object:
+        # litellm acts on other tool types itself (an `mcp` tool sends it to an MCP gateway).
+        for index, tool in enumerate(tools or ()):
+            if tool.get("type") not in ("function", "custom"):
+                raise ValueError(f"tools.{index}.type must be 'function' or 'custom'")
+        return tools
+
+    @model_validator(mode="after")
+    def _bounded_parts(self) -> ChatCompletionRequest:
+        parts = sum(len(m.content) for m in self.messages if isinstance(m.content, list))
+        if parts > MAX_CONTENT_PARTS:
+            raise ValueError(f"the messages hold {parts} content parts; at most {MAX_CONTENT_PARTS}")
+        return self
+
+    _json = model_validator(mode="before")(_check_json)
 
     @property
     def token_cap(self) -> int | None:

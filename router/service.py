@@ -111,6 +111,7 @@ class Router:
         # Counting a long prompt's tokens takes milliseconds: neither the event loop nor the model waits.
         self._text_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.max_prompt_tokens = self._prompt_token_limit()
+        self._answering = asyncio.Semaphore(policy.limits.max_local_answers)
         # Each token is at least one byte and a character at most four bytes, so a prompt below this many
         # characters fits without being counted.
         self._framing = len(model.prompt_text([{"role": "user", "content": ""}]).encode())
@@ -200,16 +201,20 @@ class Router:
         characters = sum(len(str(m.get("content") or "")) for m in messages)
         if 4 * characters + self._framing * (len(messages) + 1) <= self.max_prompt_tokens:
             return
-        loop = asyncio.get_running_loop()
-        tokens = await loop.run_in_executor(self._text_thread, self.model.prompt_tokens, messages)
-        if tokens > self.max_prompt_tokens:
-            raise APIError(
-                400,
-                f"This conversation is {tokens} tokens long; the local model reads at most "
-                f"{self.max_prompt_tokens} (policy limits.max_prompt_tokens)",
-                param="messages",
-                code="context_length_exceeded",
-            )
+        length = "far too long"  # more characters than the limit's tokens could hold: no need to count
+        if characters <= self.max_prompt_tokens * self.model.max_token_chars:
+            loop = asyncio.get_running_loop()
+            tokens = await loop.run_in_executor(self._text_thread, self.model.prompt_tokens, messages)
+            if tokens <= self.max_prompt_tokens:
+                return
+            length = f"{tokens} tokens long"
+        raise APIError(
+            400,
+            f"This conversation is {length}; the local model reads at most {self.max_prompt_tokens} tokens "
+            "(policy limits.max_prompt_tokens)",
+            param="messages",
+            code="context_length_exceeded",
+        )
 
     def _draft_tokens(self, request: ChatCompletionRequest, target: LocalTarget | None = None) -> int:
         """The client's token cap, within the policy's (the target's, or the scorer's for drafts)."""
@@ -222,7 +227,8 @@ class Router:
         """`cached=False` neither reads nor writes the shared score cache (see /v1/score)."""
         started = time.perf_counter()
         self._check_length(len(messages))
-        item = ScoreItem(messages, max_new_tokens or self.policy.scorer.max_draft_tokens)
+        cap = self.policy.scorer.max_draft_tokens
+        item = ScoreItem(messages, min(max_new_tokens or cap, cap))
         # Pre-generation scores do not depend on the draft length, so it stays out of their cache key.
         length_key = 0 if self.scorer.pre_generation else item.max_new_tokens
         cache = self.cache if cached else None
@@ -331,9 +337,10 @@ class Router:
             await self._check_prompt(messages)
             # A segment per job: other requests' work on the model runs between segments.
             tokens = self._draft_tokens(request, target)
-            written = await self._on_model(generation.begin, self.model, messages, tokens)
-            while not written.done:
-                written = await self._on_model(generation.advance, self.model, written)
+            async with self._answering:  # each answer being written holds its KV cache between segments
+                written = await self._on_model(generation.begin, self.model, messages, tokens)
+                while not written.done:
+                    written = await self._on_model(generation.advance, self.model, written)
             draft = generation.finish(self.model, written)
         self.metrics.used(name, draft.prompt_tokens, draft.completion_tokens, 0.0)
         return completions.completion(

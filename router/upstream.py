@@ -24,6 +24,9 @@ from router.upstream_errors import NO_RETRY, Failure, Malformed, classify, clien
 
 # litellm fetches its model cost map from the internet at import unless told otherwise; we run offline.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# For providers that take images inline, litellm downloads a client's image URL from this host, blocking
+# the event loop: a client could make the router fetch any public URL. Off unless the operator allows it.
+os.environ.setdefault("MAX_IMAGE_URL_DOWNLOAD_SIZE_MB", "0")
 
 log = logging.getLogger("router")
 T = TypeVar("T")

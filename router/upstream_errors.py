@@ -118,6 +118,8 @@ def classify(exc: BaseException) -> Failure:
         "Empty or invalid response" in detail
     ):
         return Failure("malformed", detail=detail)
+    if any(isinstance(e, ImportError) for e in chain):  # a litellm code path that needs a missing extra
+        return Failure("other", detail=detail)
     if any(isinstance(e, TimeoutError | openai.APITimeoutError | httpx.TimeoutException) for e in chain):
         return Failure("timeout")
     if any(isinstance(e, openai.APIConnectionError | httpx.TransportError | OSError) for e in chain):

@@ -350,3 +350,62 @@ def test_litellm_itself_would_leak_the_key(stub: FaultServer) -> None:
         )
     assert [r.headers.get("authorization") for r in attacker.recorded()] == [f"Bearer {SECRET}"]
     attacker.close()
+
+
+def nested_payloads(attacker: str) -> dict[str, tuple[list[dict[str, Any]], dict[str, Any], str]]:
+    """Harm hidden inside allowed fields: (messages, other fields, what the 400 says)."""
+    deep: Any = 1
+    for _ in range(100):
+        deep = {"a": deep}
+    return {
+        "a file id that is a URL (litellm would download it)": (
+            [{"role": "user", "content": [{"type": "file", "file": {"file_id": f"{attacker}/x.pdf"}}]}],
+            {},
+            "must be an uploaded file's id",
+        ),
+        "an unknown key in a content part": (
+            [{"role": "user", "content": [{"type": "text", "text": "hi", "api_base": attacker}]}],
+            {},
+            "takes no field 'api_base'",
+        ),
+        "an unknown content part": (
+            [{"role": "user", "content": [{"type": "mcp_url", "url": attacker}]}],
+            {},
+            "type must be one of",
+        ),
+        "an MCP tool (litellm would act on it)": (
+            QUESTION,
+            {"tools": [{"type": "mcp", "server_url": attacker}]},
+            "must be 'function' or 'custom'",
+        ),
+        "nesting past the bound": (QUESTION, {"response_format": deep}, "nested deeper than 64 levels"),
+        "more content parts than the bound": (
+            [{"role": "user", "content": [{"type": "text", "text": ""}] * 1025}],
+            {},
+            "at most 1024",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(nested_payloads("http://attacker")))
+def test_harm_inside_allowed_fields_is_a_400_before_any_call(
+    router: Served, stub: FaultServer, attacker: FaultServer, case: str
+) -> None:
+    messages, fields, says = nested_payloads(attacker.url)[case]
+    before = stub.calls()
+    response = post(router, {"model": "echo", "messages": messages, **fields})
+    assert response.status_code == 400, response.text
+    assert says in response.json()["error"]["message"]
+    assert stub.calls() == before and attacker.connections == 0
+
+
+def test_a_lone_surrogate_in_a_key_is_a_400_that_still_encodes(router: Served) -> None:
+    body = '{"model": "echo", "messages": [{"role": "user", "content": "hi"}], "\\ud800": "\\ud800"}'
+    response = httpx.post(
+        f"{router.base_url}/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert "lone UTF-16 surrogate" in response.json()["error"]["message"]

@@ -225,3 +225,22 @@ def test_cancelling_a_caller_aborts_its_job_on_the_model_thread(tiny_model: Path
         await router.close()
 
     asyncio.run(run())
+
+
+def test_a_scorers_draft_never_outgrows_max_draft_tokens(tiny_model: Path, tmp_path: Path) -> None:
+    from router.service import Router
+
+    policy = policy_from(
+        f'scorer: {{method: nprob, model: "{tiny_model}", max_draft_tokens: 8}}\n'
+        "targets:\n  local: {kind: local, max_tokens: 8}\n"
+        "rules:\n  - action: answer_with\n    target: local\n",
+        tmp_path,
+    )
+
+    async def run() -> None:
+        router = Router(policy, LocalModel(str(tiny_model)))
+        scored = await router.score([{"role": "user", "content": "Go on."}], 1_000_000, cached=False)
+        assert scored.score.draft is not None and scored.score.draft.completion_tokens <= 8
+        await router.close()
+
+    asyncio.run(run())

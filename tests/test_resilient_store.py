@@ -228,3 +228,28 @@ def test_open_store_wraps_redis_and_memory_stays_memory(server: RedisProcess) ->
     wrapped = open_store(server.url)
     assert isinstance(wrapped, ResilientStore) and wrapped.health().mode == "ok"
     asyncio.run(wrapped.close())
+
+
+def test_a_redis_that_cannot_write_is_an_outage_and_nothing_kept_is_dropped(server: RedisProcess) -> None:
+    async def go() -> None:
+        store = resilient(server)
+        direct = server.client()
+        try:
+            await store.push("w", "a", max_len=10)
+            # At maxmemory with no eviction Redis still answers PING but refuses writes (OOM), as a replica
+            # after a failover refuses them (READONLY): the store keeps the writes until it takes them again.
+            direct.config_set("maxmemory-policy", "noeviction")
+            direct.config_set("maxmemory", "1")
+            await store.push("w", "b", max_len=10)
+            await store.set("k", "v")
+            assert store.health().mode == "degraded" and store.health().pending_writes == 2
+            await asyncio.sleep(0.3)  # probes answer, replays are refused: still degraded, still kept
+            assert store.health().mode == "degraded" and store.health().pending_writes == 2
+            direct.config_set("maxmemory", "0")
+            await recovered(store)
+            assert direct.lrange(PREFIX + "w", 0, -1) == ["a", "b"]
+            assert direct.get(PREFIX + "k") == "v" and store.health().dropped_writes == 0
+        finally:
+            await store.close()
+
+    asyncio.run(go())
