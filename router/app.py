@@ -15,6 +15,7 @@ from pathlib import Path
 from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import Receive, Scope, Send
 
 from policies import Policy
 from router.asgi import RequestGuard
@@ -114,8 +115,7 @@ def create_app(
             routed = await router.route(request)
         if routed.chunks is None:
             return JSONResponse(routed.body, headers=routed.headers())
-        stream = _sse(routed, metrics)
-        return StreamingResponse(stream, media_type="text/event-stream", headers=routed.headers())
+        return _Stream(routed, metrics)
 
     @app.post("/v1/feedback")
     async def feedback(request: FeedbackRequest) -> dict[str, str]:
@@ -184,6 +184,22 @@ def create_app(
         }
 
     return app
+
+
+class _Stream(StreamingResponse):
+    """Server-sent events of a routed answer; what produces them is released however the response ends
+    (finished, failed, or cancelled before its first event, when the client left)."""
+
+    def __init__(self, routed: Routed, metrics: Metrics) -> None:
+        super().__init__(_sse(routed, metrics), media_type="text/event-stream", headers=routed.headers())
+        self.routed = routed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            assert self.routed.chunks is not None
+            await self.routed.chunks.aclose()
 
 
 async def _sse(routed: Routed, metrics: Metrics) -> AsyncIterator[str]:

@@ -8,11 +8,11 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -37,12 +37,20 @@ log = logging.getLogger("router")
 T = TypeVar("T")
 
 
+class Chunks(Protocol):
+    """A streamed answer; `aclose` releases what produces it (an upstream connection), read or not."""
+
+    def __aiter__(self) -> AsyncIterator[Completion]: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Routed:
     request_id: str
     decision: Decision
     body: Completion | None = None
-    chunks: AsyncIterator[Completion] | None = None
+    chunks: Chunks | None = None
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -56,7 +64,7 @@ class Routed:
         return headers
 
 
-async def _replay(chunks: Iterable[Completion]) -> AsyncIterator[Completion]:
+async def _replay(chunks: Iterable[Completion]) -> AsyncGenerator[Completion]:
     for chunk in chunks:
         yield chunk
 
@@ -278,10 +286,16 @@ class Router:
             if exc.type == "upstream_error" and decision.target is not None:
                 self.metrics.upstream_failed(decision.target, exc.code)
             raise
-        if decision.target is not None:
-            self.metrics.upstream_seconds.labels(decision.target).observe(time.perf_counter() - answering)
-        self.metrics.decided(decision)
-        await self.log.record(request_id, decision, None if score is None else score.raw)
+        try:
+            if decision.target is not None:
+                elapsed = time.perf_counter() - answering
+                self.metrics.upstream_seconds.labels(decision.target).observe(elapsed)
+            self.metrics.decided(decision)
+            await self.log.record(request_id, decision, None if score is None else score.raw)
+        except BaseException:  # cancelled (the client left) or failed: an opened stream must not linger
+            if routed.chunks is not None:
+                await routed.chunks.aclose()
+            raise
         log.info(
             "request=%s rule=%s decision=%s target=%s confidence=%s latency_ms=%.0f",
             request_id,
@@ -307,8 +321,8 @@ class Router:
                 upstream = self.remote[decision.target]
                 plain = decision.action != "hedge" and not self.policy.failure_aware
                 if request.stream and plain:  # pass the provider's chunks through untouched
-                    chunks = self._metered(upstream, await upstream.stream(request))
-                    return Routed(request_id, decision, chunks=chunks)
+                    opened = await upstream.stream(request, lambda c: self._used(upstream, c.get("usage")))
+                    return Routed(request_id, decision, chunks=opened)
                 body = await upstream.complete(request)
                 self._used(upstream, body.get("usage"))
         if decision.action == "hedge":
@@ -351,14 +365,6 @@ class Router:
         if usage:
             prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
             self.metrics.used(upstream.name, prompt, completion, upstream.cost(prompt, completion))
-
-    async def _metered(
-        self, upstream: LiteLLMUpstream, chunks: AsyncIterator[Completion]
-    ) -> AsyncIterator[Completion]:
-        """A passed-through stream, counting the usage its last chunk carries when the client asked for it."""
-        async for chunk in chunks:
-            self._used(upstream, chunk.get("usage"))
-            yield chunk
 
     async def close(self) -> None:
         """After a reload: waits for this router's requests in flight, then stops its batcher."""

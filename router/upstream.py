@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from policies import LiteLLMTarget
@@ -127,7 +127,9 @@ class LiteLLMUpstream:
 
         return await self._retrying(attempt)
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[Completion]:
+    async def stream(
+        self, request: ChatCompletionRequest, on_chunk: Callable[[Completion], None] | None = None
+    ) -> Opened:
         """Opens the stream and reads its first chunk before returning, retrying like `complete`: a target
         that fails before it has said anything is then an HTTP error, not a cut stream. A stream that breaks
         off later raises from the iterator (the client's stream then ends with an error event)."""
@@ -151,13 +153,19 @@ class LiteLLMUpstream:
             return response, chunks, data
 
         response, chunks, first = await self._retrying(attempt)
-        return self._rest(response, chunks, first)
+        return Opened(response, self._rest(response, chunks, first, on_chunk))
 
     async def _rest(
-        self, response: Any, chunks: AsyncIterator[Any], first: Completion
-    ) -> AsyncIterator[Completion]:
+        self,
+        response: Any,
+        chunks: AsyncIterator[Any],
+        first: Completion,
+        on_chunk: Callable[[Completion], None] | None,
+    ) -> AsyncGenerator[Completion]:
         finished = _finishes(first)
         try:
+            if on_chunk:
+                on_chunk(first)
             yield first
             while True:
                 try:
@@ -168,6 +176,8 @@ class LiteLLMUpstream:
                 data = dict(chunk.model_dump(exclude_none=True))
                 self._check_chunk(response, data)
                 finished = finished or _finishes(data)
+                if on_chunk:
+                    on_chunk(data)
                 yield data
             if not finished:
                 raise Malformed("the stream ended without a finish_reason")
@@ -257,6 +267,21 @@ def _warm_up(litellm: Any) -> None:
         )
     except Exception:
         log.debug("warming litellm up failed", exc_info=True)
+
+
+class Opened:
+    """A stream the upstream has begun: its chunks, and `aclose`, which releases the upstream connection
+    whether the chunks were read, partly read or not at all (a generator that never started cannot)."""
+
+    def __init__(self, response: Any, chunks: AsyncGenerator[Completion]) -> None:
+        self._response, self._chunks = response, chunks
+
+    def __aiter__(self) -> AsyncIterator[Completion]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+        await _close(self._response)
 
 
 async def _close(response: Any) -> None:

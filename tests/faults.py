@@ -13,6 +13,7 @@ What a request gets is chosen by the model it asks for (the part of a litellm ta
     stream-end-early         streams two content chunks, then ends the body cleanly (no finish_reason, [DONE])
     not-json                 200 with an HTML body (streamed or not)
     not-sse                  200 with content-type text/event-stream and lines that are not JSON events
+    stream-slow              a chunk every 50 ms for 20 s; a client that hangs up is counted (`abandoned`)
 
 Any other name is answered normally. Every request is recorded (path, headers, body) and every accepted
 connection counted, so a test can prove what reached this server and what did not.
@@ -114,6 +115,15 @@ class _Handler(BaseHTTPRequestHandler):
         elif behaviour == "not-json":
             data = b"<html><body>502 Bad Gateway (but sent as 200)</body></html>"
             self._send(200, "text/html", data)
+        elif behaviour == "stream-slow":
+            self._start_stream()
+            try:
+                for _ in range(400):
+                    self._chunk(_event(_delta(model, {"content": "more "}, None)))
+                    time.sleep(0.05)
+            except OSError:  # the client closed the connection: it no longer wants the answer
+                with self.server.owner._lock:
+                    self.server.owner.abandoned += 1
         elif behaviour == "not-sse":
             self._start_stream()
             self._chunk(b"this is not an event stream\n\nnor: is this\n\ndata: {not json\n\n")
@@ -190,6 +200,8 @@ class FaultServer:
         self._scripts: dict[str, deque[str]] = defaultdict(deque)
         self.requests: list[Recorded] = []
         self.connections = 0
+        self.abandoned = 0
+        """Streams whose client hung up before their end."""
         self._server = _Server(self)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

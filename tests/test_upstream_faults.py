@@ -360,3 +360,34 @@ def test_the_sdk_raises_on_a_broken_stream(router: Served, stub: FaultServer) ->
     with pytest.raises(openai.APIError, match=re.escape("broke off the stream")):
         for _ in client.chat.completions.create(model="flaky", messages=QUESTION, stream=True):  # type: ignore[arg-type]
             pass
+
+
+def test_an_opened_stream_that_is_never_read_still_releases_its_upstream(
+    faults: FaultServer, tiny_model: Path, tiny_head: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streamed answer the client leaves before reading (its response cancelled before the first event)."""
+    import asyncio
+
+    from router.local_model import LocalModel
+    from router.schemas import ChatCompletionRequest
+    from router.service import Router
+
+    monkeypatch.setenv("FAULTS_KEY", "sk-faults")
+    policy = policy_from(_policy(head_scorer_yaml(tiny_model, tiny_head), faults), tmp_path)
+    request = ChatCompletionRequest.model_validate({"model": "flaky", "messages": QUESTION, "stream": True})
+
+    async def run() -> None:
+        router = Router(policy, LocalModel(str(tiny_model)))
+        faults.script("flaky", "stream-slow")
+        before = faults.abandoned
+        routed = await router.route(request)
+        assert routed.chunks is not None
+        await routed.chunks.aclose()  # not one chunk read
+        for _ in range(100):
+            if faults.abandoned > before:
+                break
+            await asyncio.sleep(0.05)
+        assert faults.abandoned == before + 1  # the upstream saw the connection go
+        await router.close()
+
+    asyncio.run(run())
