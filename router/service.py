@@ -108,6 +108,8 @@ class Router:
             for name, target in policy.targets.items()
             if isinstance(target, LiteLLMTarget)
         }
+        self.declared_fields = frozenset(f for u in self.remote.values() for f in u.target.extra_fields)
+        """Request fields beyond OpenAI's that some target takes (their extra_fields)."""
         drift = policy.monitoring.drift
         retained = max(TRAFFIC_RETAINED, drift.reference_size, drift.window)
         self.log = DecisionLog(self.store, policy.monitoring, self.scorer.version, retained)
@@ -266,22 +268,21 @@ class Router:
             served = ", ".join(self.policy.model_names)
             message = f"The model '{request.model}' does not exist; this router serves: {served}"
             raise APIError(404, message, param="model", code="model_not_found")
-        check_fields(request, self.remote.values())  # unknown fields: a 400 before any model work
+        check_fields(request, self.declared_fields)  # unknown fields: a 400 before any model work
         self._check_length(len(request.messages))
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
-        scored: list[Score] = []
+        scored: list[Scored] = []
 
         async def confidence() -> float:
-            scored.append((await self.score(request.plain_messages(), self._draft_tokens(request))).score)
-            return scored[0].confidence
+            scored.append(await self.score(request.plain_messages(), self._draft_tokens(request)))
+            return scored[0].score.confidence
 
         facts = RequestFacts(request.model, request.user)
         decision = await decide(self.policy, facts, confidence, await self.budget.thresholds())
-        score = scored[0] if scored else None
         answering = time.perf_counter()
         try:
-            routed = await self._answer(request_id, request, decision, score)
+            routed = await self._answer(request_id, request, decision, scored[0] if scored else None)
         except APIError as exc:
             if exc.type == "upstream_error" and decision.target is not None:
                 self.metrics.upstream_failed(decision.target, exc.code)
@@ -291,7 +292,7 @@ class Router:
                 elapsed = time.perf_counter() - answering
                 self.metrics.upstream_seconds.labels(decision.target).observe(elapsed)
             self.metrics.decided(decision)
-            await self.log.record(request_id, decision, None if score is None else score.raw)
+            await self.log.record(request_id, decision, scored[0].score.raw if scored else None)
         except BaseException:  # cancelled (the client left) or failed: an opened stream must not linger
             if routed.chunks is not None:
                 await routed.chunks.aclose()
@@ -308,7 +309,7 @@ class Router:
         return routed
 
     async def _answer(
-        self, request_id: str, request: ChatCompletionRequest, decision: Decision, score: Score | None
+        self, request_id: str, request: ChatCompletionRequest, decision: Decision, scored: Scored | None
     ) -> Routed:
         if decision.action == "refuse":
             body = completions.completion(request_id, "router", decision.message or "", "stop")
@@ -316,7 +317,7 @@ class Router:
             assert decision.target is not None
             target = self.policy.targets[decision.target]
             if isinstance(target, LocalTarget):
-                body = await self._local(request_id, request, decision.target, target, score)
+                body = await self._local(request_id, request, decision.target, target, scored)
             else:
                 upstream = self.remote[decision.target]
                 plain = decision.action != "hedge" and not self.policy.failure_aware
@@ -341,14 +342,15 @@ class Router:
         request: ChatCompletionRequest,
         name: str,
         target: LocalTarget,
-        score: Score | None,
+        scored: Scored | None,
     ) -> Completion:
         # The scored draft is the answer: the confidence is about exactly this text. Sampling parameters
         # do not apply to it for that reason.
-        draft = score.draft if score is not None else None
+        draft = scored.score.draft if scored is not None else None
         if draft is None:
             messages = request.plain_messages()
-            await self._check_prompt(messages)
+            if scored is None or scored.cached:  # a score computed just now has checked this prompt
+                await self._check_prompt(messages)
             # A segment per job: other requests' work on the model runs between segments.
             tokens = self._draft_tokens(request, target)
             async with self._answering:  # each answer being written holds its KV cache between segments

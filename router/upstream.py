@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 from policies import LiteLLMTarget
@@ -38,12 +38,12 @@ MIN_ATTEMPT_S = 0.05
 """No retry starts with less than this left of the deadline."""
 
 
-def check_fields(request: ChatCompletionRequest, upstreams: Iterable[LiteLLMUpstream]) -> None:
+def check_fields(request: ChatCompletionRequest, declared: Collection[str]) -> None:
     """A 400 in OpenAI's words for fields that no target of the policy would take, before any model work.
 
-    A field some target declares is accepted whichever target answers, and reaches only the targets that
-    declare it: whether a request is refused does not depend on how it happens to be routed."""
-    declared = {name for upstream in upstreams for name in upstream.target.extra_fields}
+    `declared`: the extra_fields of every target. A field some target declares is accepted whichever target
+    answers, and reaches only the targets that declare it: whether a request is refused does not depend on
+    how it happens to be routed."""
     unknown = request.unknown_fields(declared)
     if unknown:
         plural = "s" if len(unknown) > 1 else ""
