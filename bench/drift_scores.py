@@ -21,9 +21,9 @@ import random
 import time
 from pathlib import Path
 
-from router.local_model import LocalModel
-from router.scorers import ScoreItem
-from router.scorers.nprob import NProbScorer
+from localmodel.model import LocalModel
+from scorers import ScoreItem
+from scorers.nprob import NProbScorer
 from train.data import shared_data_dir
 
 DATA = shared_data_dir()

@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
+from localmodel.model import LocalModel
 from policies import DEFAULT_POLICY_PATH, load_policy
-from router.local_model import LocalModel
 from tests.conftest import free_port, wait_ready
 
 SHORT: dict[str, Any] = {

@@ -16,8 +16,8 @@ import time
 
 import httpx
 
+from localmodel.model import LocalModel
 from policies import DEFAULT_POLICY_PATH, load_policy
-from router.local_model import LocalModel
 from tests.conftest import free_port
 
 QUESTIONS = [

@@ -31,14 +31,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from localmodel import catalog as models
+from localmodel.model import LocalModel
 from policies import load_policy
-from router import models
-from router.local_model import LocalModel
-from router.scorers import ScoreItem
-from router.scorers.card import ScorerCard
-from router.scorers.head import HeadScorer, save_head
-from router.scorers.intrinsic import IntrinsicScorer, IOConfig, certainty_suffix
 from router.service import Router
+from scorers import ScoreItem
+from scorers.card import ScorerCard
+from scorers.head import HeadScorer, save_head
+from scorers.intrinsic import IntrinsicScorer, IOConfig, certainty_suffix
 from train.data import shared_data_dir
 from train.intrinsic import IO_YAML
 

@@ -5,6 +5,15 @@ Pure: depends on numpy only (matplotlib is imported when a picture is drawn), ne
 
 from calibrators.base import CALIBRATORS, Calibrator, from_dict, load
 from calibrators.bootstrap import Estimate, bootstrap, calibrated_band
+from calibrators.cost_quality import (
+    CostQualityCurve,
+    cost_at_quality,
+    escalation_curve,
+    oracle_curve,
+    subsample,
+    threshold_choice,
+    threshold_curve,
+)
 from calibrators.drift import ks_critical_value, ks_statistic, psi
 from calibrators.histogram import HistogramBinning
 from calibrators.isotonic import IsotonicCalibrator
@@ -31,6 +40,7 @@ __all__ = [
     "CALIBRATORS",
     "BrierDecomposition",
     "Calibrator",
+    "CostQualityCurve",
     "Estimate",
     "HistogramBinning",
     "IsotonicCalibrator",
@@ -51,14 +61,17 @@ __all__ = [
     "brier_decomposition",
     "brier_score",
     "calibrated_band",
+    "cost_at_quality",
     "cpt",
     "ece",
+    "escalation_curve",
     "evaluate",
     "from_dict",
     "ks_critical_value",
     "ks_statistic",
     "load",
     "mce",
+    "oracle_curve",
     "prr",
     "psi",
     "reliability_bins",
@@ -68,5 +81,8 @@ __all__ = [
     "routing_curve",
     "routing_plot",
     "sharpness",
+    "subsample",
+    "threshold_choice",
+    "threshold_curve",
     "write_report",
 ]

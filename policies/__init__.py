@@ -3,13 +3,15 @@
 Pure: imports nothing from router/, so a policy can be checked and explained anywhere.
 """
 
-from policies.engine import Decision, RequestFacts, decide
+from policies.engine import Confidences, Decision, RequestFacts, decide
 from policies.loader import DEFAULT_POLICY_PATH, PolicyError, load_policy
-from policies.schema import Action, LiteLLMTarget, LocalTarget, Policy, Rule
+from policies.schema import Action, Cost, LiteLLMTarget, LocalTarget, Policy, Rule
 
 __all__ = [
     "DEFAULT_POLICY_PATH",
     "Action",
+    "Confidences",
+    "Cost",
     "Decision",
     "LiteLLMTarget",
     "LocalTarget",

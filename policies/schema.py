@@ -8,8 +8,11 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from policies.keywords import forwarding_problem
+from scorers import SCORERS
 
-Action = Literal["answer_with", "escalate_to", "hedge", "refuse"]
+Action = Literal["answer_with", "escalate_to", "hedge", "refuse", "pick"]
+BEST = "best"
+"""`when.confidence_of: best`: the highest confidence among the targets the scorer predicts."""
 VIRTUAL_MODEL = "router"
 Location = tuple[str | int, ...]
 
@@ -26,8 +29,15 @@ class BatchSpec(_Strict):
     """Requests waiting beyond this get HTTP 503 with Retry-After instead of an unbounded backlog."""
 
 
+def _registered(method: str) -> str:
+    if method not in SCORERS:
+        raise ValueError(f"unknown scorer method '{method}' (known: {', '.join(SCORERS)})")
+    return method
+
+
 class ScorerSpec(_Strict):
-    method: Literal["head", "intrinsic", "nprob", "consistency"] = "nprob"
+    method: Annotated[str, AfterValidator(_registered)] = "nprob"
+    """A registered scorer (scorers/): head, intrinsic, nprob, consistency."""
     model: str = "smollm2-135m-instruct"
     """The local model that drafts answers and scores them: a catalog name, a folder or a Hugging Face id."""
     adapter: str | None = None
@@ -39,8 +49,27 @@ class ScorerSpec(_Strict):
     cache_ttl_s: float = Field(3600.0, ge=0)
     """How long a score is reused for the same conversation; 0 turns the cache off."""
     calibrator: str | None = None
-    """A calibrator.json mapping the scorer's raw score to the confidence (e.g. from `router calibrate
-    --from-feedback`); replaces the scorer folder's own. Relative paths are relative to the policy file."""
+    """A calibrator.json mapping the scorer's raw score for its first (primary) target to the confidence
+    (e.g. from `router calibrate --from-feedback`); replaces the scorer folder's own. Relative paths are
+    relative to the policy file."""
+    targets: dict[str, str] = {}
+    """Policy target -> the model the scorer predicts for it (a `targets` entry of the scorer folder's
+    scorer.json). A local target left out is predicted by the scorer's primary target."""
+
+
+class Cost(_Strict):
+    """US dollars per million tokens."""
+
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+
+    @property
+    def blended(self) -> float:
+        """What `pick` orders candidates by: input and output priced alike."""
+        return self.input_per_million + self.output_per_million
+
+    def of(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
 
 
 class LocalTarget(_Strict):
@@ -48,6 +77,8 @@ class LocalTarget(_Strict):
 
     kind: Literal["local"]
     max_tokens: int = Field(256, gt=0)
+    cost: Cost | None = None
+    """None: free (the replica's own cores)."""
 
 
 def _forwardable(name: str) -> str:
@@ -73,6 +104,8 @@ class LiteLLMTarget(_Strict):
     max_tokens: int | None = Field(None, gt=0)
     """A cap on the answer's length: a client's max_tokens or max_completion_tokens above it is lowered to
     it, and a request giving neither gets max_tokens set to it (as the local target's max_tokens does)."""
+    cost: Cost | None = None
+    """None: litellm's cost map for `model` (0 for a model it does not price)."""
     extra_fields: tuple[Annotated[str, AfterValidator(_forwardable)], ...] = ()
     """Request fields beyond the OpenAI ones the router forwards that clients may send to this target
     (provider-specific extras such as top_k), passed on as they come. litellm's control keywords (api_base,
@@ -124,6 +157,9 @@ class When(_Strict):
 
     confidence_below: float | None = Field(None, ge=0, le=1)
     confidence_at_least: float | None = Field(None, ge=0, le=1)
+    confidence_of: str | None = None
+    """Whose confidence the bounds test: a target the scorer predicts, `best` (the highest of them), or
+    by default the scorer's primary target (the local model's answer)."""
     model: list[str] | None = None
     user: list[str] | None = None
 
@@ -141,13 +177,23 @@ class When(_Strict):
         return not self.needs_confidence and self.model is None and self.user is None
 
 
+Fallback = Literal["most_likely", "hedge", "refuse"]
+
+
 class Rule(_Strict):
     name: str | None = None
     when: When = When()
     action: Action
     target: str | None = None
     message: str | None = None
-    """Overrides the policy's refusal message (refuse) or hedge template (hedge)."""
+    """Overrides the policy's refusal message (refuse, or pick falling back to refuse) or hedge template."""
+    candidates: list[str] | None = None
+    """pick: the targets to choose among (default: every target the scorer predicts)."""
+    min_confidence: float | None = Field(None, ge=0, le=1)
+    """pick: the cheapest candidate at least this likely to be right answers."""
+    fallback: Fallback = "most_likely"
+    """pick, when no candidate reaches min_confidence: the most likely candidate answers, hedges, or the
+    router refuses."""
 
 
 class Policy(_Strict):
@@ -169,6 +215,14 @@ class Policy(_Strict):
     @property
     def model_names(self) -> list[str]:
         return [VIRTUAL_MODEL, *self.targets]
+
+    def scored(self, target: str) -> bool:
+        """Whether the scorer predicts this target's correctness (mapped, or a local target)."""
+        spec = self.targets.get(target)
+        return target in self.scorer.targets or isinstance(spec, LocalTarget)
+
+    def candidates(self, rule: Rule) -> list[str]:
+        return rule.candidates if rule.candidates is not None else [t for t in self.targets if self.scored(t)]
 
     @property
     def default_hedge_target(self) -> str | None:
@@ -197,8 +251,15 @@ class Policy(_Strict):
         """Mistakes that span fields: dangling targets, rules that can never match, a missing catch-all."""
         if VIRTUAL_MODEL in self.targets:
             yield ("targets", VIRTUAL_MODEL), f"'{VIRTUAL_MODEL}' is the router's own model name"
-        if self.scorer.method in ("head", "intrinsic") and self.scorer.adapter is None:
+        method = SCORERS.get(self.scorer.method)
+        if method is not None and method.needs_adapter and self.scorer.adapter is None:
             yield ("scorer", "adapter"), f"the {self.scorer.method} scorer needs an adapter folder"
+        for name in self.scorer.targets:
+            if name not in self.targets:
+                yield (
+                    ("scorer", "targets", name),
+                    f"unknown target '{name}' (targets: {', '.join(self.targets)})",
+                )
         if "{answer}" not in self.hedge_template:
             yield ("hedge_template",), "must contain {answer}"
         for i, rule in enumerate(self.rules):
@@ -213,6 +274,7 @@ class Policy(_Strict):
 
 def _rule_problems(policy: Policy, i: int, rule: Rule) -> Iterator[tuple[Location, str]]:
     where: Location = ("rules", i)
+    yield from _pick_problems(policy, i, rule)
     takes_target = rule.action in ("answer_with", "escalate_to", "hedge")
     if rule.action in ("answer_with", "escalate_to") and rule.target is None:
         yield (*where, "target"), f"{rule.action} needs a target"
@@ -226,12 +288,44 @@ def _rule_problems(policy: Policy, i: int, rule: Rule) -> Iterator[tuple[Locatio
         yield (*where, "message"), "a hedge message must contain {answer}"
     if rule.action in ("answer_with", "escalate_to") and rule.message is not None:
         yield (*where, "message"), f"{rule.action} takes no message"
+    of = rule.when.confidence_of
+    if of is not None and of != BEST and not policy.scored(of):
+        yield (
+            (*where, "when", "confidence_of"),
+            (f"'{of}' is not a target the scorer predicts (map it in scorer.targets, or use '{BEST}')"),
+        )
     low, high = rule.when.confidence_at_least, rule.when.confidence_below
     if low is not None and high is not None and low >= high:
         yield (*where, "when"), f"confidence_at_least {low} >= confidence_below {high}: never matches"
     for j, name in enumerate(rule.when.model or []):
         if name not in policy.model_names:
             yield (*where, "when", "model", j), f"'{name}' is not a model this policy serves"
+
+
+def _pick_problems(policy: Policy, i: int, rule: Rule) -> Iterator[tuple[Location, str]]:
+    where: Location = ("rules", i)
+    if rule.action != "pick":
+        for field in ("candidates", "min_confidence"):
+            if getattr(rule, field) is not None:
+                yield (*where, field), f"{rule.action} takes no {field} (only pick does)"
+        return
+    if rule.min_confidence is None:
+        yield (*where, "min_confidence"), "pick needs min_confidence"
+    candidates = policy.candidates(rule)
+    if not candidates:
+        yield (*where, "candidates"), "pick needs candidates: no target is predicted by the scorer"
+    for j, name in enumerate(rule.candidates or []):
+        if name not in policy.targets:
+            yield (*where, "candidates", j), f"unknown target '{name}' (targets: {', '.join(policy.targets)})"
+        elif not policy.scored(name):
+            yield (
+                (*where, "candidates", j),
+                (f"the scorer predicts nothing for '{name}': map it to a scorer target in scorer.targets"),
+            )
+    if rule.message is not None and rule.fallback == "most_likely":
+        yield (*where, "message"), "pick takes a message only with fallback hedge or refuse"
+    if rule.message is not None and rule.fallback == "hedge" and "{answer}" not in rule.message:
+        yield (*where, "message"), "a hedge message must contain {answer}"
 
 
 def _budget_problems(policy: Policy) -> Iterator[tuple[Location, str]]:

@@ -176,9 +176,11 @@ def create_app(
             # Never from the shared cache: a hit would tell the caller that someone else asked this.
             scored = await router.score(request.plain_messages(), request.max_tokens, cached=False)
         return {
-            "confidence": scored.score.confidence,
-            "raw_score": scored.score.raw,
-            "scorer": router.scorer.name,
+            "confidence": scored.confidence[router.scorer.primary],
+            "raw_score": scored.raw[router.scorer.primary],
+            "confidences": scored.confidence,
+            "raw_scores": scored.raw,
+            "scorer": router.scorer.method,
             "scorer_version": router.scorer.version,
             "latency_ms": round(scored.latency_ms, 3),
         }

@@ -69,7 +69,7 @@ def serve(
 
     import uvicorn
 
-    from router import models
+    from localmodel import catalog as models
     from router.app import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -131,32 +131,41 @@ def score(
     policy: Annotated[Path | None, typer.Option(help="Take the scorer from this policy.")] = None,
 ) -> None:
     """Score one question with the policy's scorer and print JSON."""
+    import asyncio
     import json
-    import time
 
-    from router.local_model import LocalModel
-    from router.scorers import ScoreItem, build_scorer
+    from localmodel import LocalModel
+    from router.service import Router
 
-    spec = _load_or_exit(policy or DEFAULT_POLICY_PATH).scorer
-    scorer = build_scorer(spec, LocalModel(spec.model))
-    started = time.perf_counter()
-    [result] = scorer.score_batch([ScoreItem([{"role": "user", "content": question}], spec.max_draft_tokens)])
-    latency_ms = 1000 * (time.perf_counter() - started)
-    report = {
-        "confidence": result.confidence,
-        "raw_score": result.raw,
-        "scorer": scorer.name,
-        "latency_ms": round(latency_ms, 3),
-    }
-    if result.draft is not None:
-        report["draft"] = result.draft.text
+    loaded = _load_or_exit(policy or DEFAULT_POLICY_PATH)
+
+    async def run() -> dict[str, object]:
+        router = Router(loaded, LocalModel(loaded.scorer.model))
+        try:
+            messages = [{"role": "user", "content": question}]
+            scored = await router.score(messages, cached=False)
+        finally:
+            await router.close()
+        primary = router.scorer.primary
+        report: dict[str, object] = {
+            "confidence": scored.confidence[primary],
+            "raw_score": scored.raw[primary],
+            "confidences": scored.confidence,
+            "scorer": router.scorer.method,
+            "latency_ms": round(scored.latency_ms, 3),
+        }
+        if scored.draft is not None:
+            report["draft"] = scored.draft.text
+        return report
+
+    report = asyncio.run(run())
     typer.echo(json.dumps(report))
 
 
 @models_app.command("pull")
 def models_pull(name: str) -> None:
     """Fetch a catalog model and convert it to a local safetensors folder (idempotent)."""
-    from router import models
+    from localmodel import catalog as models
 
     try:
         typer.echo(models.pull(name))
@@ -168,7 +177,7 @@ def models_pull(name: str) -> None:
 @models_app.command("list")
 def models_list() -> None:
     """Show the catalog and what is cached."""
-    from router import models
+    from localmodel import catalog as models
 
     cached = {m.name: m for m in models.list_cached()}
     for name in sorted(set(models.CATALOG) | set(cached)):
@@ -197,17 +206,45 @@ def policy_validate(files: Annotated[list[Path], typer.Argument(help="Policy YAM
 @policy_app.command("explain")
 def policy_explain(
     file: PolicyFile,
-    confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help="The certainty to evaluate at.")],
+    confidence: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="The certainty to evaluate at (every target's).")
+    ],
+    confidence_of: Annotated[
+        list[str] | None,
+        typer.Option(help="TARGET=P: one target's certainty instead (repeatable), for pick rules."),
+    ] = None,
     model: Annotated[str, typer.Option(help="The requested model name.")] = "router",
     user: Annotated[str | None, typer.Option(help="The request's user tag.")] = None,
 ) -> None:
     """Show which rule a request would match and what the router would do."""
+    from policies import Confidences, LiteLLMTarget
+
     policy = _load_or_exit(file)
+    by_target = {name: confidence for name in policy.targets if policy.scored(name)}
+    for given in confidence_of or []:
+        name, _, value = given.partition("=")
+        if name not in by_target:
+            raise typer.BadParameter(
+                f"'{name}' is not a target the scorer predicts", param_hint="--confidence-of"
+            )
+        try:
+            by_target[name] = float(value)
+        except ValueError as exc:
+            raise typer.BadParameter(f"'{given}': not TARGET=P", param_hint="--confidence-of") from exc
+    prices = {}
+    if any(rule.action == "pick" for rule in policy.rules):
+        from router.upstream import LiteLLMUpstream
 
-    async def fixed() -> float:
-        return confidence
+        for name, target in policy.targets.items():
+            if isinstance(target, LiteLLMTarget):
+                prices[name] = LiteLLMUpstream(name, target).price
+            else:
+                prices[name] = 0.0 if target.cost is None else target.cost.blended
 
-    decision = asyncio.run(decide(policy, RequestFacts(model, user), fixed))
+    async def fixed() -> Confidences:
+        return Confidences(confidence, by_target)
+
+    decision = asyncio.run(decide(policy, RequestFacts(model, user), fixed, prices=prices))
     index = decision.rule_index
     when = policy.rules[index].when.model_dump(exclude_none=True) or "always"
     action = decision.action + (f" {decision.target}" if decision.target else "")

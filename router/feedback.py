@@ -42,6 +42,16 @@ class ConflictingFeedback(ValueError):
 
 
 @dataclass(frozen=True)
+class Judged:
+    """The score feedback on an answer is joined with: the answering model's, as the scorer predicted it."""
+
+    predicted: str
+    """The scorer target (a model name)."""
+    raw: float
+    confidence: float
+
+
+@dataclass(frozen=True)
 class LoggedDecision:
     outcome: str
     target: str | None
@@ -49,6 +59,7 @@ class LoggedDecision:
     confidence: float | None
     raw: float | None
     scorer: str
+    predicted: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,8 @@ class FeedbackRecord:
     label: float
     """1.0 correct, 0.0 incorrect, or a graded 0..1 score."""
     scorer: str
+    predicted: str | None = None
+    """The scorer target the confidence is for (None: records from before scorers predicted several)."""
 
     @property
     def correct(self) -> bool:
@@ -102,16 +115,27 @@ class DecisionLog:
         self.traffic_key = f"window:traffic:{scorer_key(scorer_version)}"
         self.traffic_retained = retained
 
-    async def record(self, request_id: str, decision: Decision, raw: float | None) -> None:
-        """Never fails for the store's sake: the answer is already made, and the client gets it."""
+    async def record(
+        self, request_id: str, decision: Decision, traffic_raw: float | None, judged: Judged | None = None
+    ) -> None:
+        """`traffic_raw`: the primary target's raw score, for the traffic window; `judged`: the score that
+        feedback on this answer joins with (None: feedback is accepted but joins with nothing).
+
+        Never fails for the store's sake: the answer is already made, and the client gets it."""
         logged = LoggedDecision(
-            decision.outcome, decision.target, decision.rule, decision.confidence, raw, self.scorer_version
+            decision.outcome,
+            decision.target,
+            decision.rule,
+            None if judged is None else judged.confidence,
+            None if judged is None else judged.raw,
+            self.scorer_version,
+            None if judged is None else judged.predicted,
         )
         with contextlib.suppress(StoreUnavailable):  # kept locally; the store logged that it dropped it
             await self.store.set(
                 f"decision:{request_id}", json.dumps(asdict(logged)), self.spec.decision_ttl_s
             )
-        entry = f"{decision.outcome} {'-' if raw is None else repr(raw)}"
+        entry = f"{decision.outcome} {'-' if traffic_raw is None else repr(traffic_raw)}"
         with contextlib.suppress(StoreUnavailable):
             await self.store.push(self.traffic_key, entry, self.traffic_retained)
 
@@ -125,7 +149,7 @@ class DecisionLog:
         logged = LoggedDecision(**json.loads(found))
         record = None
         if logged.confidence is not None and logged.raw is not None:
-            record = FeedbackRecord(logged.confidence, logged.raw, label, logged.scorer)
+            record = FeedbackRecord(logged.confidence, logged.raw, label, logged.scorer, logged.predicted)
         # The marker and the record are kept together or not at all: a marker without its record would
         # make the client's retry a "duplicate" of feedback that was never kept.
         self.store.check_writable(1 if record is None else 2)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from router.local_model import Draft, LocalModel, Message
+from localmodel.model import Draft, LocalModel, Message
 
 SEGMENT_TOKENS = 16
 """About 1.5 s of decoding for SmolLM2-135M on two CPU cores."""

@@ -1,4 +1,6 @@
-"""Scores keyed by (scorer version, normalised conversation): a repeated question costs one lookup."""
+"""Raw scores keyed by (scorer version, normalised conversation): a repeated question costs one lookup.
+
+Raw, not calibrated: confidences are computed from them on every use, so a new calibrator applies at once."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ import dataclasses
 import hashlib
 import json
 
-from router.local_model import Draft, Message
-from router.scorers import Score
+from localmodel import Draft, Message
 from router.state import StateStore, StoreUnavailable
+from scorers import RawScore
 
 
 def conversation_key(messages: list[Message]) -> str:
@@ -25,7 +27,7 @@ class ScoreCache:
         self.store, self.ttl_s = store, ttl_s
         self.namespace = f"score:{hashlib.sha256(scorer_version.encode()).hexdigest()[:16]}:"
 
-    async def get(self, messages: list[Message], max_new_tokens: int) -> Score | None:
+    async def get(self, messages: list[Message], max_new_tokens: int) -> RawScore | None:
         found = await self.store.get(self._key(messages, max_new_tokens))
         if found is None:
             return None
@@ -33,9 +35,9 @@ class ScoreCache:
         draft = data.pop("draft")
         if draft is not None:
             draft["token_logprobs"] = tuple(draft["token_logprobs"])
-        return Score(**data, draft=None if draft is None else Draft(**draft))
+        return RawScore(data["raw"], None if draft is None else Draft(**draft))
 
-    async def put(self, messages: list[Message], max_new_tokens: int, score: Score) -> None:
+    async def put(self, messages: list[Message], max_new_tokens: int, score: RawScore) -> None:
         # json keeps floats exact (repr round-trips), so a cached score is the identical score. A cache
         # write the store cannot keep (Redis away, its replay buffer full) is only a lost cache entry.
         with contextlib.suppress(StoreUnavailable):

@@ -12,26 +12,27 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import numpy as np
 
 import calibrators
-from policies import Decision, LiteLLMTarget, LocalTarget, Policy, RequestFacts, decide
+from localmodel import Aborted, Draft, LocalModel, Message
+from policies import Confidences, Decision, LiteLLMTarget, LocalTarget, Policy, RequestFacts, decide
 from router import completions, generation
 from router.batcher import BatchLimits, MicroBatcher, Overloaded
 from router.budget import WINDOW, EscalationBudget
 from router.completions import Completion
 from router.drift import DriftMonitor
 from router.errors import APIError
-from router.feedback import TRAFFIC_RETAINED, DecisionLog, calibration_stats
-from router.local_model import Aborted, LocalModel, Message
+from router.feedback import TRAFFIC_RETAINED, DecisionLog, Judged, calibration_stats
 from router.metrics import CALIBRATION_WINDOWS, Metrics
 from router.schemas import ChatCompletionRequest
 from router.score_cache import ScoreCache
-from router.scorers import Score, ScoreItem, build_scorer
 from router.state import MemoryStore, StateStore
 from router.upstream import LiteLLMUpstream, check_fields
+from scorers import RawScore, ScoreItem, ScorerSettings, build_scorer, calibrate
 
 log = logging.getLogger("router")
 T = TypeVar("T")
@@ -61,6 +62,9 @@ class Routed:
         }
         if self.decision.confidence is not None:
             headers["x-router-confidence"] = f"{self.decision.confidence:.4f}"
+        if self.decision.confidences is not None:
+            listed = self.decision.confidences.items()
+            headers["x-router-confidences"] = ",".join(f"{name}={value:.4f}" for name, value in listed)
         return headers
 
 
@@ -71,7 +75,11 @@ async def _replay(chunks: Iterable[Completion]) -> AsyncGenerator[Completion]:
 
 @dataclass(frozen=True)
 class Scored:
-    score: Score
+    raw: dict[str, float]
+    """Scorer target (a model) -> raw score."""
+    confidence: dict[str, float]
+    """Scorer target -> calibrated confidence."""
+    draft: Draft | None
     cached: bool
     latency_ms: float
 
@@ -88,15 +96,22 @@ class Router:
         """`model_thread`: the worker that owns `model`, when another router made it (see `reloaded`)."""
         self.policy, self.model = policy, model
         self.store, self.metrics = store or MemoryStore(), metrics or Metrics()
-        self.scorer = build_scorer(policy.scorer, model)
         spec = policy.scorer
+        settings = ScorerSettings(
+            Path(spec.adapter) if spec.adapter else None, spec.samples, spec.temperature
+        )
+        self.scorer = build_scorer(spec.method, model, settings)
         # A policy's calibrator (e.g. fitted on feedback) replaces the scorer folder's own.
-        self.recalibrator = calibrators.load(spec.calibrator) if spec.calibrator else None
+        self.calibrators = dict(self.scorer.calibrators)
+        if spec.calibrator:
+            self.calibrators[self.scorer.primary] = calibrators.load(spec.calibrator)
+        self.predicts = self._predicted_targets()
+        """Policy target -> the scorer target (model) whose confidence is its chance of a right answer."""
         self.cache = (
             ScoreCache(self.store, self.scorer.version, spec.cache_ttl_s) if spec.cache_ttl_s else None
         )
         limits = BatchLimits(spec.batch.max_size, spec.batch.max_wait_ms, spec.batch.max_queue)
-        self.batcher: MicroBatcher[ScoreItem, Score] = MicroBatcher(
+        self.batcher: MicroBatcher[ScoreItem, RawScore] = MicroBatcher(
             lambda items: self._on_model(self.scorer.score_batch, items),
             lambda item: sum(len(str(m.get("content") or "")) for m in item.messages),
             limits,
@@ -110,6 +125,8 @@ class Router:
         }
         self.declared_fields = frozenset(f for u in self.remote.values() for f in u.target.extra_fields)
         """Request fields beyond OpenAI's that some target takes (their extra_fields)."""
+        self.prices = {name: self._price(name) for name in policy.targets}
+        """Dollars per million tokens, input and output alike: what pick orders candidates by."""
         drift = policy.monitoring.drift
         retained = max(TRAFFIC_RETAINED, drift.reference_size, drift.window)
         self.log = DecisionLog(self.store, policy.monitoring, self.scorer.version, retained)
@@ -130,9 +147,31 @@ class Router:
         self._idle.set()
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        """Raw scores to confidences with the calibrator in force (the identity for uncalibrated scorers)."""
-        calibrator = self.recalibrator or self.scorer.calibrator
-        return calibrator.transform(raw) if calibrator is not None else raw
+        """The primary target's raw scores to confidences, with the calibrator in force."""
+        return calibrate(self.scorer.primary, raw, self.calibrators)
+
+    def confidences(self, raw: dict[str, float]) -> dict[str, float]:
+        return {
+            target: float(calibrate(target, [value], self.calibrators)[0]) for target, value in raw.items()
+        }
+
+    def _predicted_targets(self) -> dict[str, str]:
+        mapped = dict(self.policy.scorer.targets)
+        for name, target in self.policy.targets.items():
+            if isinstance(target, LocalTarget):
+                mapped.setdefault(name, self.scorer.primary)
+        unknown = {name: model for name, model in mapped.items() if model not in self.scorer.targets}
+        if unknown:
+            raise ValueError(
+                f"scorer.targets: the scorer predicts {', '.join(self.scorer.targets)}, not {unknown}"
+            )
+        return mapped
+
+    def _price(self, name: str) -> float:
+        if name in self.remote:
+            return self.remote[name].price
+        cost = self.policy.targets[name].cost
+        return 0.0 if cost is None else cost.blended
 
     async def reloaded(self, policy: Policy) -> Router:
         """A router for a new policy on this one's model and model thread. It is built on that thread, so
@@ -256,12 +295,15 @@ class Router:
             await cache.put(messages, length_key, score)
         return self._scored(score, False, started)
 
-    def _scored(self, score: Score, cached: bool, started: float) -> Scored:
+    def _scored(self, score: RawScore, cached: bool, started: float) -> Scored:
         elapsed = time.perf_counter() - started
         self.metrics.scoring_seconds.labels("hit" if cached else "miss").observe(elapsed)
-        if self.recalibrator is not None:
-            score = Score(float(self.recalibrator.transform([score.raw])[0]), score.raw, score.draft)
-        return Scored(score, cached, 1000 * elapsed)
+        # Only raw scores are cached: a reload with a new calibrator applies to cached scores at once.
+        return Scored(score.raw, self.confidences(score.raw), score.draft, cached, 1000 * elapsed)
+
+    def _known(self, scored: Scored) -> Confidences:
+        by_target = {name: scored.confidence[model] for name, model in self.predicts.items()}
+        return Confidences(scored.confidence[self.scorer.primary], by_target)
 
     async def route(self, request: ChatCompletionRequest) -> Routed:
         if request.model not in self.policy.model_names:
@@ -274,12 +316,13 @@ class Router:
         request_id = uuid.uuid4().hex
         scored: list[Scored] = []
 
-        async def confidence() -> float:
+        async def confidence() -> Confidences:
             scored.append(await self.score(request.plain_messages(), self._draft_tokens(request)))
-            return scored[0].score.confidence
+            return self._known(scored[0])
 
         facts = RequestFacts(request.model, request.user)
-        decision = await decide(self.policy, facts, confidence, await self.budget.thresholds())
+        thresholds = await self.budget.thresholds()
+        decision = await decide(self.policy, facts, confidence, thresholds, self.prices)
         answering = time.perf_counter()
         try:
             routed = await self._answer(request_id, request, decision, scored[0] if scored else None)
@@ -292,7 +335,7 @@ class Router:
                 elapsed = time.perf_counter() - answering
                 self.metrics.upstream_seconds.labels(decision.target).observe(elapsed)
             self.metrics.decided(decision)
-            await self.log.record(request_id, decision, scored[0].score.raw if scored else None)
+            await self._record(request_id, decision, scored[0] if scored else None)
         except BaseException:  # cancelled (the client left) or failed: an opened stream must not linger
             if routed.chunks is not None:
                 await routed.chunks.aclose()
@@ -307,6 +350,16 @@ class Router:
             1000 * (time.perf_counter() - started),
         )
         return routed
+
+    async def _record(self, request_id: str, decision: Decision, scored: Scored | None) -> None:
+        """Feedback joins with the answering target's score where the scorer predicts that target, else
+        with the primary's; the traffic window keeps the primary's raw score (drift and the budget)."""
+        if scored is None:
+            await self.log.record(request_id, decision, None)
+            return
+        model = self.predicts.get(decision.target or "", self.scorer.primary)
+        judged = Judged(model, scored.raw[model], scored.confidence[model])
+        await self.log.record(request_id, decision, scored.raw[self.scorer.primary], judged)
 
     async def _answer(
         self, request_id: str, request: ChatCompletionRequest, decision: Decision, scored: Scored | None
@@ -346,7 +399,7 @@ class Router:
     ) -> Completion:
         # The scored draft is the answer: the confidence is about exactly this text. Sampling parameters
         # do not apply to it for that reason.
-        draft = scored.score.draft if scored is not None else None
+        draft = scored.draft if scored is not None else None
         if draft is None:
             messages = request.plain_messages()
             if scored is None or scored.cached:  # a score computed just now has checked this prompt
@@ -358,7 +411,8 @@ class Router:
                 while not written.done:
                     written = await self._on_model(generation.advance, self.model, written)
             draft = generation.finish(self.model, written)
-        self.metrics.used(name, draft.prompt_tokens, draft.completion_tokens, 0.0)
+        cost = 0.0 if target.cost is None else target.cost.of(draft.prompt_tokens, draft.completion_tokens)
+        self.metrics.used(name, draft.prompt_tokens, draft.completion_tokens, cost)
         return completions.completion(
             request_id, name, draft.text, draft.finish_reason, draft.prompt_tokens, draft.completion_tokens
         )

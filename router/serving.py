@@ -7,9 +7,9 @@ import asyncio
 import logging
 from pathlib import Path
 
+from localmodel.model import LocalModel
 from policies import Policy, PolicyError, load_policy
 from router.errors import APIError
-from router.local_model import LocalModel
 from router.metrics import Metrics
 from router.service import Router
 from router.state import StateStore

@@ -106,7 +106,10 @@ class LiteLLMUpstream:
         return key
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """Estimated US dollars from litellm's cost map; 0 for models it does not price (self-hosted ones)."""
+        """US dollars at the target's declared cost, else litellm's cost map; 0 for models it does not
+        price (self-hosted ones)."""
+        if self.target.cost is not None:
+            return self.target.cost.of(prompt_tokens, completion_tokens)
         try:
             prompt, completion = self._litellm.cost_per_token(
                 model=self.target.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
@@ -114,6 +117,12 @@ class LiteLLMUpstream:
         except Exception:  # litellm raises a bare Exception for a model missing from its map
             return 0.0
         return float(prompt + completion)
+
+    @property
+    def price(self) -> float:
+        """Dollars per million tokens, input and output alike: what a pick rule orders candidates by."""
+        million = 1_000_000
+        return self.cost(million, 0) + self.cost(0, million)
 
     async def complete(self, request: ChatCompletionRequest) -> Completion:
         arguments = self._arguments(request, streamed=False)

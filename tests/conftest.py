@@ -12,8 +12,8 @@ import httpx
 import pytest
 import uvicorn
 
+from localmodel import catalog as models
 from policies import Policy, load_policy
-from router import models
 from router.app import create_app
 
 DEFAULT_MODEL = "smollm2-135m-instruct"

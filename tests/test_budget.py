@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from policies import PolicyError, RequestFacts, decide, load_policy
+from policies import Confidences, PolicyError, RequestFacts, decide, load_policy
 from router.budget import MIN_SAMPLES
 from tests.conftest import Served, head_scorer_yaml
 
@@ -32,8 +32,8 @@ def test_the_engine_applies_a_threshold_override(write_policy: Callable[[str], P
     policy = load_policy(write_policy(BUDGETED))
     assert policy.budgeted_rule == 0
 
-    async def confidence() -> float:
-        return 0.4
+    async def confidence() -> Confidences:
+        return Confidences(0.4)
 
     facts = RequestFacts("router")
     assert asyncio.run(decide(policy, facts, confidence)).outcome == "refuse"

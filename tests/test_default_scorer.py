@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import calibrators
+from localmodel.model import LocalModel
 from policies import DEFAULT_POLICY_PATH, load_policy
-from router.local_model import LocalModel
-from router.scorers import ScoreItem
-from router.scorers.card import ScorerCard
-from router.scorers.head import HeadScorer
+from scorers import ScoreItem
+from scorers.card import ScorerCard
+from scorers.head import HeadScorer
 from train.data import QARecord, prompt
 from train.jobs import read_labels
 from train.splits import split_rows

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 import calibrators
+from localmodel.model import LocalModel
 from policies import Decision
 from policies.schema import DriftSpec, MonitoringSpec
 from router.drift import DriftMonitor
 from router.feedback import DecisionLog
-from router.local_model import LocalModel
-from router.scorers.head import HeadScorer
 from router.state import MemoryStore, RedisStore, StateStore
+from scorers.head import HeadScorer
 
 DECISION = Decision("answer_with", "local", "test", 0.5, None, 0)
 SPEC = DriftSpec(reference_size=100, window=50)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from localmodel.model import LocalModel
 from router import generation
-from router.local_model import LocalModel
 from router.schemas import ChatCompletionRequest
 from router.service import Router
 from tests.conftest import head_scorer_yaml, policy_from

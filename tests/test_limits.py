@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from localmodel.model import Aborted, LocalModel
 from policies import Policy
-from router.local_model import Aborted, LocalModel
 from tests.conftest import Served, head_scorer_yaml, policy_from
 from tests.provider import Provider
 
@@ -240,7 +240,7 @@ def test_a_scorers_draft_never_outgrows_max_draft_tokens(tiny_model: Path, tmp_p
     async def run() -> None:
         router = Router(policy, LocalModel(str(tiny_model)))
         scored = await router.score([{"role": "user", "content": "Go on."}], 1_000_000, cached=False)
-        assert scored.score.draft is not None and scored.score.draft.completion_tokens <= 8
+        assert scored.draft is not None and scored.draft.completion_tokens <= 8
         await router.close()
 
     asyncio.run(run())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from policies import DEFAULT_POLICY_PATH, Policy, PolicyError, RequestFacts, decide, load_policy
+from policies import DEFAULT_POLICY_PATH, Confidences, Policy, PolicyError, RequestFacts, decide, load_policy
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "policies" / "examples").glob("*.yaml"))
 
@@ -37,9 +37,9 @@ rules:
 def run_decide(policy: Policy, confidence: float, model: str = "router", user: str | None = None):
     calls = []
 
-    async def score() -> float:
+    async def score() -> Confidences:
         calls.append(1)
-        return confidence
+        return Confidences(confidence)
 
     decision = asyncio.run(decide(policy, RequestFacts(model, user), score))
     return decision, len(calls)

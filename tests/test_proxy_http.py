@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from policies import DEFAULT_POLICY_PATH, Policy, RequestFacts, decide, load_policy
+from policies import DEFAULT_POLICY_PATH, Confidences, Policy, RequestFacts, decide, load_policy
 from tests.conftest import Served
 
 EASY = "What is the capital of France?"
@@ -38,8 +38,8 @@ def ask(question: str) -> list[ChatCompletionMessageParam]:
 
 
 def expected_decision(policy: Policy, confidence: float, model: str = "router") -> tuple[str, str]:
-    async def fixed() -> float:
-        return confidence
+    async def fixed() -> Confidences:
+        return Confidences(confidence)
 
     decision = asyncio.run(decide(policy, RequestFacts(model), fixed))
     return decision.outcome, decision.target or "none"

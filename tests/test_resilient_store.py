@@ -14,7 +14,7 @@ import redis
 
 from policies import Decision
 from policies.schema import MonitoringSpec
-from router.feedback import FEEDBACK_WINDOW, DecisionLog
+from router.feedback import FEEDBACK_WINDOW, DecisionLog, Judged
 from router.resilient_store import ResilientStore
 from router.state import MemoryStore, RedisStore, StoreUnavailable, open_store
 from tests.redis_process import RedisProcess, running_redis
@@ -160,12 +160,16 @@ def test_feedback_is_refused_rather_than_lost_and_the_decision_log_never_fails(
         store = resilient(server, max_pending=3)
         log = DecisionLog(store, MonitoringSpec(), "scorer-v1", retained=100)
         try:
-            await log.record("a" * 32, decision, 0.4)
+            await log.record("a" * 32, decision, 0.4, Judged("scorer-model", 0.4, 0.7))
             server.kill()
-            await log.record("b" * 32, decision, 0.5)  # two writes buffered: one slot left
+            await log.record(
+                "b" * 32, decision, 0.5, Judged("scorer-model", 0.5, 0.7)
+            )  # two writes buffered: one slot left
             with pytest.raises(StoreUnavailable):
                 await log.feedback("a" * 32, 1.0)  # needs two (marker and record): refused, nothing kept
-            await log.record("c" * 32, decision, 0.6)  # beyond the bound: dropped, and no error
+            await log.record(
+                "c" * 32, decision, 0.6, Judged("scorer-model", 0.6, 0.7)
+            )  # beyond the bound: dropped, and no error
             assert store.health().pending_writes == 3
             server.start()
             await recovered(store)

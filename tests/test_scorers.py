@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from router.local_model import LocalModel
-from router.scorers import ScoreItem
-from router.scorers.consistency import ConsistencyScorer
-from router.scorers.head import HeadScorer
-from router.scorers.intrinsic import ADAPTER_NAME, IntrinsicScorer, IOConfig, certainty_suffix
-from router.scorers.nprob import NProbScorer
+from localmodel import LocalModel
+from scorers import SCORERS, ScoreItem, ScorerSettings, build_scorer, calibrate
+from scorers.consistency import ConsistencyScorer
+from scorers.head import HeadScorer
+from scorers.intrinsic import ADAPTER_NAME, IntrinsicScorer, IOConfig, certainty_suffix
+from scorers.nprob import NProbScorer
 from tests.tiny import make_head_scorer, make_intrinsic_scorer
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -58,12 +58,13 @@ def test_head_scorer_scores_in_0_1_and_batching_changes_nothing(
     model: LocalModel, tiny_model: Path, tmp_path: Path
 ) -> None:
     scorer = HeadScorer(model, make_head_scorer(tiny_model, tmp_path / "head", layer=2))
-    batched = scorer.score_batch(items())
-    alone = [scorer.score_batch([item])[0] for item in items()]
-    assert all(0.0 <= s.confidence <= 1.0 and 0.0 <= s.raw <= 1.0 for s in batched)
-    assert len({round(s.raw, 6) for s in batched}) == len(QUESTIONS)  # the head reads each prompt
-    np.testing.assert_allclose([s.raw for s in batched], [s.raw for s in alone], rtol=1e-4, atol=1e-6)
-    assert all(s.draft is None for s in batched)  # pre-generation: nothing was generated
+    assert scorer.targets == (str(tiny_model),)  # a folder from before multi-target heads: its base model
+    batched = [s.raw[scorer.primary] for s in scorer.score_batch(items())]
+    alone = [scorer.score_batch([item])[0].raw[scorer.primary] for item in items()]
+    assert all(0.0 <= s <= 1.0 for s in batched)
+    assert len({round(s, 6) for s in batched}) == len(QUESTIONS)  # the head reads each prompt
+    np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-6)
+    assert all(s.draft is None for s in scorer.score_batch(items()))  # pre-generation: nothing generated
 
 
 def test_head_lora_is_applied_and_base_generation_is_not_affected(
@@ -84,9 +85,43 @@ def test_head_calibrator_maps_raw_scores(model: LocalModel, tiny_model: Path, tm
     import calibrators
 
     folder = make_head_scorer(tiny_model, tmp_path / "head", layer=3)
-    scores = HeadScorer(model, folder).score_batch(items())
-    expected = calibrators.load(folder / "calibrator.json").transform([s.raw for s in scores])
-    assert [s.confidence for s in scores] == list(expected)
+    scorer = HeadScorer(model, folder)
+    raw = [s.raw[scorer.primary] for s in scorer.score_batch(items())]
+    expected = calibrators.load(folder / "calibrator.json").transform(raw)
+    assert list(calibrate(scorer.primary, raw, scorer.calibrators)) == list(expected)
+    assert list(calibrate("another-model", raw, scorer.calibrators)) == raw  # uncalibrated: raw as it is
+
+
+def test_one_forward_pass_serves_every_head(model: LocalModel, tiny_model: Path, tmp_path: Path) -> None:
+    single = make_head_scorer(tiny_model, tmp_path / "one", layer=3)
+    both = make_head_scorer(tiny_model, tmp_path / "two", layer=3, targets=["small", "large"])
+    two = HeadScorer(model, both)
+    assert two.targets == ("small", "large") and set(two.calibrators) == {"small", "large"}
+    scores = two.score_batch(items())
+    small, large = ([s.raw[t] for s in scores] for t in two.targets)
+    assert small != pytest.approx(large)  # each head has its own weights
+    # The first head is the single-target folder's (same seed): adding a head leaves it alone.
+    one = HeadScorer(model, single)
+    np.testing.assert_allclose(small, [s.raw[one.primary] for s in one.score_batch(items())], rtol=1e-5)
+    assert two.version != one.version
+
+
+def test_scorers_register_by_method() -> None:
+    assert {"head", "intrinsic", "nprob", "consistency"} <= set(SCORERS)
+    assert SCORERS["head"].pre_generation and SCORERS["head"].needs_adapter
+    assert not SCORERS["nprob"].pre_generation and not SCORERS["nprob"].needs_adapter
+    with pytest.raises(TypeError, match="already registered"):
+
+        class Again(NProbScorer, method="nprob"):
+            pass
+
+
+def test_build_scorer_names_the_problem(model: LocalModel) -> None:
+    with pytest.raises(ValueError, match="unknown scorer method 'nope'"):
+        build_scorer("nope", model, ScorerSettings())
+    with pytest.raises(ValueError, match="needs an adapter"):
+        build_scorer("head", model, ScorerSettings())
+    assert isinstance(build_scorer("consistency", model, ScorerSettings(samples=2)), ConsistencyScorer)
 
 
 def test_io_yaml_golden() -> None:
@@ -118,7 +153,7 @@ def test_intrinsic_adapters_load_and_score(
     scorer = IntrinsicScorer(model, folder)
     assert scorer.activated is activated
     scores = scorer.score_batch(items())
-    assert all(0.05 <= s.raw <= 0.95 for s in scores)
+    assert all(0.05 <= s.raw[scorer.primary] <= 0.95 for s in scores)
     assert all(s.draft is not None for s in scores)  # post-generation: the scored draft comes back
 
 
@@ -149,10 +184,10 @@ def test_alora_reuses_the_base_cache_and_matches_a_full_pass(
 
 def test_nprob_and_consistency_on_the_tiny_model(model: LocalModel) -> None:
     nprob = NProbScorer(model).score_batch(items())
-    assert all(s.draft is not None and s.confidence == pytest.approx(s.draft.nprob) for s in nprob)
+    assert all(s.draft is not None and s.raw[model.ref] == pytest.approx(s.draft.nprob) for s in nprob)
     torch.manual_seed(0)
     consistency = ConsistencyScorer(model, samples=4, temperature=1.0).score_batch(items())
-    assert all(s.confidence in {0.0, 0.25, 0.5, 0.75, 1.0} for s in consistency)
+    assert all(s.raw[model.ref] in {0.0, 0.25, 0.5, 0.75, 1.0} for s in consistency)
     assert [s.draft.text for s in consistency] == [s.draft.text for s in nprob]  # type: ignore[union-attr]
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from localmodel.model import LocalModel
 from policies import Policy
 from router.batcher import BatchLimits, MicroBatcher, Overloaded
-from router.local_model import LocalModel
-from router.scorers import Score, ScoreItem
-from router.scorers.head import HeadScorer
 from router.service import Router
 from router.state import MemoryStore, RedisStore, StateStore
+from scorers import RawScore, ScoreItem
+from scorers.head import HeadScorer
 from tests.conftest import Served, policy_from
 from tests.tiny import make_head_scorer
 
@@ -56,10 +56,10 @@ def test_concurrent_requests_share_batches_and_get_their_own_scores(
     tiny_model: Path, head_folder: Path
 ) -> None:
     scorer = HeadScorer(LocalModel(str(tiny_model)), head_folder)
-    alone = {q: scorer.score_batch([item(q)])[0].raw for q in QUESTIONS}
+    alone = {q: scorer.score_batch([item(q)])[0].raw[scorer.primary] for q in QUESTIONS}
 
-    async def run() -> tuple[list[Score], list[int]]:
-        async def score(batch: list[ScoreItem]) -> list[Score]:
+    async def run() -> tuple[list[RawScore], list[int]]:
+        async def score(batch: list[ScoreItem]) -> list[RawScore]:
             return await asyncio.to_thread(scorer.score_batch, batch)
 
         batcher = MicroBatcher(score, lambda i: len(i.messages[0]["content"]), BatchLimits(8, 20.0, 64))
@@ -68,7 +68,9 @@ def test_concurrent_requests_share_batches_and_get_their_own_scores(
         return results, list(batcher.batch_sizes)
 
     results, sizes = asyncio.run(run())
-    assert [r.raw for r in results] == pytest.approx([alone[q] for q in QUESTIONS], rel=1e-4, abs=1e-6)
+    assert [r.raw[scorer.primary] for r in results] == pytest.approx(
+        [alone[q] for q in QUESTIONS], rel=1e-4, abs=1e-6
+    )
     assert sum(sizes) == len(QUESTIONS)
     assert max(sizes) > 1 and max(sizes) <= 8  # batched, within the limit
 
@@ -142,7 +144,7 @@ def test_cache_hit_returns_the_identical_score(
         again = await router.score([{"role": "user", "content": f"Is  the cache in {backend}   exact? "}])
         other = await router.score([{"role": "user", "content": "A different question."}])
         assert (first.cached, again.cached, other.cached) == (False, True, False)
-        assert again.score == first.score
+        assert (again.raw, again.confidence) == (first.raw, first.confidence)
         await router.close()
         await store.close()
 
@@ -150,12 +152,13 @@ def test_cache_hit_returns_the_identical_score(
 
 
 def test_memory_and_redis_caches_agree(tiny_model: Path, head_policy: Policy, redis_url: str) -> None:
-    async def scores(store: StateStore) -> list[Score]:
+    async def scores(store: StateStore) -> list[object]:
         router = Router(head_policy, LocalModel(str(tiny_model)), store)
         out = []
         for q in QUESTIONS[:3]:
             await router.score([{"role": "user", "content": q}])
-            out.append((await router.score([{"role": "user", "content": q}])).score)
+            again = await router.score([{"role": "user", "content": q}])
+            out.append((again.raw, again.confidence, again.draft))
         await router.close()
         await store.close()
         return out

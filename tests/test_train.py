@@ -11,24 +11,32 @@ import pytest
 import torch
 
 import calibrators
-from router.local_model import LocalModel, prompt_state
-from router.scorers import ScoreItem
-from router.scorers.card import ScorerCard
-from router.scorers.head import HeadScorer
-from router.scorers.intrinsic import IntrinsicScorer
+from localmodel.model import LocalModel, prompt_state
+from scorers import ScoreItem
+from scorers.card import ScorerCard
+from scorers.head import HeadScorer
+from scorers.intrinsic import IntrinsicScorer
 from train.data import DataError, QARecord, load_records, prompt, shared_data_dir
 from train.grading import is_correct
 from train.head import HeadSettings, HeadTrainer, transfer_folds
 from train.intrinsic import IntrinsicSettings, target_digit
-from train.jobs import evaluate_scorer, read_labels, train_head_scorer, train_intrinsic_scorer
+from train.jobs import (
+    evaluate_scorer,
+    read_labels,
+    target_confidences,
+    train_head_scorer,
+    train_intrinsic_scorer,
+)
 from train.label import LabelSettings, build_dataset, done_ids
 from train.prefix import FrozenPrefix
 from train.probe import LinearProbe, cross_fitted, fold_of
-from train.splits import split_of
+from train.splits import split_of, split_rows
+from train.targets import merged
 
 DATA = shared_data_dir()
 SHARED_FILES = sorted([*DATA.glob("*/*.jsonl"), *DATA.glob("*/*.csv")])
 LABELS = Path(__file__).parents[1] / "train" / "labels" / "smollm2-135m-instruct.jsonl"
+GEMMA_LABELS = LABELS.with_name("gemma-3-270m.jsonl")
 
 
 def test_the_shared_data_is_here() -> None:
@@ -168,7 +176,8 @@ def test_training_writes_a_scorer_folder_the_server_loads(trained: Path, tiny_mo
     assert not (folder / "README.md").exists()  # PEFT's placeholder card; scorer.json is the card
     adapter_config = json.loads((folder / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(tiny_model)
-    assert len(card.extra()["reference_scores"]) == training["calibration"]["rows"] > 0  # the drift reference
+    calibration = training["calibration"]["smollm2-135m-instruct"]
+    assert len(card.extra()["reference_scores"]) == calibration["rows"] > 0  # the drift reference
     assert training["held_out_sources"] == ["jeopardy"]
     assert "jeopardy" not in training["rows_by_source_and_split"]["train"]
     assert training["labels"][0]["rows"] == 160 and training["split_rule"].startswith("bucket")
@@ -176,7 +185,33 @@ def test_training_writes_a_scorer_folder_the_server_loads(trained: Path, tiny_mo
     scores = HeadScorer(LocalModel(str(tiny_model)), folder).score_batch(
         [ScoreItem(prompt(record("Hi?", ["x"])))]
     )
-    assert 0 <= scores[0].confidence <= 1
+    assert 0 <= scores[0].raw["smollm2-135m-instruct"] <= 1  # the labels' model, not the backbone's name
+
+
+def test_one_scorer_learns_every_model_that_labelled_the_questions(tiny_model: Path, tmp_path: Path) -> None:
+    """Real labels from two models on the same questions (matched by id) plus questions only one labelled."""
+    gemma = read_labels([GEMMA_LABELS])[:150]
+    ids = {r["id"] for r in gemma}
+    smollm2 = [r for r in read_labels([LABELS, LABELS.with_name("smollm2-135m-instruct-efficientqa.jsonl")])]
+    smollm2 = [r for r in smollm2 if r["id"] in ids] + [r for r in smollm2[:60] if r["id"] not in ids]
+    files = []
+    for name, rows in (("smollm2", smollm2), ("gemma", gemma)):
+        files.append(tmp_path / f"{name}.jsonl")
+        files[-1].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "scorer"
+    card = train_head_scorer(str(tiny_model), files, out, TINY_HEAD, frozenset(), False, print)
+    assert [t.model for t in card.targets] == ["smollm2-135m-instruct", "gemma-3-270m"]
+    train = split_rows(merged(smollm2 + gemma, "?"), 0)["train"]
+    for target in card.targets:  # each head's row count and base rate: its own model's training rows
+        mine = [r["labels"][target.model] for r in train if target.model in r["labels"]]
+        assert (target.rows, target.base_rate) == (len(mine), pytest.approx(np.mean(mine)))
+    scorer = HeadScorer(LocalModel(str(tiny_model)), out)
+    assert scorer.weight.shape[0] == 2 and set(scorer.calibrators) <= set(scorer.targets)
+    both = target_confidences(scorer, gemma[:20])
+    assert all(((c >= 0) & (c <= 1)).all() for c in both.values())
+    assert not np.allclose(both["smollm2-135m-instruct"], both["gemma-3-270m"])
+    metrics = evaluate_scorer(out, files, tmp_path / "eval", "all", None, target="gemma-3-270m")
+    assert metrics["scorer"]["n"] == len(gemma)  # only gemma's rows judge gemma's head
 
 
 def test_layer_choice_takes_the_shallowest_layer_within_the_tolerance(

@@ -368,7 +368,7 @@ def test_an_opened_stream_that_is_never_read_still_releases_its_upstream(
     """A streamed answer the client leaves before reading (its response cancelled before the first event)."""
     import asyncio
 
-    from router.local_model import LocalModel
+    from localmodel.model import LocalModel
     from router.schemas import ChatCompletionRequest
     from router.service import Router
 

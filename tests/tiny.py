@@ -11,10 +11,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from calibrators import PlattScaling
-from router.local_model import LocalModel
-from router.scorers.card import ScorerCard
-from router.scorers.head import save_head
-from router.scorers.intrinsic import IOConfig, certainty_suffix
+from localmodel import LocalModel
+from scorers.card import ScorerCard, TargetCard
+from scorers.head import save_head
+from scorers.intrinsic import IOConfig, certainty_suffix
 from train.intrinsic import IO_YAML
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
@@ -56,19 +56,28 @@ def lora(model_dir: Path, invocation_tokens: list[int] | None = None, seed: int 
     return get_peft_model(base, config)
 
 
-def make_head_scorer(model_dir: Path, out: Path, layer: int, with_lora: bool = True) -> Path:
+def make_head_scorer(
+    model_dir: Path, out: Path, layer: int, with_lora: bool = True, targets: list[str] | None = None
+) -> Path:
+    """Without `targets`, a folder as written before scorers predicted several models: no targets in its
+    card, one head, calibrator.json. With them, one head and calibrator per target (the first head is the
+    same as the single-target folder's)."""
     out.mkdir(parents=True, exist_ok=True)
     if with_lora:
         lora(model_dir).save_pretrained(str(out))
     hidden = AutoModelForCausalLM.from_pretrained(model_dir).config.hidden_size
     generator = torch.Generator().manual_seed(2)
-    save_head(
-        out,
-        torch.randn(hidden, generator=generator),
-        torch.tensor(0.1),
-        ScorerCard(method="head", base_model=str(model_dir), layer=layer),
-    )
-    PlattScaling().fit([0.1, 0.3, 0.6, 0.8, 0.9, 0.2], [0, 0, 1, 1, 1, 0]).save(out / "calibrator.json")
+    weights = torch.randn(len(targets or [""]), hidden, generator=generator)
+    cards = []
+    for k, target in enumerate(targets or []):
+        name = "calibrator.json" if k == 0 else f"calibrator.{k}.json"
+        cards.append(TargetCard(model=target, calibrator=name))
+    card = ScorerCard(method="head", base_model=str(model_dir), layer=layer, targets=cards)
+    save_head(out, weights, torch.full((len(weights),), 0.1), card)
+    for k in range(len(weights)):
+        name = "calibrator.json" if k == 0 else f"calibrator.{k}.json"
+        scores = [0.1, 0.3, 0.6, 0.8, 0.9, 0.2]
+        PlattScaling().fit(scores, [0, 0, 1, 1, 1, 0] if k == 0 else [1, 0, 1, 0, 1, 0]).save(out / name)
     return out
 
 

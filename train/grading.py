@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from router.answers import first_line, normalise
+from localmodel.answers import first_line, normalise
 from train.data import QARecord
 
 RULE = (

@@ -1,7 +1,10 @@
-"""EliCal head training: LoRA + a linear head on the prompt's states, sigmoid output, MSE loss.
+"""EliCal head training: LoRA + a linear head per target model on the prompt's states, sigmoid output,
+MSE loss.
 
-Stage 1 regresses self-consistency on every training row; stage 2 regresses correctness on a labelled
-subset. The loop itself (accelerate, schedule, early stopping, checkpoints) is `train.loop`.
+Stage 1 regresses the primary model's self-consistency on every training row that has it; stage 2 regresses
+each target's correctness on the rows that target labelled (rows come merged, see `train.targets`), all
+heads on one set of LoRA weights. The loop itself (accelerate, schedule, early stopping, checkpoints) is
+`train.loop`.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import calibrators
-from router.local_model import Pooling, pool, prompt_state
-from router.models import resolve
+from localmodel.catalog import resolve
+from localmodel.model import Pooling, pool, prompt_state
 from train.data import QARecord, prompt
 from train.loop import Loop, LoopSettings, Objective, Progress, Stage, in_length_order
 from train.prefix import FrozenPrefix
@@ -39,7 +42,7 @@ class HeadSettings:
     layer_tolerance: float = 0.01
     """Dev probe AUROC this close to the best is a tie (its standard error on ~1k dev rows is ~0.03)."""
     pooling: Pooling = "last+mean"
-    """What the head reads at its layer; see `router.local_model.Pooling`."""
+    """What the head reads at its layer; see `localmodel.model.Pooling`."""
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -63,8 +66,12 @@ class HeadSettings:
 
 
 class HeadTrainer(Objective):
-    def __init__(self, base: str, settings: HeadSettings, out: Path) -> None:
+    def __init__(
+        self, base: str, settings: HeadSettings, out: Path, targets: list[str] | None = None
+    ) -> None:
+        """`targets`: the models predicted, the base model's own correctness first (default: only it)."""
         self.settings, self.out = settings, out
+        self.targets = targets or [base]
         location = resolve(base)
         self.tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left")
         self.accelerator = Accelerator(
@@ -77,7 +84,8 @@ class HeadTrainer(Objective):
         self.num_layers = self.base_model.config.num_hidden_layers
         self.model: Any = None  # the PEFT model, once training starts
         self.prefix: FrozenPrefix | None = None
-        self.head = torch.nn.Linear(self.hidden * (2 if settings.pooling == "last+mean" else 1), 1)
+        width = self.hidden * (2 if settings.pooling == "last+mean" else 1)
+        self.head = torch.nn.Linear(width, len(self.targets))
         self.layer = self.num_layers
 
     # Layer choice -----------------------------------------------------------------------------------------
@@ -94,6 +102,11 @@ class HeadTrainer(Objective):
         """
         fractions = self.settings.candidate_fractions
         candidates = sorted({max(1, round(f * self.num_layers)) for f in fractions})
+        # The primary's labels choose the layer: the one model every scorer of this base predicts.
+        train, dev = (
+            [r for r in train if r["correct"] is not None],
+            [r for r in dev if r["correct"] is not None],
+        )
         fit_rows = random.Random(self.settings.seed).sample(train, min(3000, len(train)))
         features = self._frozen_states(fit_rows + dev, candidates)
         y_fit = np.array([r["correct"] for r in fit_rows], dtype=float)
@@ -167,9 +180,10 @@ class HeadTrainer(Objective):
         if s.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.layer = layer
-        positives = float(np.mean([r["correct"] for r in train]))
         torch.nn.init.zeros_(self.head.weight)
-        torch.nn.init.constant_(self.head.bias, math.log(max(positives, 1e-3) / max(1 - positives, 1e-3)))
+        with torch.no_grad():
+            for k, rate in enumerate(self.base_rates(train)):
+                self.head.bias[k] = math.log(max(rate, 1e-3) / max(1 - rate, 1e-3))
         stage1 = [r for r in train if r.get("consistency") is not None]
         stage2 = random.Random(s.seed).sample(train, min(s.stage2_size, len(train)))
         plan = [(1, stage1, "consistency", s.stage1_epochs), (2, stage2, "correct", s.stage2_epochs)]
@@ -213,11 +227,34 @@ class HeadTrainer(Objective):
             {"params": self.head.parameters(), "lr": self.settings.head_learning_rate},
         ]
 
+    def base_rates(self, rows: list[Row]) -> list[float]:
+        return [
+            float(np.mean([r["labels"][t] for r in rows if t in r["labels"]] or [0.0])) for t in self.targets
+        ]
+
+    def labels(self, rows: list[Row], target: str) -> tuple[np.ndarray, np.ndarray]:
+        """(values, mask), rows x targets: stage 1's consistency is the primary's alone; correctness is
+        each target's where it labelled the row."""
+        values, mask = np.zeros((len(rows), len(self.targets))), np.zeros((len(rows), len(self.targets)))
+        for i, row in enumerate(rows):
+            if target == "consistency" and row.get("consistency") is not None:
+                values[i, 0], mask[i, 0] = row["consistency"], 1
+            elif target == "consistency" and row["correct"] is not None:  # dev rows without samples
+                values[i, 0], mask[i, 0] = row["correct"], 1
+            elif target == "correct":
+                for k, model in enumerate(self.targets):
+                    if model in row["labels"]:
+                        values[i, k], mask[i, k] = row["labels"][model], 1
+        return values, mask
+
     def loss(self, prepared: list[Any], batch: list[Row], target: str) -> torch.Tensor:
         model, head = prepared
-        predicted = torch.sigmoid(head(self._states(self._decoder(model), batch).float()).squeeze(-1))
-        labels = torch.tensor([float(r[target]) for r in batch], device=predicted.device)
-        return torch.nn.functional.mse_loss(predicted, labels)
+        predicted = torch.sigmoid(head(self._states(self._decoder(model), batch).float()))
+        values, mask = (
+            torch.tensor(a, dtype=predicted.dtype, device=predicted.device)
+            for a in self.labels(batch, target)
+        )
+        return ((predicted - values) ** 2 * mask).sum() / mask.sum().clamp(min=1)
 
     @torch.no_grad()
     def begin_stage(self, stage: Stage, log: Callable[[str], None]) -> None:
@@ -227,10 +264,13 @@ class HeadTrainer(Objective):
             return
         self.model.eval()
         states = self._all_states(stage.rows)
-        probe = LinearProbe().fit(states, np.array([r["correct"] for r in stage.rows], dtype=float))
-        self.head.weight.copy_(torch.from_numpy(probe.weights).reshape(1, -1))
-        self.head.bias.fill_(probe.bias)
-        log(f"stage {stage.number}: head starts as a probe fitted on {len(states)} rows")
+        values, mask = self.labels(stage.rows, "correct")
+        for k, model in enumerate(self.targets):
+            has = mask[:, k] == 1
+            probe = LinearProbe().fit(states[has], values[has, k])
+            self.head.weight[k].copy_(torch.from_numpy(probe.weights).reshape(-1))
+            self.head.bias[k] = probe.bias
+            log(f"stage {stage.number}: {model}'s head starts as a probe fitted on {int(has.sum())} rows")
 
     def trainable_state(self) -> dict[str, dict[str, torch.Tensor]]:
         adapter = {k: v for k, v in self.model.state_dict().items() if "lora_" in k}
@@ -245,16 +285,24 @@ class HeadTrainer(Objective):
 
     @torch.no_grad()
     def evaluate(self, dev: list[Row], target: str) -> tuple[float, float]:
+        """Masked MSE over every head, and the mean of the heads' AUROCs on correctness."""
         self.model.eval()
         predicted = self.predict(dev)
-        labels = np.array([float(r[target] if r.get(target) is not None else r["correct"]) for r in dev])
-        correct = np.array([float(r["correct"]) for r in dev])
-        return float(np.mean((predicted - labels) ** 2)), calibrators.auroc(predicted, correct)
+        values, mask = self.labels(dev, target)
+        loss = float(((predicted - values) ** 2 * mask).sum() / max(mask.sum(), 1))
+        correct, labelled = self.labels(dev, "correct")
+        aurocs = [
+            calibrators.auroc(predicted[has, k], correct[has, k])
+            for k in range(len(self.targets))
+            if 0 < correct[has := labelled[:, k] == 1, k].sum() < has.sum()
+        ]
+        return loss, float(np.mean(aurocs)) if aurocs else math.nan
 
     @torch.no_grad()
     def predict(self, rows: list[Row]) -> np.ndarray:
+        """Rows x targets."""
         states = torch.from_numpy(self._all_states(rows)).to(self.head.weight)
-        return torch.sigmoid(self.head(states)).squeeze(-1).cpu().numpy().astype(np.float64)
+        return torch.sigmoid(self.head(states)).cpu().numpy().astype(np.float64)
 
     @torch.no_grad()
     def _all_states(self, rows: list[Row]) -> np.ndarray:

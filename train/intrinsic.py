@@ -18,9 +18,9 @@ from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
 
 import calibrators
-from router.local_model import LocalModel
-from router.scorers.card import ScorerCard
-from router.scorers.intrinsic import IOConfig, certainty_suffix
+from localmodel.model import LocalModel
+from scorers.card import ScorerCard
+from scorers.intrinsic import IOConfig, certainty_suffix
 from train.data import QARecord, prompt
 from train.loop import Loop, LoopSettings, Objective, Progress, Stage, batches_of, save_adapter
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -14,11 +15,11 @@ from typing import Any
 import numpy as np
 
 import calibrators
-from router.local_model import LocalModel, Pooling
-from router.scorers import ScoreItem
-from router.scorers.card import ScorerCard
-from router.scorers.head import CALIBRATOR_FILE, HeadScorer, save_head
-from router.scorers.intrinsic import IntrinsicScorer
+from localmodel import LocalModel, Pooling
+from scorers import ScoreItem, calibrate
+from scorers.card import CALIBRATOR_FILE, ScorerCard, TargetCard
+from scorers.head import HeadScorer, save_head
+from scorers.intrinsic import IntrinsicScorer
 from train.data import QARecord, prompt
 from train.head import HeadSettings, HeadTrainer
 from train.intrinsic import IntrinsicSettings, train_intrinsic
@@ -26,6 +27,7 @@ from train.loop import in_length_order, save_adapter
 from train.probe import FrozenStates, LinearProbe, cross_fitted
 from train.splits import RULE as SPLIT_RULE
 from train.splits import split_rows
+from train.targets import labelled_by, merged, targets_of
 
 Row = dict[str, Any]
 
@@ -48,15 +50,19 @@ def read_labels(paths: list[Path]) -> list[Row]:
 @dataclass(frozen=True)
 class LabelledData:
     per_file: dict[Path, list[Row]]
+    targets: list[str]
+    """The models that labelled the rows, the scorer's base model first."""
     splits: dict[str, list[Row]]
+    """Merged rows (`train.targets`), by split."""
     held_out: frozenset[str]
     seed: int
 
     @classmethod
-    def read(cls, label_files: list[Path], seed: int, held_out: frozenset[str]) -> LabelledData:
+    def read(cls, label_files: list[Path], seed: int, held_out: frozenset[str], base: str) -> LabelledData:
         per_file = {path: read_labels([path]) for path in label_files}
         rows = [row for part in per_file.values() for row in part]
-        return cls(per_file, split_rows(rows, seed, held_out), held_out, seed)
+        questions = merged(rows, base)
+        return cls(per_file, targets_of(rows, base), split_rows(questions, seed, held_out), held_out, seed)
 
     def provenance(self) -> dict[str, Any]:
         first = next((part[0] for part in self.per_file.values() if part), {})
@@ -72,6 +78,11 @@ class LabelledData:
         }
 
 
+def calibrator_file(index: int, model: str) -> str:
+    """The primary's calibrator is calibrator.json, as in single-target folders (and `router calibrate`)."""
+    return CALIBRATOR_FILE if index == 0 else f"calibrator.{re.sub(r'[^A-Za-z0-9._-]', '_', model)}.json"
+
+
 def finish_scorer(
     out: Path,
     card: ScorerCard,
@@ -80,20 +91,31 @@ def finish_scorer(
     training: dict[str, Any],
     log: Callable[[str], None],
 ) -> ScorerCard:
-    """Fit the calibrator on the calibration split's raw scores and write the card with its provenance."""
-    labels = np.array([r["correct"] for r in data.splits["calibration"]], dtype=float)
-    calibration = {"method": "platt", "rows": len(labels), "positives": int(labels.sum())}
-    if 0 < labels.sum() < len(labels):
-        calibrators.PlattScaling().fit(raw, labels).save(out / CALIBRATOR_FILE)
-    else:  # an uncalibrated scorer is still usable; the card says so
-        calibration["method"] = None
-        log(f"no calibrator: the calibration split has {len(labels)} rows, {int(labels.sum())} correct")
+    """Fit each target's calibrator on the calibration rows it labelled (raw: rows x targets) and write the
+    card with the targets and their provenance."""
+    rows = data.splits["calibration"]
+    targets, calibrations = [], {}
+    for k, model in enumerate(data.targets):
+        has = np.array([model in r["labels"] for r in rows], dtype=bool)
+        labels = np.array([r["labels"][model] for r in rows if model in r["labels"]], dtype=float)
+        calibrations[model] = {"method": "platt", "rows": len(labels), "positives": int(labels.sum())}
+        name: str | None = calibrator_file(k, model)
+        if 0 < labels.sum() < len(labels):
+            calibrators.PlattScaling().fit(raw[has, k], labels).save(out / str(name))
+        else:  # an uncalibrated scorer is still usable; the card says so
+            calibrations[model]["method"], name = None, None
+            log(f"{model}: no calibrator: {len(labels)} calibration rows, {int(labels.sum())} correct")
+        trained = labelled_by(data.splits["train"], model)
+        rate = float(np.mean([r["labels"][model] for r in trained])) if trained else None
+        targets.append(TargetCard(model=model, calibrator=name, base_rate=rate, rows=len(trained)))
+    primary = np.array([data.targets[0] in r["labels"] for r in rows], dtype=bool)
     card = ScorerCard.model_validate(
         {
             **card.model_dump(),
-            # The drift monitor's default reference: raw scores on rows training never saw.
-            "reference_scores": [round(float(x), 6) for x in raw],
-            "training": {**data.provenance(), **training, "calibration": calibration},
+            "targets": [t.model_dump(exclude_none=True) for t in targets],
+            # The drift monitor's default reference: the primary's raw scores on rows training never saw.
+            "reference_scores": [round(float(x), 6) for x in raw[primary, 0]],
+            "training": {**data.provenance(), **training, "calibration": calibrations},
         }
     )
     card.save(out)
@@ -110,8 +132,9 @@ def train_head_scorer(
     log: Callable[[str], None],
 ) -> ScorerCard:
     started = time.perf_counter()
-    data = LabelledData.read(label_files, settings.seed, held_out)
-    trainer = HeadTrainer(base, settings, out)
+    data = LabelledData.read(label_files, settings.seed, held_out, base)
+    log(f"targets: {', '.join(data.targets)}")
+    trainer = HeadTrainer(base, settings, out, data.targets)
     out.mkdir(parents=True, exist_ok=True)
     layer_scores: dict[int, float] = {}
     layer = settings.layer
@@ -120,7 +143,13 @@ def train_head_scorer(
         log(f"layer {layer} chosen on dev (probe AUROC by layer: {layer_scores})")
     progress = trainer.train(data.splits["train"], data.splits["dev"], layer, resume, log)
     save_adapter(trainer.model, base, out)
-    card = ScorerCard(method="head", base_model=base, layer=layer, pooling=settings.pooling)
+    card = ScorerCard(
+        method="head",
+        base_model=base,
+        layer=layer,
+        pooling=settings.pooling,
+        targets=[TargetCard(model=m) for m in data.targets],
+    )
     save_head(out, trainer.head.weight, trainer.head.bias, card)
     # Calibration scores go through the path the server scores with, not the trainer's.
     scorer = HeadScorer(LocalModel(base), out)
@@ -144,7 +173,12 @@ def train_intrinsic_scorer(
     log: Callable[[str], None],
 ) -> ScorerCard:
     started = time.perf_counter()
-    data = LabelledData.read(label_files, settings.seed, held_out)
+    data = LabelledData.read(label_files, settings.seed, held_out, base)
+    if len(data.targets) > 1:
+        others = ", ".join(data.targets[1:])
+        raise ValueError(
+            f"an intrinsic scorer judges {base}'s own answers; labels from {others} do not apply"
+        )
     card, progress = train_intrinsic(
         base, data.splits["train"], data.splits["dev"], out, settings, resume, log
     )
@@ -152,7 +186,7 @@ def train_intrinsic_scorer(
     raw = in_length_order(
         data.splits["calibration"],
         lambda part: scorer.raw_scores([i.messages for i in _items(part)], [r["greedy"] for r in part]),
-    )
+    )[:, None]
     training = {
         "target": "digit = floor(10 * share of the greedy answer and its samples that were correct)",
         "settings": asdict(settings),
@@ -170,6 +204,7 @@ def evaluate_scorer(
     seed: int | None,
     sources: frozenset[str] = frozenset(),
     cross_fit: int = 0,
+    target: str | None = None,
 ) -> dict[str, Any]:
     """Metrics with bootstrap intervals on one split (default: the test split the card's seed defines).
 
@@ -178,13 +213,18 @@ def evaluate_scorer(
     (the issue's reference), and `probe_<pooling>` on what the head reads, if that differs (what the LoRA
     adds).
     `sources` narrows the judged rows (the probe still fits on every training row).
+    `target`: the model whose answers are judged (default: the base model); rows other models labelled are
+    left out.
     `cross_fit` > 1 adds `cross_fitted_probe`: the head's recipe (a frozen probe on what the head reads)
     judged on every row of the trained sources, each scored by a probe fitted on the other folds, next to
     N-Prob on the same rows. A 10% test split leaves too few positives per source to judge (TriviaQA's has
     16 of its 182).
     """
     card = ScorerCard.load(adapter)
-    every = read_labels(label_files)
+    target = target or card.predicted(adapter)[0].model
+    every = [r for r in read_labels(label_files) if (r.get("model") or card.base_model) == target]
+    if not every:
+        raise ValueError(f"no rows labelled by {target} in {', '.join(map(str, label_files))}")
     training = card.extra().get("training", {})
     splits = None
     rows = every
@@ -196,9 +236,9 @@ def evaluate_scorer(
         rows = [r for r in rows if r["source"] in sources]
     model = LocalModel(card.base_model)
     scorer = HeadScorer(model, adapter)
-    confidences = in_length_order(
-        rows, lambda part: np.array([s.confidence for s in scorer.score_batch(_items(part))])
-    )
+    if target not in scorer.targets:
+        raise ValueError(f"{adapter} predicts {', '.join(scorer.targets)}, not {target}")
+    confidences = target_confidences(scorer, rows)[target]
     labels = np.array([r["correct"] for r in rows], dtype=float)
     baselines = {
         name: np.array([r.get(name) for r in rows], dtype=float) for name in ("nprob", "consistency")
@@ -224,6 +264,12 @@ def evaluate_scorer(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     calibrators.write_report(out, confidences, labels, title=f"{adapter.name} on {split} ({len(rows)} rows)")
     return metrics
+
+
+def target_confidences(scorer: HeadScorer, rows: list[Row]) -> dict[str, np.ndarray]:
+    """Every target's calibrated confidence on each row, from one forward pass per batch."""
+    raw = in_length_order(rows, lambda part: scorer.raw_scores(_items(part)))
+    return {t: calibrate(t, raw[:, k], scorer.calibrators) for k, t in enumerate(scorer.targets)}
 
 
 def _items(rows: list[Row]) -> list[ScoreItem]:

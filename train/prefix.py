@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from router.local_model import Pooling, hidden_after, pool
+from localmodel.model import Pooling, hidden_after, pool
 from train.data import QARecord
 
 Row = dict[str, Any]
@@ -41,7 +41,7 @@ class FrozenPrefix:
                 self.states[row["id"]] = states[mask.bool()].to(torch.float16).cpu()
 
     def prompt_state(self, rows: list[Row], stop: int, pooling: Pooling) -> torch.Tensor:
-        """What `router.local_model.prompt_state(decoder, batch, stop, pooling)` gives, from kept states."""
+        """What `localmodel.model.prompt_state(decoder, batch, stop, pooling)` gives, from kept states."""
         sequences = [self.states[r["id"]] for r in rows]
         width = max(len(s) for s in sequences)
         device = next(self.decoder.parameters()).device

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from router.local_model import LocalModel, Pooling
+from localmodel.model import LocalModel, Pooling
 from train.data import QARecord, prompt
 from train.loop import in_length_order
 

@@ -17,9 +17,9 @@ import torch
 import yaml
 
 import calibrators
-from router.local_model import LocalModel, Message
-from router.scorers.base import Score, ScoreItem, Scorer
-from router.scorers.card import folder_digest
+from localmodel import LocalModel, Message
+from scorers.base import RawScore, ScoreItem, Scorer, ScorerSettings
+from scorers.card import CALIBRATOR_FILE, CARD, ScorerCard, folder_digest
 
 ADAPTER_NAME = "certainty_intrinsic"
 DEFAULT_INVOCATION = "<certainty>"
@@ -78,8 +78,8 @@ def certainty_suffix(
     return prefix, full[len(prefix) :]
 
 
-class IntrinsicScorer(Scorer):
-    name = "intrinsic"
+class IntrinsicScorer(Scorer, method="intrinsic"):
+    needs_adapter = True
 
     def __init__(self, model: LocalModel, folder: Path) -> None:
         self.model, self.folder = model, folder
@@ -87,10 +87,19 @@ class IntrinsicScorer(Scorer):
         model.load_adapter(folder, ADAPTER_NAME)
         self.activated = bool(getattr(model.adapter_config(ADAPTER_NAME), "alora_invocation_tokens", None))
         self.category_ids = self._category_token_ids()
-        calibrator_path = folder / "calibrator.json"
-        self.calibrator = calibrators.load(calibrator_path) if calibrator_path.is_file() else None
+        # A Granite folder has no scorer.json: it judges the model it is loaded on.
+        card = ScorerCard.load(folder) if (folder / CARD).is_file() else None
+        self.targets = (card.predicted(folder)[0].model if card else model.ref,)
+        calibrator_path = folder / CALIBRATOR_FILE
+        if calibrator_path.is_file():
+            self.calibrators = {self.primary: calibrators.load(calibrator_path)}
         files = ["io.yaml", "adapter_config.json", "adapter_model.safetensors", "calibrator.json"]
         self.version = f"intrinsic:{folder_digest(folder, files)}:{model.ref}"
+
+    @classmethod
+    def build(cls, model: LocalModel, settings: ScorerSettings) -> IntrinsicScorer:
+        assert settings.adapter is not None
+        return cls(model, settings.adapter)
 
     def _category_token_ids(self) -> dict[str, int]:
         ids = {}
@@ -101,11 +110,10 @@ class IntrinsicScorer(Scorer):
             ids[category] = tokens[0]
         return ids
 
-    def score_batch(self, items: list[ScoreItem]) -> list[Score]:
+    def score_batch(self, items: list[ScoreItem]) -> list[RawScore]:
         drafts = self.model.draft_batch([i.messages for i in items], max(i.max_new_tokens for i in items))
         raw = self.raw_scores([i.messages for i in items], [d.text for d in drafts])
-        calibrated = self.calibrator.transform(raw) if self.calibrator else raw
-        return [Score(float(c), float(r), d) for c, r, d in zip(calibrated, raw, drafts, strict=True)]
+        return [RawScore({self.primary: float(r)}, d) for r, d in zip(raw, drafts, strict=True)]
 
     @torch.inference_mode()
     def raw_scores(self, conversations: list[list[Message]], answers: list[str]) -> np.ndarray:

@@ -1,22 +1,25 @@
 from __future__ import annotations
 
-from router.answers import same_answer
-from router.local_model import LocalModel
-from router.scorers.base import Score, ScoreItem, Scorer
+from localmodel import LocalModel
+from localmodel.answers import same_answer
+from scorers.base import RawScore, ScoreItem, Scorer, ScorerSettings
 
 
-class ConsistencyScorer(Scorer):
+class ConsistencyScorer(Scorer, method="consistency"):
     """Share of k sampled answers that agree with the greedy answer (baseline, and EliCal's stage-1 label)."""
-
-    name = "consistency"
 
     def __init__(self, model: LocalModel, samples: int = 5, temperature: float = 0.7) -> None:
         if samples < 1:
             raise ValueError("consistency needs at least one sample")
         self.model, self.samples, self.temperature = model, samples, temperature
+        self.targets = (model.ref,)
         self.version = f"consistency:{model.ref}:{samples}:{temperature}"
 
-    def score_batch(self, items: list[ScoreItem]) -> list[Score]:
+    @classmethod
+    def build(cls, model: LocalModel, settings: ScorerSettings) -> ConsistencyScorer:
+        return cls(model, settings.samples, settings.temperature)
+
+    def score_batch(self, items: list[ScoreItem]) -> list[RawScore]:
         conversations = [i.messages for i in items]
         max_new = max(i.max_new_tokens for i in items)
         greedy = self.model.draft_batch(conversations, max_new)
@@ -27,5 +30,5 @@ class ConsistencyScorer(Scorer):
         for i, answer in enumerate(greedy):
             mine = sampled[i * self.samples : (i + 1) * self.samples]
             agreement = sum(same_answer(answer.text, s.text) for s in mine) / self.samples
-            scores.append(Score(agreement, agreement, answer))
+            scores.append(RawScore({self.primary: agreement}, answer))
         return scores

@@ -8,9 +8,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from router.local_model import Pooling
+from localmodel import Pooling
 
 CARD = "scorer.json"
+CALIBRATOR_FILE = "calibrator.json"
+
+
+class TargetCard(BaseModel):
+    """One model a scorer predicts: its calibrator and what it was trained on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    calibrator: str | None = None
+    """The calibrator file in the folder (None: uncalibrated)."""
+    base_rate: float | None = None
+    """Share of this model's training rows it answered correctly."""
+    rows: int | None = None
+    """Labelled training rows for this model."""
 
 
 class ScorerCard(BaseModel):
@@ -22,8 +37,17 @@ class ScorerCard(BaseModel):
     layer: int | None = None
     """For `head`: the decoder layer (1-based) whose states the head reads."""
     pooling: Pooling = "last"
-    """For `head`: which of that layer's states it reads (see `router.local_model.Pooling`)."""
+    """For `head`: which of that layer's states it reads (see `localmodel.model.Pooling`)."""
     prompt_format: str = "chat_template+generation_prompt"
+    targets: list[TargetCard] = []
+    """The models it predicts, in the order of the head's outputs; a folder written before scorers predicted
+    several models has none and predicts `base_model`, calibrated by calibrator.json."""
+
+    def predicted(self, folder: Path) -> list[TargetCard]:
+        if self.targets:
+            return self.targets
+        has_calibrator = (folder / CALIBRATOR_FILE).is_file()
+        return [TargetCard(model=self.base_model, calibrator=CALIBRATOR_FILE if has_calibrator else None)]
 
     @classmethod
     def load(cls, folder: Path) -> ScorerCard:

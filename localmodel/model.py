@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from router.models import resolve
+from localmodel.catalog import resolve
 
 Message = dict[str, Any]
 T = TypeVar("T")

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+import calibrators
+from localmodel import LocalModel
+from scorers.base import RawScore, ScoreItem, Scorer, ScorerSettings
+from scorers.card import ScorerCard, folder_digest
+
+ADAPTER_NAME = "certainty_head"
+HEAD_FILE = "head.safetensors"
+
+
+class HeadScorer(Scorer, method="head"):
+    """EliCal-style pre-generation scorer: LoRA on the base model, a linear head per predicted model on the
+    prompt's states.
+
+    One forward pass over the prompt, stopped at the layer the heads read, serves every head; nothing is
+    generated.
+    """
+
+    pre_generation = True
+    needs_adapter = True
+
+    def __init__(self, model: LocalModel, folder: Path) -> None:
+        card = ScorerCard.load(folder)
+        if card.method != "head":
+            raise ValueError(f"{folder}: a '{card.method}' scorer, not a head scorer")
+        self.model, self.folder = model, folder
+        self.layer, self.pooling = card.layer or model.num_layers, card.pooling
+        # A head on frozen states (a probe) has no adapter; it scores with the base weights.
+        self.adapter = ADAPTER_NAME if (folder / "adapter_config.json").is_file() else None
+        if self.adapter:
+            model.load_adapter(folder, self.adapter)
+        predicted = card.predicted(folder)
+        weights = load_file(str(folder / HEAD_FILE))
+        self.weight = weights["weight"].float().reshape(len(predicted), -1).to(model.device)
+        self.bias = weights["bias"].float().reshape(len(predicted)).to(model.device)
+        self.targets = tuple(t.model for t in predicted)
+        self.calibrators = {
+            t.model: calibrators.load(folder / t.calibrator) for t in predicted if t.calibrator
+        }
+        self.reference_scores = card.extra().get("reference_scores")
+        files = [HEAD_FILE, "adapter_model.safetensors", "adapter_config.json"]
+        files += [t.calibrator for t in predicted if t.calibrator]
+        self.version = f"head:{folder_digest(folder, files)}:layer{self.layer}:{self.pooling}"
+
+    @classmethod
+    def build(cls, model: LocalModel, settings: ScorerSettings) -> HeadScorer:
+        assert settings.adapter is not None
+        return cls(model, settings.adapter)
+
+    def raw_scores(self, items: list[ScoreItem]) -> np.ndarray:
+        """Rows x targets."""
+        texts = [self.model.prompt_text(i.messages) for i in items]
+        states = self.model.prompt_states(texts, self.layer, self.pooling, self.adapter)
+        return torch.sigmoid(states @ self.weight.T + self.bias).cpu().numpy().astype(np.float64)
+
+    def score_batch(self, items: list[ScoreItem]) -> list[RawScore]:
+        return [
+            RawScore({t: float(v) for t, v in zip(self.targets, row, strict=True)})
+            for row in self.raw_scores(items)
+        ]
+
+
+def save_head(folder: Path, weight: torch.Tensor, bias: torch.Tensor, card: ScorerCard) -> None:
+    """Write the heads (one row of `weight` per target) and the card; the PEFT adapter (if any) and the
+    calibrators are saved beside them."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = max(len(card.targets), 1)
+    tensors = {
+        "weight": weight.detach().reshape(rows, -1).float().cpu(),
+        "bias": bias.detach().reshape(rows).float().cpu(),
+    }
+    save_file(tensors, str(folder / HEAD_FILE))
+    card.save(folder)
