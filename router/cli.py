@@ -29,6 +29,7 @@ def _mount_training() -> None:
     app.command("build-dataset")(training.build_dataset)
     app.command("train-scorer")(training.train_scorer)
     app.command("eval-scorer")(training.eval_scorer)
+    app.command("eval-routing")(training.eval_routing)
 
 
 _mount_training()

@@ -60,6 +60,18 @@ class Metrics:
         self.confidence = Histogram(
             "router_confidence", "Confidence the policy acted on.", buckets=CONFIDENCE_BUCKETS, registry=r
         )
+        self.target_confidence = Histogram(
+            "router_target_confidence",
+            "Each scored request's chance of a right answer from each target the scorer predicts.",
+            ["target"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.saved = Counter(
+            "router_saved_dollars",
+            "Estimated dollars pick rules saved against their dearest candidate, at the answers' tokens.",
+            registry=r,
+        )
         self.scoring_seconds = Histogram(
             "router_scoring_seconds",
             "Time to a score, from the cache (hit) or the scorer (miss, queueing included).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import threading
@@ -303,6 +304,8 @@ class Router:
 
     def _known(self, scored: Scored) -> Confidences:
         by_target = {name: scored.confidence[model] for name, model in self.predicts.items()}
+        for name, confidence in by_target.items():
+            self.metrics.target_confidence.labels(name).observe(confidence)
         return Confidences(scored.confidence[self.scorer.primary], by_target)
 
     async def route(self, request: ChatCompletionRequest) -> Routed:
@@ -370,15 +373,16 @@ class Router:
             assert decision.target is not None
             target = self.policy.targets[decision.target]
             if isinstance(target, LocalTarget):
-                body = await self._local(request_id, request, decision.target, target, scored)
+                body = await self._local(request_id, request, decision, target, scored)
             else:
                 upstream = self.remote[decision.target]
                 plain = decision.action != "hedge" and not self.policy.failure_aware
                 if request.stream and plain:  # pass the provider's chunks through untouched
-                    opened = await upstream.stream(request, lambda c: self._used(upstream, c.get("usage")))
+                    metered = functools.partial(self._meter, decision, decision.target)
+                    opened = await upstream.stream(request, lambda c: metered(c.get("usage")))
                     return Routed(request_id, decision, chunks=opened)
                 body = await upstream.complete(request)
-                self._used(upstream, body.get("usage"))
+                self._meter(decision, decision.target, body.get("usage"))
         if decision.action == "hedge":
             body = completions.hedge(body, decision.message or "{answer}")
         if self.policy.failure_aware:
@@ -393,7 +397,7 @@ class Router:
         self,
         request_id: str,
         request: ChatCompletionRequest,
-        name: str,
+        decision: Decision,
         target: LocalTarget,
         scored: Scored | None,
     ) -> Completion:
@@ -411,16 +415,29 @@ class Router:
                 while not written.done:
                     written = await self._on_model(generation.advance, self.model, written)
             draft = generation.finish(self.model, written)
-        cost = 0.0 if target.cost is None else target.cost.of(draft.prompt_tokens, draft.completion_tokens)
-        self.metrics.used(name, draft.prompt_tokens, draft.completion_tokens, cost)
+        usage = {"prompt_tokens": draft.prompt_tokens, "completion_tokens": draft.completion_tokens}
+        name = str(decision.target)
+        self._meter(decision, name, usage)
         return completions.completion(
             request_id, name, draft.text, draft.finish_reason, draft.prompt_tokens, draft.completion_tokens
         )
 
-    def _used(self, upstream: LiteLLMUpstream, usage: dict[str, int] | None) -> None:
-        if usage:
-            prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
-            self.metrics.used(upstream.name, prompt, completion, upstream.cost(prompt, completion))
+    def _cost(self, name: str, prompt_tokens: int, completion_tokens: int) -> float:
+        if name in self.remote:
+            return self.remote[name].cost(prompt_tokens, completion_tokens)
+        cost = self.policy.targets[name].cost
+        return 0.0 if cost is None else cost.of(prompt_tokens, completion_tokens)
+
+    def _meter(self, decision: Decision, name: str, usage: dict[str, int] | None) -> None:
+        """Tokens and dollars of an answer; for a pick, also what its dearest candidate would have cost."""
+        if not usage:
+            return
+        prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+        cost = self._cost(name, prompt, completion)
+        self.metrics.used(name, prompt, completion, cost)
+        if decision.confidences:
+            dearest = max(self._cost(other, prompt, completion) for other in decision.confidences)
+            self.metrics.saved.inc(max(dearest - cost, 0.0))
 
     async def close(self) -> None:
         """After a reload: waits for this router's requests in flight, then stops its batcher."""

@@ -30,32 +30,100 @@ def build_dataset(
     data: Annotated[list[Path], typer.Option("--data", help="QA files (repeat the option).")],
     out: Annotated[Path, typer.Option(help="labels.jsonl; appended to, so a rerun resumes.")],
     model: Annotated[
-        str, typer.Option(help="The model whose answers are labelled.")
-    ] = "smollm2-135m-instruct",
-    samples: Annotated[int, typer.Option(help="Sampled answers per question (self-consistency).")] = 4,
-    temperature: float = 1.0,
-    max_new_tokens: int = 24,
-    batch_size: int = 16,
+        str | None,
+        typer.Option(
+            help="The local model whose answers are labelled (default smollm2-135m-instruct); "
+            "not with --policy."
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="Label with a litellm target of this policy instead (needs --target)."),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="The policy's litellm target whose answers are labelled (with --policy)."),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Sampled answers per question (self-consistency); default 4. With --policy: greedy "
+            "answers only, so 0 (the default there); more is refused.",
+        ),
+    ] = None,
+    temperature: Annotated[float, typer.Option(help="For the samples (local only).")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="The answer's length cap.")] = 24,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Rows labelled, then appended and synced to disk, at a time.")
+    ] = 16,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1, help="With --policy: requests in flight at once (within a batch, so at most --batch-size)."
+        ),
+    ] = 8,
     limit: Annotated[int | None, typer.Option(help="At most this many rows per file.")] = None,
     seed: int = 0,
 ) -> None:
-    """Answer each question with the model, grade it, and measure self-consistency."""
-    from router.local_model import LocalModel
-    from train.label import LabelSettings
-    from train.label import build_dataset as run
+    """Answer each question with the model (local, or a policy's litellm target), grade it, and measure
+    self-consistency (local only)."""
+    from train.label import done_ids
 
+    def usage(message: str) -> typer.Exit:
+        typer.echo(f"error: {message}", err=True)
+        return typer.Exit(2)
+
+    remote = None
+    if policy is None and target is not None:
+        raise usage("--target needs --policy (the policy file that defines the target)")
+    if policy is not None:
+        if model is not None:
+            raise usage("--model and --policy are exclusive: --model is a local model, --policy a remote one")
+        if samples:
+            raise usage(
+                f"--samples {samples}: a policy target answers greedily only; drop --samples or pass 0"
+            )
+        from train.remote_label import PolicyTargetError, labeller_for
+
+        try:
+            remote = labeller_for(policy, target, max_new_tokens, concurrency)
+        except PolicyTargetError as exc:
+            for line in exc.lines:
+                typer.echo(line, err=True)
+            raise typer.Exit(2) from None
     records = _interleaved(data, limit, seed)
-    settings = LabelSettings(samples, temperature, max_new_tokens, batch_size)
-    with typer.progressbar(length=len(records), label="labelling") as bar:
-        from train.label import done_ids
+    if remote is None:
+        from localmodel.model import LocalModel
+        from train.label import LabelSettings
+        from train.label import build_dataset as run
 
-        bar.update(len(done_ids(out) & {r.id for r in records}))
-        written = run(LocalModel(model), records, out, settings, progress=bar.update)
+        settings = LabelSettings(4 if samples is None else samples, temperature, max_new_tokens, batch_size)
+        with typer.progressbar(length=len(records), label="labelling") as bar:
+            bar.update(len(done_ids(out) & {r.id for r in records}))
+            written = run(LocalModel(model or "smollm2-135m-instruct"), records, out, settings, bar.update)
+    else:
+        from train.remote_label import RemoteLabelError, build_remote_dataset, quiet_upstream_log
+
+        try:
+            with quiet_upstream_log(), typer.progressbar(length=len(records), label="labelling") as bar:
+                bar.update(len(done_ids(out) & {r.id for r in records}))
+                written = build_remote_dataset(remote, records, out, batch_size, bar.update)
+        except RemoteLabelError as exc:  # rows labelled before it are written; a rerun resumes after them
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
     typer.echo(f"{out}: {written} rows labelled now, {len(records) - written} were already there")
 
 
 def train_scorer(
-    data: Annotated[list[Path], typer.Option("--data", help="labels.jsonl from build-dataset (repeatable).")],
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            "--data",
+            help="labels.jsonl from build-dataset (repeatable). Labels from several models train one head "
+            "per model, the first file's model first.",
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="The scorer folder to write.")],
     method: Annotated[
         str, typer.Option(help="head (EliCal, pre-generation) or intrinsic (Granite-style).")
@@ -95,7 +163,7 @@ def train_scorer(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
 ) -> None:
     """Train a scorer adapter from labelled data, calibrate it on held-out rows, and write its folder."""
-    from router.local_model import Pooling
+    from localmodel.model import Pooling
     from train.head import HeadSettings
     from train.intrinsic import IntrinsicSettings
     from train.jobs import train_head_scorer, train_intrinsic_scorer
@@ -167,6 +235,9 @@ def eval_scorer(
             help="Also judge the head's recipe on every trained row, cross-fitted over this many folds.",
         ),
     ] = 0,
+    target: Annotated[
+        str | None, typer.Option(help="The model whose answers are judged; default: the scorer's first.")
+    ] = None,
 ) -> None:
     """Judge a scorer on labelled rows it never saw: AUROC, ECE, Brier, PRR with bootstrap intervals."""
     from train.jobs import evaluate_scorer
@@ -177,9 +248,49 @@ def eval_scorer(
         data, split = [labels], "all"
     if cross_fit == 1:  # one fold would fit on nothing and judge everything
         raise typer.BadParameter("needs at least 2 folds (0 turns it off)", param_hint="--cross-fit")
-    metrics = evaluate_scorer(adapter, data, out, split, seed, frozenset(source or []), cross_fit)
+    try:
+        metrics = evaluate_scorer(adapter, data, out, split, seed, frozenset(source or []), cross_fit, target)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     scorer = metrics["scorer"]
     typer.echo(
         f"{out / 'metrics.json'}: n={scorer['n']} positives={scorer['positives']} "
         f"AUROC={scorer['auroc']['value'] if scorer['auroc'] else 'undefined'}"
     )
+
+
+def eval_routing(
+    scorer: Annotated[Path, typer.Option(help="A scorer folder that predicts every labelled model.")],
+    labels: Annotated[
+        list[Path],
+        typer.Option(
+            "--labels", help="One labels.jsonl per model (repeatable); without --cost, cheapest first."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json, report.md and the plots.")],
+    cost: Annotated[
+        list[str] | None, typer.Option(help="MODEL=DOLLARS per 1,000 requests (repeatable).")
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="test (held-out sources and the test split), dev, calibration, train or all.")
+    ] = "test",
+) -> None:
+    """Routing on questions every model labelled: APGR and CPT, cost-quality curves, per source."""
+    from train.routing_job import evaluate_routing_job
+
+    prices = {}
+    for given in cost or []:
+        model, _, value = given.rpartition("=")
+        try:
+            prices[model] = float(value)
+        except ValueError as exc:
+            raise typer.BadParameter(f"'{given}' is not MODEL=DOLLARS", param_hint="--cost") from exc
+    try:
+        metrics = evaluate_routing_job(scorer, labels, out, split, prices, typer.echo)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    headline = metrics["strategies"]["scorer"].get("apgr")
+    apgr = f"APGR {headline['value']:.3f} [{headline['low']:.3f}, {headline['high']:.3f}]" if headline else ""
+    typer.echo(f"{out / 'metrics.json'}: n={metrics['n']} {apgr}".rstrip())

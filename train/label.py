@@ -1,6 +1,7 @@
 """Label QA records with the target model's own answers: greedy answer, sampled answers, correctness,
 self-consistency and N-Prob. One JSON line per record, appended and flushed batch by batch, so an
-interrupted run resumes where it stopped and never duplicates or half-writes a line."""
+interrupted run resumes where it stopped and never duplicates or half-writes a line. (train/remote_label.py
+labels with a remote model through the same batch-writing loop.)"""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.answers import same_answer
-from router.local_model import LocalModel
+from localmodel.answers import same_answer
+from localmodel.model import LocalModel
 from train.data import QARecord, prompt
 from train.grading import RULE, is_correct
 
@@ -67,6 +68,10 @@ def label_batch(model: LocalModel, records: list[QARecord], settings: LabelSetti
     return rows
 
 
+Labeller = Callable[[list[QARecord]], list[dict[str, Any]]]
+"""One labelled row per record of a batch, in the batch's order."""
+
+
 def build_dataset(
     model: LocalModel,
     records: Iterable[QARecord],
@@ -75,15 +80,28 @@ def build_dataset(
     progress: Callable[[int], None] = lambda _: None,
 ) -> int:
     """Label every record whose id is not in `out` yet; returns how many were labelled now."""
+    return write_labels(
+        lambda batch: label_batch(model, batch, settings), records, out, settings.batch_size, progress
+    )
+
+
+def write_labels(
+    label: Labeller,
+    records: Iterable[QARecord],
+    out: Path,
+    batch_size: int,
+    progress: Callable[[int], None] = lambda _: None,
+) -> int:
+    """Label every record whose id is not in `out` yet with `label`, a batch at a time, appending each
+    batch's rows as whole lines and syncing them to disk before the next batch; returns how many were
+    labelled now. A batch whose labelling raises writes nothing: the rows before it stay."""
     done = done_ids(out)
     todo = [r for r in records if r.id not in done]
     out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with out.open("a", encoding="utf-8") as f:
-        for batch in _length_grouped(todo, settings.batch_size):
-            lines = "".join(
-                json.dumps(row, ensure_ascii=False) + "\n" for row in label_batch(model, batch, settings)
-            )
+        for batch in _length_grouped(todo, batch_size):
+            lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in label(batch))
             f.write(lines)  # whole lines only: a kill mid-write leaves one cut line, removed on resume
             f.flush()
             os.fsync(f.fileno())
