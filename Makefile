@@ -42,6 +42,7 @@ test: lint tools
 DATA ?= ../shared/data
 LABELS := train/labels/smollm2-135m-instruct.jsonl
 EFFICIENTQA := train/labels/smollm2-135m-instruct-efficientqa.jsonl
+GEMMA := train/labels/gemma-3-270m.jsonl
 SCORER := policies/scorers/smollm2-head
 QA_SETS := $(addprefix --data $(DATA)/,triviaqa/triviaqa_sm_sub.jsonl nq_open/NQ-open.dev.jsonl \
 	wikidata/bigbench_qa_wikidata.jsonl jeopardy/jeopardy_all.jsonl)
@@ -49,7 +50,7 @@ MC_SETS := $(addprefix --data $(DATA)/multiple_choice/,arc_easy.jsonl boolq.json
 	arc_challenge.jsonl openbook_qa.jsonl)
 LABEL := $(BIN)/router build-dataset --out $(LABELS) --max-new-tokens 20 --seed 0
 
-.PHONY: labels scorer scorer-eval
+.PHONY: labels scorer scorer-eval routing-eval
 labels: install
 	# 167 questions per set with 4 sampled answers each: the self-consistency targets of EliCal's stage 1.
 	$(LABEL) --samples 4 --batch-size 16 --limit 167 $(QA_SETS) $(MC_SETS)
@@ -60,12 +61,23 @@ labels: install
 	# held out whole, a larger NQ check than NQ-open's test split.
 	$(BIN)/router build-dataset --out $(EFFICIENTQA) --max-new-tokens 20 --seed 0 --samples 0 --batch-size 32 \
 		$(addprefix --data $(DATA)/nq_open/,NQ-open.efficientqa.dev.1.1.jsonl NQ-open.efficientqa.test.1.1.jsonl)
+	# Gemma-3-270M on questions SmolLM2 also answered (the same seeded shuffle, fewer rows per set): the
+	# scorer's second target. Interleaved across the sets, so a run stopped early still covers each.
+	$(BIN)/router build-dataset --model gemma-3-270m --out $(GEMMA) --max-new-tokens 20 --seed 0 --samples 0 \
+		--batch-size 32 --limit 1000 $(QA_SETS) \
+		$(addprefix --data $(DATA)/nq_open/,NQ-open.efficientqa.dev.1.1.jsonl NQ-open.efficientqa.test.1.1.jsonl)
 
 # BoolQ is held out: its passages make correctness a matter of reading, not knowing, and training on it cost
 # TriviaQA and jeopardy 0.01-0.02 AUROC. The layer stays at 20 (docs/scorer-quality.md, sixth session).
 scorer: install
-	$(BIN)/router train-scorer --data $(LABELS) --data $(EFFICIENTQA) --out $(SCORER) --stage2-size 100000 --layer 20 \
+	$(BIN)/router train-scorer --data $(LABELS) --data $(EFFICIENTQA) --data $(GEMMA) --out $(SCORER) \
+		--stage2-size 100000 --layer 20 \
 		--hold-out jeopardy --hold-out nq_open_efficientqa_test --hold-out boolq
 
 scorer-eval: install
 	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(LABELS) --data $(EFFICIENTQA) --out docs/scorer-eval --cross-fit 5
+
+# Routing between the scorer's two targets on held-out questions both answered (docs/routing.md).
+routing-eval: install
+	$(BIN)/router eval-routing --scorer $(SCORER) --labels $(LABELS) --labels $(EFFICIENTQA) --labels $(GEMMA) \
+		--out docs/routing-eval

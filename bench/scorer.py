@@ -7,10 +7,12 @@
    vs the bare batched head forward at batch 32 (throughput, best of 5 alternating rounds each; p50/p99).
 3. Cost per request, pre-generation (head) vs post-generation (greedy draft + aLoRA certainty intrinsic).
 4. Peak memory of a serving process vs the model's weights.
+5. A head scorer predicting K targets (one head per model, one forward pass) vs the same scorer with one
+   head, at batch 1 and batch 32.
 
 Speed does not depend on what the adapters learned, so they are freshly initialised here.
 
-    python -m bench.scorer [--layer 20] [--prompts 40]
+    python -m bench.scorer [--layer 20] [--prompts 40] [--sections 1,2,3,4,5] [--targets 2]
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from localmodel.model import LocalModel
 from policies import load_policy
 from router.service import Router
 from scorers import ScoreItem
-from scorers.card import ScorerCard
+from scorers.card import ScorerCard, TargetCard
 from scorers.head import HeadScorer, save_head
 from scorers.intrinsic import IntrinsicScorer, IOConfig, certainty_suffix
 from train.data import shared_data_dir
@@ -99,6 +101,19 @@ def build_adapters(base: Path, out: Path, layer: int) -> tuple[Path, Path]:
     return head, intrinsic
 
 
+def with_targets(head: Path, out: Path, targets: int) -> Path:
+    """The same adapter with `targets` heads: what a scorer predicting several models serves."""
+    out.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (out / name).write_bytes((head / name).read_bytes())
+    cards = [TargetCard(model=f"model-{k}") for k in range(targets)]
+    card = ScorerCard(method="head", base_model=MODEL, layer=ScorerCard.load(head).layer, pooling="last+mean")
+    save_head(
+        out, torch.randn(targets, 2 * 576), torch.zeros(targets), card.model_copy(update={"targets": cards})
+    )
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -108,7 +123,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layer", type=int, default=20)  # the shipped scorer's
     parser.add_argument("--prompts", type=int, default=40)
+    parser.add_argument("--sections", default="1,2,3,4,5", help="Which figures to measure.")
+    parser.add_argument("--targets", type=int, default=2, help="Section 5: heads in the multi-target scorer.")
     args = parser.parse_args()
+    sections = {int(x) for x in args.sections.split(",")}
     base = models.pull(MODEL)
     work = Path(tempfile.mkdtemp(prefix="bench-scorer-"))
     head_dir, intrinsic_dir = build_adapters(base, work, args.layer)
@@ -131,6 +149,10 @@ def main() -> None:
     median_time(bare, prompts[:3]), median_time(pre_generation, prompts[:3])  # warm-up
     full = median_time(bare, prompts)
     pre = median_time(pre_generation, prompts)
+    if 5 in sections:
+        multi_target(model, head, with_targets(head_dir, work / "targets", args.targets), prompts)
+    if sections == {5}:
+        return
     print(
         f"1. batch 1: bare full forward {full * 1000:.1f} ms; "
         f"head score (layer {args.layer}/{model.num_layers}) {pre * 1000:.1f} ms; "
@@ -190,6 +212,27 @@ def main() -> None:
         f"ratio {peak / weights:.2f}x"
     )
     print(f"headline: pre-generation score at batch 1 = {pre / full:.3f}x a bare full forward pass")
+
+
+def multi_target(model: LocalModel, one: HeadScorer, many_dir: Path, prompts: list[Messages]) -> None:
+    """Rounds alternate the two scorers and each reports its best, as in section 2."""
+    many = HeadScorer(model, many_dir)
+    items = [ScoreItem(m) for m in prompts]
+    batch32 = items[:32]
+    single, multi, single32, multi32 = [], [], 0.0, 0.0
+    for _ in range(ROUNDS):
+        single.append(median_time(lambda m: one.score_batch([ScoreItem(m)]), prompts))
+        multi.append(median_time(lambda m: many.score_batch([ScoreItem(m)]), prompts))
+        single32 = max(single32, 32 / timed(lambda: one.score_batch(batch32)))
+        multi32 = max(multi32, 32 / timed(lambda: many.score_batch(batch32)))
+    ratio1, ratio32 = min(multi) / min(single), single32 / multi32
+    k = len(many.targets)
+    print(
+        f"5. {k} targets vs 1, best of {ROUNDS} alternating rounds: batch 1 {min(multi) * 1000:.1f} vs "
+        f"{min(single) * 1000:.1f} ms, ratio {ratio1:.3f}x; batch 32 {multi32:.1f} vs {single32:.1f} req/s, "
+        f"time ratio {ratio32:.3f}x (target <= 1.05)"
+    )
+    print(f"headline: scoring {len(many.targets)} targets costs {max(ratio1, ratio32):.3f}x scoring one")
 
 
 def serving_peak_rss(policy_file: Path, prompts: list[Messages]) -> int:

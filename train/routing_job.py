@@ -81,7 +81,7 @@ def evaluate_routing_job(
         judged += f" (held-out sources {sorted(held_out)} whole, and the rest's test split)"
     notes = [
         f"scorer: {scorer_dir} ({scorer.version})",
-        f"rows: questions every model labelled, matched by id; {judged}; split seed {training.get('seed', 0)}",
+        f"rows: questions every model labelled, matched by id; {judged}; seed {training.get('seed', 0)}",
         f"costs: {priced}",
         f"grading: {rows[0].get('grading', '?')}",
     ]
