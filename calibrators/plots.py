@@ -47,7 +47,7 @@ def reliability_diagram(
     width = 1.0 / n_bins
     centers = bins.edges[:-1] + width / 2
 
-    fig = _figure(7.0, 8.0)
+    fig = figure(7.0, 8.0)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], "k--", linewidth=1)
     for center, acc, conf, count in zip(centers, bins.accuracy, bins.confidence, bins.counts, strict=True):
@@ -112,7 +112,7 @@ def reliability_diagram(
     bottom.axvline(float(y.mean()), color=NEUTRAL, linestyle=":", label=f"accuracy {y.mean():.2f}")
     bottom.set(xlabel="confidence", ylabel="items")
     bottom.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def risk_coverage_plot(
@@ -132,7 +132,7 @@ def risk_coverage_plot(
         else "PRR undefined: every label is the same"
     )
 
-    fig = _figure(7.0, 5.0)
+    fig = figure(7.0, 5.0)
     ax = fig.subplots()
     ax.plot(curve.coverage, curve.risk, color=NEUTRAL, linewidth=2, label=f"scorer  (AURC {curve.aurc:.3f})")
     ax.plot(oracle.coverage, oracle.risk, "--", color="#2ca02c", label=f"oracle  (AURC {oracle.aurc:.3f})")
@@ -153,7 +153,7 @@ def risk_coverage_plot(
         title=f"{title}\n{subtitle}",
     )
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def routing_plot(
@@ -173,7 +173,7 @@ def routing_plot(
     oracle = routing_curve((1.0 + weak - strong) / 2, weak, strong)
     share = 100 * curve.strong_share
 
-    fig = _figure(7.0, 5.0)
+    fig = figure(7.0, 5.0)
     ax = fig.subplots()
     ax.plot(
         share,
@@ -217,7 +217,7 @@ def routing_plot(
         title=f"{title}\nn = {len(weak)}; the higher and further left the router curve, the better",
     )
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def calibration_verdict(c: FloatArray, y: FloatArray) -> str:
@@ -232,7 +232,8 @@ def calibration_verdict(c: FloatArray, y: FloatArray) -> str:
     return f"mean confidence {c.mean():.2f} matches accuracy {y.mean():.2f}; check the bins for local gaps"
 
 
-def _figure(width: float, height: float) -> Figure:
+def figure(width: float, height: float) -> Figure:
+    """A blank figure (sizes in inches) on its own Agg canvas: no pyplot, no display, no global state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -241,7 +242,8 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG and return the path, for callers that link to it."""
     path = Path(path)
     fig.savefig(path, format="png")
     return path

@@ -1,14 +1,14 @@
 """How well each routing strategy trades dollars for accuracy on labelled rows (``router eval-routing``).
 
-Pure: numpy, ``calibrators`` and matplotlib (for the pictures). A strategy picks one target per row; its
-cost is the picked target's price per request, so the price of computing a score (a local answer for
-N-Prob, say) is not counted. Two targets get RouteLLM's PGR metrics with bootstrap intervals; any number
-of targets gets cost-quality curves and the cost at which each reaches 95% of the best single target.
+Pure: numpy and ``calibrators``. A strategy picks one target per row; its cost is the picked target's
+price per request, so the price of computing a score (a local answer for N-Prob, say) is not counted. Two
+targets get RouteLLM's PGR metrics with bootstrap intervals; any number of targets gets cost-quality curves
+and the cost at which each reaches 95% of the best single target. train/routing_report.py writes the
+metrics, report.md and the pictures.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +32,6 @@ from calibrators import (
     threshold_choice,
     threshold_curve,
 )
-from calibrators.plots import NEUTRAL, OVERCONFIDENT, UNDERCONFIDENT, _figure, _save
 from calibrators.validation import FloatArray, as_scores, as_unit_interval
 
 PER = 1000  # prices are reported per 1,000 requests: per-request dollars are unreadably small
@@ -54,13 +53,6 @@ DESCRIPTIONS = {
         "knows every answer: the rows only {dear} gets right escalated first",
         "knows every answer: each row's cheapest correct target, cheapest extra price first",
     ),
-}
-STYLES: dict[str, dict[str, Any]] = {
-    "oracle": {"color": "#2ca02c", "linestyle": "--", "linewidth": 1.2},
-    "scorer": {"color": NEUTRAL, "linewidth": 2.4},
-    "cascade": {"color": UNDERCONFIDENT, "linewidth": 1.6},
-    "nprob": {"color": "#9467bd", "linewidth": 1.6},
-    "random": {"color": "grey", "linestyle": ":", "linewidth": 1.4},
 }
 
 
@@ -137,7 +129,10 @@ def evaluate_routing(
         for name in sorted(set(source.tolist()))
     }
     if out is not None:
-        _write(Path(out), metrics, strategies, data)
+        # Imported here: the report module imports Rows, Strategy and PER from this one.
+        from train.routing_report import write_report
+
+        write_report(Path(out), metrics, strategies, data)
     return metrics
 
 
@@ -223,23 +218,12 @@ def _mean_label(scores: FloatArray, labels: FloatArray) -> float:
     return float(labels.mean())
 
 
-def _apgr_gap(score: FloatArray, weak: FloatArray, strong: FloatArray, other: FloatArray) -> float:
-    return apgr(score, weak, strong) - apgr(other, weak, strong)
-
-
 def _not_better(names: list[str], accuracy: ArrayLike) -> str:
     weak, strong = np.asarray(accuracy, dtype=np.float64)[:2]
     return (
         f"PGR metrics need the strong target better than the weak one; {names[1]} {strong:.4f} <= "
         f"{names[0]} {weak:.4f} on these rows"
     )
-
-
-def _estimate(boot: Callable[..., Estimate], metric: Callable[..., float], *arrays: FloatArray) -> Any:
-    try:
-        return boot(metric, *arrays).to_dict()
-    except ValueError:
-        return None  # undefined on these rows, or on most resamples of them
 
 
 def _strategy_metrics(
@@ -279,6 +263,13 @@ def _strategy_metrics(
     return entry
 
 
+def _estimate(boot: Callable[..., Estimate], metric: Callable[..., float], *arrays: FloatArray) -> Any:
+    try:
+        return boot(metric, *arrays).to_dict()
+    except ValueError:
+        return None  # undefined on these rows, or on most resamples of them
+
+
 def _at_threshold(data: Rows, threshold: float) -> dict[str, Any]:
     """The deployable rule "cheapest target whose confidence >= t, else the most likely" at one t."""
     choice = threshold_choice(data.confidences, threshold)
@@ -309,6 +300,10 @@ def _differences(strategies: dict[str, Strategy], boot: Callable[..., Estimate])
     return out
 
 
+def _apgr_gap(score: FloatArray, weak: FloatArray, strong: FloatArray, other: FloatArray) -> float:
+    return apgr(score, weak, strong) - apgr(other, weak, strong)
+
+
 def _source_metrics(data: Rows, best: int) -> dict[str, Any]:
     strategies = _strategies(data, best)
     entry: dict[str, Any] = {
@@ -332,229 +327,3 @@ def _source_metrics(data: Rows, best: int) -> dict[str, Any]:
                 result["apgr"] = None  # the strong target is not better on this source
         entry["strategies"][name] = result
     return entry
-
-
-def _write(out: Path, metrics: dict[str, Any], strategies: dict[str, Strategy], data: Rows) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    pictures = []
-    if len(data.names) == 2:
-        pictures.append(
-            ("Share of the accuracy gap recovered", _pgr_plot(out / "pgr.png", metrics, strategies))
-        )
-    pictures.append(
-        ("Accuracy against cost", _cost_plot(out / "cost_quality.png", metrics, strategies, data))
-    )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    lines = _report(metrics)
-    for caption, picture in pictures:
-        lines += [f"## {caption}", "", f"![{caption}]({picture.name})", ""]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
-
-
-def _apgr_label(e: dict[str, Any] | None) -> str:
-    return "APGR undefined" if e is None else f"APGR {e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
-
-
-def _pgr_plot(path: Path, metrics: dict[str, Any], strategies: dict[str, Strategy]) -> Path:
-    """PGR against strong-call share (quality instead where the strong target is not better)."""
-    weak, strong = metrics["cheapest_first"]
-    pgr = "note" not in metrics
-    fig = _figure(7.5, 5.4)
-    ax = fig.subplots()
-    for name, s in strategies.items():
-        assert s.routing is not None
-        entry = metrics["strategies"][name]
-        rows = "" if len(s.rows) == metrics["n"] else f", on {len(s.rows)} rows"
-        share = 100 * np.arange(len(s.rows) + 1) / len(s.rows)
-        if pgr and entry.get("pgr_curve") is not None:
-            y = routing_curve(*s.routing).pgr
-        elif pgr:
-            continue  # PGR undefined on this strategy's own rows
-        else:
-            y = s.curve.quality
-        ax.plot(share, y, label=f"{name}  ({_apgr_label(entry.get('apgr'))}{rows})", **STYLES[name])
-    if pgr:
-        for level in (0.5, 0.8):
-            ax.axhline(level, color="lightgrey", linewidth=0.8, zorder=0)
-        for key, level in (("cpt50", 0.5), ("cpt80", 0.8)):
-            e = metrics["strategies"]["scorer"].get(key)
-            if e is not None:
-                ax.plot(100 * e["value"], level, "o", color=NEUTRAL)
-                ax.annotate(
-                    f"scorer CPT({level:.0%}) = {e['value']:.1%}",
-                    (100 * e["value"], level),
-                    textcoords="offset points",
-                    xytext=(8, -12),
-                    fontsize=8,
-                )
-    gap = metrics.get("differences", {}).get("scorer - cascade", {}).get("apgr")
-    if not pgr:  # then the paired gap is undefined too
-        lead = f"\n{strong} is not better than {weak}: PGR undefined, accuracy shown"
-    elif gap is not None:
-        lead = f"\nscorer - cascade APGR {gap['value']:+.3f} [{gap['low']:+.3f}, {gap['high']:+.3f}] (paired)"
-    else:
-        lead = ""
-    ax.set(
-        xlim=(0, 100),
-        xlabel=f"calls sent to {strong} (% of rows)",
-        ylabel=f"PGR: share of the {weak} -> {strong} accuracy gap recovered" if pgr else "accuracy",
-        title=f"{weak} -> {strong}, n = {metrics['n']}; higher and further left is better{lead}",
-    )
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
-
-
-def _cost_plot(path: Path, metrics: dict[str, Any], strategies: dict[str, Strategy], data: Rows) -> Path:
-    """Accuracy against $ per 1k requests, each strategy's cost at 95% of the best single target marked."""
-    fig = _figure(7.5, 5.4)
-    ax = fig.subplots()
-    reference = metrics["reference_accuracy"]
-    for name, s in strategies.items():
-        at = metrics["strategies"][name]["cost_at_95"]
-        rows = "" if len(s.rows) == metrics["n"] else f", on {len(s.rows)} rows"
-        reach = "never reaches 95%" if at is None else f"95% of best at ${at:.3g}"
-        # An oracle's curve stops where every row is right or cheapest; no policy is more accurate beyond.
-        tail = name == "oracle" and s.routing is None
-        x = np.append(s.curve.cost, data.costs.max() if tail else []) * PER
-        y = np.append(s.curve.quality, s.curve.quality[-1] if tail else [])
-        ax.plot(x, y, label=f"{name}  ({reach}{rows})", **STYLES[name])
-        if at is not None and len(s.rows) == metrics["n"]:  # other rows have another 95% line
-            ax.plot(at, s.reference, "o", color=STYLES[name]["color"], markersize=6)
-    at_95 = {name: e["cost_at_95"] for name, e in metrics["strategies"].items()}
-    lead = ""
-    if at_95["scorer"] is not None and at_95["cascade"] is not None:
-        # A bare pair of "$" would make matplotlib typeset the text between them as mathematics.
-        scorer, cascade = at_95["scorer"], at_95["cascade"]
-        lead = f"\nat 95% of the best: scorer \\${scorer:.3g} vs cascade \\${cascade:.3g} per 1k"
-    points = metrics["strategies"]["scorer"]["thresholds"]
-    ax.plot(
-        [p["cost_per_1k"] for p in points],
-        [p["accuracy"] for p in points],
-        "x",
-        color=NEUTRAL,
-        label="scorer's rule at t = " + ", ".join(f"{p['threshold']:g}" for p in points),
-    )
-    for j, name in enumerate(data.names):
-        x, y = data.costs[j] * PER, data.correct[:, j].mean()
-        ax.plot(x, y, "s", color="black", markersize=5)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    best = metrics["best"]
-    ax.axhline(
-        reference,
-        color=OVERCONFIDENT,
-        linestyle="--",
-        linewidth=1,
-        label=f"95% of the best single target ({best}, {metrics['targets'][best]['accuracy']['value']:.3f}); "
-        "dots: first reached",
-    )
-    ax.set(
-        xlabel="dollars per 1,000 requests",
-        ylabel="accuracy (mean correctness)",
-        title=f"Accuracy against cost, n = {metrics['n']}; higher and further left is better{lead}",
-    )
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
-
-
-def _fmt(e: dict[str, Any] | None, pct: bool = False) -> str:
-    if e is None:
-        return "undefined"
-    if pct:
-        return f"{e['value']:.1%} [{e['low']:.1%}, {e['high']:.1%}]"
-    return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
-
-
-def _dollars(value: float | None) -> str:
-    return "never" if value is None else f"${value:.4g}"
-
-
-def _report(metrics: dict[str, Any]) -> list[str]:
-    names: list[str] = metrics["cheapest_first"]
-    two = len(names) == 2
-    boot = metrics["bootstrap"]
-    lines = ["# Routing evaluation", ""]
-    lines += [f"- {note}" for note in metrics["notes"]] + ([""] if metrics["notes"] else [])
-    lines += [
-        f"{metrics['n']} rows; targets cheapest first. Intervals: {boot['level']:.0%} percentile bootstrap "
-        f"over rows ({boot['n_resamples']} resamples, seed {boot['seed']}). A strategy pays only the price "
-        "of the target it picks. Cost at 95%: the lowest $ per 1,000 requests at which its curve reaches "
-        f"95% of the best single target ({metrics['best']}): accuracy "
-        f"{metrics['reference_accuracy']:.4f}.",
-        "",
-    ]
-    if "note" in metrics:
-        lines += [f"**{metrics['note']}**: APGR and CPT are undefined; the cost curves still hold.", ""]
-    lines += [
-        "## Targets",
-        "",
-        "| target | $ per 1k | accuracy [interval] | n | positives |",
-        "| --- | ---: | --- | ---: | ---: |",
-    ]
-    for name, t in metrics["targets"].items():
-        e = t["accuracy"]
-        lines.append(f"| {name} | {_dollars(t['cost_per_1k'])} | {_fmt(e)} | {e['n']} | {t['positives']} |")
-    lines += ["", "## Strategies", ""]
-    if two:
-        lines += [
-            "| strategy | rows | APGR [interval] | CPT(50%) | CPT(80%) | resamples | cost at 95% |",
-            "| --- | ---: | --- | --- | --- | ---: | ---: |",
-        ]
-    else:
-        lines += ["| strategy | rows | cost at 95% |", "| --- | ---: | ---: |"]
-    for name, s in metrics["strategies"].items():
-        cost = _dollars(s["cost_at_95"])
-        if two:
-            used = "" if s["apgr"] is None else s["apgr"]["resamples"]
-            lines.append(
-                f"| {name} | {s['n']} | {_fmt(s['apgr'])} | {_fmt(s['cpt50'], True)} "
-                f"| {_fmt(s['cpt80'], True)} | {used} | {cost} |"
-            )
-        else:
-            lines.append(f"| {name} | {s['n']} | {cost} |")
-    lines += [""] + [f"- {name}: {s['description']}" for name, s in metrics["strategies"].items()] + [""]
-    for label, d in metrics.get("differences", {}).items():
-        lines.append(f"Paired APGR difference, {label} (on {d['n']} rows): {_fmt(d['apgr'])}.")
-    lines += [
-        "",
-        "## The scorer's threshold rule",
-        "",
-        "Cheapest target whose confidence >= t, else the most likely.",
-        "",
-    ]
-    lines += [
-        "| t | accuracy | $ per 1k | " + " | ".join(names) + " |",
-        "| ---: | ---: | ---: |" + " ---: |" * len(names),
-    ]
-    for p in metrics["strategies"]["scorer"]["thresholds"]:
-        shares = " | ".join(f"{p['share'][name]:.1%}" for name in names)
-        lines.append(
-            f"| {p['threshold']:g} | {p['accuracy']:.4f} | {_dollars(p['cost_per_1k'])} | {shares} |"
-        )
-    lines += _source_table(metrics, two)
-    return lines
-
-
-def _source_table(metrics: dict[str, Any], two: bool) -> list[str]:
-    names: list[str] = metrics["cheapest_first"]
-    strategies = list(metrics["strategies"])
-    what = "APGR" if two else "cost at 95% ($ per 1k)"
-    undefined = (
-        "n/a: the strong target is not better there" if two else "never: 95% of the source's best unmet"
-    )
-    lines = [
-        "",
-        "## By source",
-        "",
-        f"Accuracy (positives) per target, then each strategy's {what} on the source's rows; {undefined}.",
-        "",
-        "| source | n | " + " | ".join(names + strategies) + " |",
-        "| --- | ---: |" + " ---: |" * (len(names) + len(strategies)),
-    ]
-    for source, entry in metrics["by_source"].items():
-        cells = [f"{t['accuracy']:.3f} ({t['positives']})" for t in entry["targets"].values()]
-        for name in strategies:
-            s = entry["strategies"].get(name)
-            value = None if s is None else (s.get("apgr") if two else s["cost_at_95"])
-            cells.append("" if s is None else (undefined.split(":")[0] if value is None else f"{value:.3g}"))
-        lines.append(f"| {source} | {entry['n']} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
