@@ -343,6 +343,11 @@ def _budget_problems(policy: Policy) -> Iterator[tuple[Location, str]]:
             f"follows the rate); found {len(escalating)}",
         )
         return
+    if policy.rules[escalating[0]].when.confidence_of is not None:
+        yield (
+            ("rules", escalating[0], "when", "confidence_of"),
+            "the budget follows the scorer's primary confidence; this rule must test that one",
+        )
     first_scored = next(i for i, r in enumerate(policy.rules) if r.when.needs_confidence)
     if escalating[0] != first_scored:
         yield (

@@ -62,6 +62,7 @@ def test_it_ranks_held_out_answers_better_than_n_prob(scorer: HeadScorer) -> Non
             for i in range(0, len(rows), 32)
         ]
     )
+    raw = raw[:, scorer.targets.index("smollm2-135m-instruct")]  # the head on SmolLM2's own answers
     correct = np.array([r["correct"] for r in rows], dtype=float)
     nprob = np.array([r["nprob"] for r in rows])
     assert correct.sum() >= 20

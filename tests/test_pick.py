@@ -130,3 +130,17 @@ def test_an_unknown_scorer_method_lists_the_registered_ones(write_policy: Callab
     [problem] = expect_problems(path)
     assert problem.startswith("1: scorer.method: Value error, unknown scorer method 'magic' (known: ")
     assert all(name in problem for name in ("head", "intrinsic", "nprob", "consistency"))
+
+
+def test_a_budgeted_rule_tests_the_primary_confidence(two_models: Callable[[str], Path]) -> None:
+    text = (
+        two_models("most_likely")
+        .read_text()
+        .replace("    action: refuse\n", "    action: escalate_to\n    target: large\n")
+    )
+    path = two_models("most_likely").with_name("budget.yaml")
+    path.write_text("target_escalation_rate: 0.2\n" + text)
+    assert expect_problems(path) == [
+        "12: rules.0.when.confidence_of: the budget follows the scorer's primary confidence; this rule must "
+        "test that one"
+    ]

@@ -125,7 +125,7 @@ rules:
         "5: targets.big.model: Field required",
         "7: targets.big.modle: Extra inputs are not permitted",
         "9: rules.0.when.confidence_below: Input should be less than or equal to 1",
-        "12: rules.1.action: Input should be 'answer_with', 'escalate_to', 'hedge' or 'refuse'",
+        "12: rules.1.action: Input should be 'answer_with', 'escalate_to', 'hedge', 'refuse' or 'pick'",
     ]
 
 

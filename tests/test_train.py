@@ -389,4 +389,4 @@ def test_intrinsic_training_writes_a_granite_style_folder_and_resumes(
     scorer = IntrinsicScorer(LocalModel(str(tiny_model)), out)
     assert scorer.activated  # an aLoRA: serving reuses the base model's cache
     [score] = scorer.score_batch([ScoreItem(prompt(record("What is 2+2?", ["4"])), 4)])
-    assert 0.05 <= score.raw <= 0.95 and score.draft is not None
+    assert 0.05 <= score.raw[scorer.primary] <= 0.95 and score.draft is not None
