@@ -32,7 +32,7 @@ serve: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy router policies calibrators train tests bench
+	$(BIN)/mypy router policies calibrators scorers localmodel train tests bench
 
 test: lint tools
 	$(BIN)/pytest

@@ -61,7 +61,7 @@ def score(scorer: NProbScorer, questions: list[str], max_tokens: int, batch: int
         chunk = order[start : start + batch]
         items = [ScoreItem([{"role": "user", "content": questions[i]}], max_tokens) for i in chunk]
         for i, result in zip(chunk, scorer.score_batch(items), strict=True):
-            scores[i] = result.raw
+            scores[i] = result.raw[scorer.primary]
         done = start + len(chunk)
         print(f"  {done}/{len(order)} ({(time.perf_counter() - started) / done:.2f} s each)", flush=True)
     return [scores[i] for i in range(len(questions))]

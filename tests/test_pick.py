@@ -100,7 +100,9 @@ def test_pick_and_mapping_mistakes_name_line_and_field(
     text = text.replace(
         "    min_confidence: 0.5\n", "    candidates: [small, unpriced, ghost]\n    target: small\n"
     )
-    assert expect_problems(write_policy(text, "bad.yaml")) == [
+    bad = two_models("most_likely").with_name("bad.yaml")
+    bad.write_text(text)
+    assert expect_problems(bad) == [
         "1: scorer.targets.nowhere: unknown target 'nowhere' (targets: small, large, unpriced)",
         "1: scorer.targets.large: the scorer predicts no 'model-x' (it predicts: model-s, model-l)",
         "11: rules.0.when.confidence_of: 'unpriced' is not a target the scorer predicts "

@@ -30,7 +30,8 @@ QUESTIONS = [
 ]
 
 PICK = """\
-scorer: {method: head, model: "%(model)s", adapter: "%(scorer)s", targets: {small: tiny-small, large: tiny-large}}
+scorer:
+  {method: head, model: "%(model)s", adapter: "%(scorer)s", targets: {small: tiny-small, large: tiny-large}}
 targets:
   small: {kind: local, max_tokens: 8}
   large:

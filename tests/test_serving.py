@@ -152,9 +152,9 @@ def test_cache_hit_returns_the_identical_score(
 
 
 def test_memory_and_redis_caches_agree(tiny_model: Path, head_policy: Policy, redis_url: str) -> None:
-    async def scores(store: StateStore) -> list[object]:
+    async def scores(store: StateStore) -> list[tuple[object, ...]]:
         router = Router(head_policy, LocalModel(str(tiny_model)), store)
-        out = []
+        out: list[tuple[object, ...]] = []
         for q in QUESTIONS[:3]:
             await router.score([{"role": "user", "content": q}])
             again = await router.score([{"role": "user", "content": q}])
