@@ -210,11 +210,25 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "confidence": {"type": "number", "minimum": 0, "maximum": 1},
             "raw_score": {"type": "number"},
+            "confidences": {
+                "type": "object",
+                "description": "Each model the scorer predicts -> its chance of a right answer",
+                "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+            "raw_scores": {"type": "object", "additionalProperties": {"type": "number"}},
             "scorer": {"type": "string"},
             "scorer_version": {"type": "string"},
             "latency_ms": {"type": "number", "minimum": 0},
         },
-        "required": ["confidence", "raw_score", "scorer", "scorer_version", "latency_ms"],
+        "required": [
+            "confidence",
+            "raw_score",
+            "confidences",
+            "raw_scores",
+            "scorer",
+            "scorer_version",
+            "latency_ms",
+        ],
     },
     "Reloaded": {
         "type": "object",
@@ -280,6 +294,11 @@ _DECISION_HEADERS = {
         "description": "The certainty the policy acted on; absent when the matching rule needed none",
         "required": False,
         "schema": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "x-router-confidences": {
+        "description": "A pick rule's candidates and their confidences, cheapest first (`name=0.1234,...`)",
+        "required": False,
+        "schema": {"type": "string"},
     },
 }
 

@@ -3,23 +3,16 @@
 A scorer returns raw scores, one per model it predicts (`RawScore`); `calibrate` turns them into
 confidences. Pre-generation scorers (`head`) need only the conversation; post-generation scorers
 (`intrinsic`, `nprob`, `consistency`) draft the local model's answer themselves and return it, so that the
-local target can answer with exactly the text the confidence is about. A new scorer is one module here that
-subclasses `Scorer` with `method="name"`, imported below so that it registers.
+local target can answer with exactly the text the confidence is about. A new scorer is one module in this
+folder that subclasses `Scorer` with `method="name"`: every module here is imported below, so it registers.
 """
 
-from scorers import consistency, head, intrinsic, nprob
+import importlib
+import pkgutil
+
 from scorers.base import SCORERS, RawScore, ScoreItem, Scorer, ScorerSettings, build_scorer, calibrate
 
-__all__ = [
-    "SCORERS",
-    "RawScore",
-    "ScoreItem",
-    "Scorer",
-    "ScorerSettings",
-    "build_scorer",
-    "calibrate",
-    "consistency",
-    "head",
-    "intrinsic",
-    "nprob",
-]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["SCORERS", "RawScore", "ScoreItem", "Scorer", "ScorerSettings", "build_scorer", "calibrate"]

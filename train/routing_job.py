@@ -83,7 +83,7 @@ def evaluate_routing_job(
         f"scorer: {scorer_dir} ({scorer.version})",
         f"rows: questions every model labelled, matched by id; {judged}; seed {training.get('seed', 0)}",
         f"costs: {priced}",
-        f"grading: {rows[0].get('grading', '?')}",
+        f"grading: {next((r['grading'] for r in labelled if r.get('grading')), '?')}",
     ]
     return evaluate_routing(
         {m: np.array([r["labels"][m] for r in rows]) for m in models},
