@@ -41,12 +41,16 @@ def test_the_card_records_its_data_split_and_calibration(folder: Path) -> None:
     assert card.base_model == "smollm2-135m-instruct" and card.layer == 20 and card.pooling == "last+mean"
     assert training["labels"] == [
         {"file": str(path.relative_to(LABEL_DIR.parents[1])), "rows": len(read_labels([path]))}
-        for path in (LABELS, EFFICIENTQA)
+        for path in (LABELS, EFFICIENTQA, LABEL_DIR / "gemma-3-270m.jsonl")
     ]
+    assert [t.model for t in card.targets] == ["smollm2-135m-instruct", "gemma-3-270m"]
     assert training["held_out_sources"] == ["boolq", "jeopardy", "nq_open_efficientqa_test"]
     trained = training["rows_by_source_and_split"]["train"]
     assert not set(training["held_out_sources"]) & set(trained)
-    assert training["calibration"]["method"] == "platt" and training["calibration"]["positives"] > 50
+    for target in card.targets:  # each head calibrated on the calibration rows its model answered
+        calibration = training["calibration"][target.model]
+        assert calibration["method"] == "platt" and calibration["positives"] >= 10
+        assert target.calibrator is not None and (folder / target.calibrator).is_file()
     assert (folder / "adapter_model.safetensors").stat().st_size < 5_000_000  # a few MB at most
 
 
