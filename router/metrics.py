@@ -107,7 +107,7 @@ class Metrics:
         )
         self.cost = Counter(
             "router_cost_dollars",
-            "Estimated cost in US dollars by target (litellm's cost map; 0 for the local model).",
+            "Estimated cost in US dollars by target (its declared cost, else litellm's cost map; else 0).",
             ["target"],
             registry=r,
         )
