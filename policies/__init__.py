@@ -5,12 +5,13 @@ Pure: imports nothing from router/, so a policy can be checked and explained any
 
 from policies.engine import Confidences, Decision, RequestFacts, decide
 from policies.loader import DEFAULT_POLICY_PATH, PolicyError, load_policy
-from policies.schema import Action, Cost, LiteLLMTarget, LocalTarget, Policy, Rule
+from policies.schema import Action, Cooldown, Cost, LiteLLMTarget, LocalTarget, Policy, Rule, Target
 
 __all__ = [
     "DEFAULT_POLICY_PATH",
     "Action",
     "Confidences",
+    "Cooldown",
     "Cost",
     "Decision",
     "LiteLLMTarget",
@@ -19,6 +20,7 @@ __all__ = [
     "PolicyError",
     "RequestFacts",
     "Rule",
+    "Target",
     "decide",
     "load_policy",
 ]

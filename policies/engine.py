@@ -13,6 +13,7 @@ from policies.schema import BEST, Action, Policy, Rule, When
 class RequestFacts:
     model: str
     user: str | None = None
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Decision:
 
 def _matches_request(when: When, facts: RequestFacts) -> bool:
     if when.model is not None and facts.model not in when.model:
+        return False
+    if when.tenant is not None and facts.tenant not in when.tenant:
         return False
     return when.user is None or facts.user in when.user
 

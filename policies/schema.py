@@ -72,7 +72,16 @@ class Cost(_Strict):
         return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
 
 
-class LocalTarget(_Strict):
+class _TargetSpec(_Strict):
+    """What every kind of target takes."""
+
+    fallbacks: list[str] = []
+    """Other targets that answer, in this order, when this one times out, is unreachable, answers 5xx or
+    429 (after its own retries), is overloaded (local), or is cooling down; never after the client's own
+    errors (docs/upstream.md). Only this list is followed, not the fallbacks' own."""
+
+
+class LocalTarget(_TargetSpec):
     """Generation in-process with the scorer's model."""
 
     kind: Literal["local"]
@@ -88,7 +97,17 @@ def _forwardable(name: str) -> str:
     return name
 
 
-class LiteLLMTarget(_Strict):
+class Cooldown(_Strict):
+    """A target that failed `failures` times within `window_s` is not called for `cooldown_s`, by any
+    replica. Only failures a retry could help count: timeouts, connection failures, 5xx, 429."""
+
+    failures: int = Field(3, ge=0)
+    """0 turns the cooldown off."""
+    window_s: float = Field(30.0, gt=0)
+    cooldown_s: float = Field(30.0, gt=0)
+
+
+class LiteLLMTarget(_TargetSpec):
     """Any model litellm can call. Keys come from `api_key_env` or litellm's own environment variables."""
 
     kind: Literal["litellm"]
@@ -110,6 +129,7 @@ class LiteLLMTarget(_Strict):
     """Request fields beyond the OpenAI ones the router forwards that clients may send to this target
     (provider-specific extras such as top_k), passed on as they come. litellm's control keywords (api_base,
     fallbacks, extra_headers, mock_response, ...) are refused here: see policies/keywords.py."""
+    cooldown: Cooldown = Cooldown()
 
 
 Target = Annotated[LocalTarget | LiteLLMTarget, Field(discriminator="kind")]
@@ -162,8 +182,10 @@ class When(_Strict):
     by default the scorer's primary target (the local model's answer)."""
     model: list[str] | None = None
     user: list[str] | None = None
+    tenant: list[str] | None = None
+    """The API key's name (with `auth: required`); `admin` for the admin key."""
 
-    @field_validator("model", "user", mode="before")
+    @field_validator("model", "user", "tenant", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
@@ -174,7 +196,7 @@ class When(_Strict):
 
     @property
     def is_empty(self) -> bool:
-        return not self.needs_confidence and self.model is None and self.user is None
+        return not self.needs_confidence and self.model is None and self.user is None and self.tenant is None
 
 
 Fallback = Literal["most_likely", "hedge", "refuse"]
@@ -204,6 +226,9 @@ class Policy(_Strict):
     rules: list[Rule] = Field(min_length=1)
     hedge_template: str = "I am not certain about this, so please double-check it: {answer}"
     refusal_message: str = "I can't answer that reliably, so I won't guess."
+    auth: Literal["off", "required"] = "off"
+    """required: every endpoint but /healthz and /readyz takes an API key (`router keys create`) or the
+    admin key as `Authorization: Bearer <key>`; the keys' limits and budgets apply. Keys live in Redis."""
     failure_aware: bool = False
     """Answer with JSON {decision, answer, justification, evidence_quality} instead of plain text."""
     target_escalation_rate: float | None = Field(None, gt=0, lt=1)
@@ -265,6 +290,7 @@ class Policy(_Strict):
         for i, rule in enumerate(self.rules):
             yield from _rule_problems(self, i, rule)
         yield from _budget_problems(self)
+        yield from _fallback_problems(self)
         if not self.rules[-1].when.is_empty:
             yield (
                 ("rules", len(self.rules) - 1, "when"),
@@ -326,6 +352,18 @@ def _pick_problems(policy: Policy, i: int, rule: Rule) -> Iterator[tuple[Locatio
         yield (*where, "message"), "pick takes a message only with fallback hedge or refuse"
     if rule.message is not None and rule.fallback == "hedge" and "{answer}" not in rule.message:
         yield (*where, "message"), "a hedge message must contain {answer}"
+
+
+def _fallback_problems(policy: Policy) -> Iterator[tuple[Location, str]]:
+    for name, target in policy.targets.items():
+        for j, other in enumerate(target.fallbacks):
+            where: Location = ("targets", name, "fallbacks", j)
+            if other == name:
+                yield where, "a target cannot be its own fallback"
+            elif other not in policy.targets:
+                yield where, f"unknown target '{other}' (targets: {', '.join(policy.targets)})"
+            elif other in target.fallbacks[:j]:
+                yield where, f"'{other}' is listed twice"
 
 
 def _budget_problems(policy: Policy) -> Iterator[tuple[Location, str]]:

@@ -8,16 +8,20 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, Header
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Receive, Scope, Send
 
 from policies import Policy
+from router.access.gate import Caller, Gate
+from router.access.keys import KeyTable
+from router.access.limits import Limits, Verdict
 from router.asgi import RequestGuard
 from router.errors import APIError, install_error_handlers
 from router.feedback import ConflictingFeedback, UnknownRequest
@@ -41,6 +45,12 @@ def create_app(
     """`policy_path`: the file a reload reads (SIGHUP, POST /admin/reload); `admin_key`: the bearer token
     the admin endpoint requires (admin endpoints are off without one)."""
     store: StateStore = open_store(redis_url)
+    client = getattr(store, "client", None)  # Redis's, when the state is shared
+    if policy.auth == "required" and client is None:
+        raise ValueError("auth: required needs Redis (--redis-url): the keys live there")
+    keys = KeyTable(client) if client is not None else None
+    limits = Limits(store, client)
+    gate = Gate(keys, limits, admin_key)
     metrics = Metrics()
     serving = Serving(policy, store, metrics, policy_path)
     metrics.track_queue(lambda: serving.router.batcher.depth if serving.router else 0)
@@ -51,6 +61,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Load in the background so /healthz answers at once and /readyz tells when the model is in.
         loading = asyncio.create_task(asyncio.to_thread(serving.load))
+        if keys is not None:
+            await keys.start()
         # Signal handlers can only be installed from the main thread (not so for servers run in tests).
         on_main_thread = threading.current_thread() is threading.main_thread()
         if on_main_thread:
@@ -60,6 +72,9 @@ def create_app(
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await loading
         await serving.close()
+        if keys is not None:
+            await keys.close()
+        await limits.close()
         await store.close()
 
     app = FastAPI(title="confidence-router", lifespan=lifespan)
@@ -71,6 +86,19 @@ def create_app(
         max_body_bytes=lambda: (serving.router.policy if serving.router else policy).limits.max_body_bytes,
         responded=lambda route, status: metrics.http_requests.labels(route, str(status)).inc(),
     )
+
+    def caller(authorization: str | None) -> Caller | None:
+        """Who calls, when the policy in force requires keys (None when it does not)."""
+        current = serving.router.policy if serving.router else policy
+        if current.auth == "off":
+            return None
+        try:
+            return gate.identify(authorization)
+        except APIError:
+            metrics.auth_failures.labels("missing" if not authorization else "unknown").inc()
+            raise
+
+    app.state.caller = caller
 
     def require_admin(authorization: str | None) -> None:
         if admin_key is None:
@@ -102,7 +130,7 @@ def create_app(
         return JSONResponse(body, status_code=503)
 
     @app.get("/v1/models")
-    async def models() -> dict[str, object]:
+    async def models(_: Authorized) -> dict[str, object]:
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "confidence-router"}
             for name in (serving.router.policy if serving.router else policy).model_names
@@ -110,18 +138,51 @@ def create_app(
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: ChatCompletionRequest) -> Response:
+    async def chat_completions(request: ChatCompletionRequest, who: Authorized) -> Response:
         async with serving.ready().in_use() as router:
-            routed = await router.route(request)
+            verdict = await admitted(who, request.model)
+            routed = await router.route(request, None if who is None else who.name, spent(who))
+        headers = routed.headers() | (verdict.headers() if verdict else {})
         if routed.chunks is None:
-            return JSONResponse(routed.body, headers=routed.headers())
-        return _Stream(routed, metrics)
+            return JSONResponse(routed.body, headers=headers)
+        return _Stream(routed, metrics, headers)
+
+    def spent(who: Caller | None) -> Callable[[int, float], None] | None:
+        """What an answer's tokens and dollars are charged to: the caller's limits, its tenant's metrics."""
+        if who is None:
+            return None
+        tenant = gate.label(who)
+
+        def charge(tokens: int, cost: float) -> None:
+            gate.settle(who, tokens, cost)
+            metrics.tenant_cost.labels(tenant).inc(cost)
+
+        return charge
+
+    async def admitted(who: Caller | None, model: str | None) -> Verdict | None:
+        """`model` None: an endpoint that asks for no model (its limits apply all the same)."""
+        if who is None:
+            return None
+        tenant = gate.label(who)
+        try:
+            verdict = await gate.admit(who, model)
+        except APIError as exc:
+            refused = "forbidden" if exc.status == 403 else str(exc.code)
+            metrics.tenant_requests.labels(tenant, refused).inc()
+            raise
+        metrics.tenant_requests.labels(tenant, "admitted").inc()
+        return verdict
 
     @app.post("/v1/feedback")
-    async def feedback(request: FeedbackRequest) -> dict[str, str]:
+    async def feedback(request: FeedbackRequest, who: Authorized) -> dict[str, str]:
         async with serving.ready().in_use() as router:
             try:
-                recorded = await router.log.feedback(request.request_id, request.label)
+                recorded = await router.log.feedback(
+                    request.request_id,
+                    request.label,
+                    None if who is None else who.name,
+                    any_tenant=who is None or who.admin,
+                )
             except UnknownRequest as exc:
                 metrics.feedback.labels("unknown").inc()
                 retention = router.policy.monitoring.decision_ttl_s
@@ -147,8 +208,10 @@ def create_app(
         return {"request_id": request.request_id, "status": "recorded" if recorded else "duplicate"}
 
     @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics(who: Authorized) -> Response:
         nonlocal windows_failing
+        if who is not None:  # every tenant's traffic is in there
+            gate.require_admin(who)
         if serving.router is not None:
             try:
                 await serving.router.observe_windows()
@@ -171,8 +234,9 @@ def create_app(
         }
 
     @app.post("/v1/score")
-    async def score(request: ScoreRequest) -> dict[str, object]:
+    async def score(request: ScoreRequest, who: Authorized) -> dict[str, object]:
         async with serving.ready().in_use() as router:
+            await admitted(who, None)
             # Never from the shared cache: a hit would tell the caller that someone else asked this.
             scored = await router.score(request.plain_messages(), request.max_tokens, cached=False)
         return {
@@ -188,12 +252,22 @@ def create_app(
     return app
 
 
+def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller | None:
+    """A dependency, so that it runs before the body is validated: a caller without a key learns nothing
+    else about the request."""
+    identify: Callable[[str | None], Caller | None] = request.app.state.caller
+    return identify(authorization)
+
+
+Authorized = Annotated[Caller | None, Depends(_caller)]
+
+
 class _Stream(StreamingResponse):
     """Server-sent events of a routed answer; what produces them is released however the response ends
     (finished, failed, or cancelled before its first event, when the client left)."""
 
-    def __init__(self, routed: Routed, metrics: Metrics) -> None:
-        super().__init__(_sse(routed, metrics), media_type="text/event-stream", headers=routed.headers())
+    def __init__(self, routed: Routed, metrics: Metrics, headers: dict[str, str]) -> None:
+        super().__init__(_sse(routed, metrics), media_type="text/event-stream", headers=headers)
         self.routed = routed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

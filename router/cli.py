@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from policies import DEFAULT_POLICY_PATH, Policy, PolicyError, RequestFacts, decide, load_policy
+from router.access.cli import keys_app
 
 app = typer.Typer(
     help="Confidence-based router and guard for LLM applications.",
@@ -21,6 +22,7 @@ models_app = typer.Typer(help="Fetch and list local models.", no_args_is_help=Tr
 policy_app = typer.Typer(help="Check and explain policy files.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(policy_app, name="policy")
+app.add_typer(keys_app, name="keys")
 
 
 def _mount_training() -> None:
@@ -80,12 +82,22 @@ def serve(
     except models.ModelError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    proxy = create_app(
-        loaded,
-        redis_url,
-        policy_path=policy or DEFAULT_POLICY_PATH,
-        admin_key=os.environ.get("ROUTER_ADMIN_KEY"),
-    )
+    if loaded.auth == "off" and not _loopback(host):
+        logging.getLogger("router").warning(
+            "listening on %s with auth off: anyone who can reach this port may call every target; set "
+            "`auth: required` in the policy and create keys with `router keys create`",
+            host,
+        )
+    try:
+        proxy = create_app(
+            loaded,
+            redis_url,
+            policy_path=policy or DEFAULT_POLICY_PATH,
+            admin_key=os.environ.get("ROUTER_ADMIN_KEY"),
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     # uvicorn annotates the grace period as int but waits on it with asyncio.wait_for, which takes a float.
     grace: int = grace_s  # type: ignore[assignment]
     config = uvicorn.Config(proxy, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace)
@@ -94,6 +106,17 @@ def serve(
     for drained in (signal.SIGTERM, signal.SIGINT):
         signal.signal(drained, lambda *_: None)
     uvicorn.Server(config).run()
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 @app.command()
@@ -234,7 +257,7 @@ def policy_explain(
             raise typer.BadParameter(f"'{given}': not TARGET=P", param_hint="--confidence-of") from exc
     prices = {}
     if any(rule.action == "pick" for rule in policy.rules):
-        from router.upstream import LiteLLMUpstream
+        from router.targets.litellm import LiteLLMUpstream
 
         for name, target in policy.targets.items():
             if isinstance(target, LiteLLMTarget):

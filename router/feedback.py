@@ -60,6 +60,8 @@ class LoggedDecision:
     raw: float | None
     scorer: str
     predicted: str | None = None
+    tenant: str | None = None
+    """The key that made the request (with `auth: required`): the only one whose feedback it takes."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,12 @@ class DecisionLog:
         self.traffic_retained = retained
 
     async def record(
-        self, request_id: str, decision: Decision, traffic_raw: float | None, judged: Judged | None = None
+        self,
+        request_id: str,
+        decision: Decision,
+        traffic_raw: float | None,
+        judged: Judged | None = None,
+        tenant: str | None = None,
     ) -> None:
         """`traffic_raw`: the primary target's raw score, for the traffic window; `judged`: the score that
         feedback on this answer joins with (None: feedback is accepted but joins with nothing).
@@ -130,6 +137,7 @@ class DecisionLog:
             None if judged is None else judged.raw,
             self.scorer_version,
             None if judged is None else judged.predicted,
+            tenant,
         )
         with contextlib.suppress(StoreUnavailable):  # kept locally; the store logged that it dropped it
             await self.store.set(
@@ -139,14 +147,20 @@ class DecisionLog:
         with contextlib.suppress(StoreUnavailable):
             await self.store.push(self.traffic_key, entry, self.traffic_retained)
 
-    async def feedback(self, request_id: str, label: float) -> bool:
+    async def feedback(
+        self, request_id: str, label: float, tenant: str | None = None, *, any_tenant: bool = True
+    ) -> bool:
         """Join feedback with its decision; False when the same feedback was already recorded.
 
+        Unless `any_tenant` (no auth, or the admin key), only the tenant that made the request may give
+        it; to anyone else the request is unknown, so that ids cannot be probed.
         StoreUnavailable when the store could not keep it: nothing is written then, so a retry is safe."""
         found = await self.store.get(f"decision:{request_id}")
         if found is None:
             raise UnknownRequest(request_id)
         logged = LoggedDecision(**json.loads(found))
+        if not any_tenant and logged.tenant != tenant:
+            raise UnknownRequest(request_id)
         record = None
         if logged.confidence is not None and logged.raw is not None:
             record = FeedbackRecord(logged.confidence, logged.raw, label, logged.scorer, logged.predicted)

@@ -24,8 +24,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CALIBRATION_WINDOWS = (100, 1000)
 """Rolling calibration is reported over the last 100 and the last 1000 feedback records."""
 
-# The codes of the router's upstream errors (router/upstream.py) folded into a few kinds, so that the label
-# stays bounded.
+# The codes of the router's upstream errors (router/targets/litellm_errors.py) folded into a few kinds, so
+# that the label stays bounded.
 _ERROR_KINDS = {
     "upstream_timeout": "timeout",
     "upstream_rate_limited": "rate_limit",
@@ -102,6 +102,18 @@ class Metrics:
         self.upstream_errors = Counter(
             "router_upstream_errors", "Failed calls to remote targets.", ["target", "kind"], registry=r
         )
+        self.fallbacks = Counter(
+            "router_fallbacks",
+            "Requests passed from a target to its next fallback, by why (a failure kind, or cooling_down).",
+            ["from_target", "to_target", "reason"],
+            registry=r,
+        )
+        self.target_up = Gauge(
+            "router_target_up",
+            "1 while a target may be called, 0 while it cools down after repeated failures.",
+            ["target"],
+            registry=r,
+        )
         self.tokens = Counter(
             "router_tokens", "Tokens by answering target and direction.", ["target", "direction"], registry=r
         )
@@ -109,6 +121,25 @@ class Metrics:
             "router_cost_dollars",
             "Estimated cost in US dollars by target (its declared cost, else litellm's cost map; else 0).",
             ["target"],
+            registry=r,
+        )
+        self.tenant_requests = Counter(
+            "router_tenant_requests",
+            "Requests by tenant (API key name; `other` beyond the first 100) and admission: admitted, "
+            "forbidden, rate_limit_exceeded, budget_exceeded.",
+            ["tenant", "result"],
+            registry=r,
+        )
+        self.tenant_cost = Counter(
+            "router_tenant_cost_dollars",
+            "Estimated cost in US dollars of the answers each tenant received.",
+            ["tenant"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "router_auth_failures",
+            "Requests refused for want of a valid API key: missing, unknown (or revoked).",
+            ["reason"],
             registry=r,
         )
         self.feedback = Counter(
@@ -195,6 +226,9 @@ class Metrics:
 
     def upstream_failed(self, target: str, code: str | None) -> None:
         self.upstream_errors.labels(target, error_kind(code)).inc()
+
+    def fell_back(self, from_target: str, to_target: str, reason: str) -> None:
+        self.fallbacks.labels(from_target, to_target, reason).inc()
 
     def used(self, target: str, prompt_tokens: int, completion_tokens: int, cost: float) -> None:
         self.tokens.labels(target, "prompt").inc(prompt_tokens)

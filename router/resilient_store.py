@@ -181,6 +181,17 @@ class ResilientStore(StateStore):
             )
         raise StoreUnavailable(f"the state store is unreachable and {self.max_pending} writes wait for it")
 
+    def report_unreachable(self, exc: BaseException) -> None:
+        """For callers that talk to the Redis client directly (router/access/limits.py): an outage degrades
+        the store as its own failures do; anything else is re-raised."""
+        if not isinstance(exc, CONNECTION_ERRORS):
+            raise exc
+        self._went_down(exc)
+
+    @property
+    def client(self) -> object:
+        return self.remote.client
+
     def _went_down(self, exc: BaseException) -> None:
         if not self._up:
             return

@@ -27,8 +27,10 @@ class ScoreCache:
         self.store, self.ttl_s = store, ttl_s
         self.namespace = f"score:{hashlib.sha256(scorer_version.encode()).hexdigest()[:16]}:"
 
-    async def get(self, messages: list[Message], max_new_tokens: int) -> RawScore | None:
-        found = await self.store.get(self._key(messages, max_new_tokens))
+    async def get(
+        self, messages: list[Message], max_new_tokens: int, tenant: str | None = None
+    ) -> RawScore | None:
+        found = await self.store.get(self._key(messages, max_new_tokens, tenant))
         if found is None:
             return None
         data = json.loads(found)
@@ -37,14 +39,17 @@ class ScoreCache:
             draft["token_logprobs"] = tuple(draft["token_logprobs"])
         return RawScore(data["raw"], None if draft is None else Draft(**draft))
 
-    async def put(self, messages: list[Message], max_new_tokens: int, score: RawScore) -> None:
+    async def put(
+        self, messages: list[Message], max_new_tokens: int, score: RawScore, tenant: str | None = None
+    ) -> None:
         # json keeps floats exact (repr round-trips), so a cached score is the identical score. A cache
         # write the store cannot keep (Redis away, its replay buffer full) is only a lost cache entry.
         with contextlib.suppress(StoreUnavailable):
             await self.store.set(
-                self._key(messages, max_new_tokens), json.dumps(dataclasses.asdict(score)), self.ttl_s
+                self._key(messages, max_new_tokens, tenant), json.dumps(dataclasses.asdict(score)), self.ttl_s
             )
 
-    def _key(self, messages: list[Message], max_new_tokens: int) -> str:
+    def _key(self, messages: list[Message], max_new_tokens: int, tenant: str | None) -> str:
         # A draft's length limit changes the draft, so it is part of the key for scorers that draft.
-        return f"{self.namespace}{max_new_tokens}:{conversation_key(messages)}"
+        owner = "" if tenant is None else hashlib.sha256(tenant.encode()).hexdigest()[:16] + ":"
+        return f"{self.namespace}{owner}{max_new_tokens}:{conversation_key(messages)}"

@@ -3,56 +3,56 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 import calibrators
 from localmodel import Aborted, Draft, LocalModel, Message
-from policies import Confidences, Decision, LiteLLMTarget, LocalTarget, Policy, RequestFacts, decide
-from router import completions, generation
+from policies import Confidences, Decision, LocalTarget, Policy, RequestFacts, decide
+from router import completions
 from router.batcher import BatchLimits, MicroBatcher, Overloaded
 from router.budget import WINDOW, EscalationBudget
 from router.completions import Completion
+from router.cooldown import Cooldowns
 from router.drift import DriftMonitor
 from router.errors import APIError
+from router.fallback import first_answer
 from router.feedback import TRAFFIC_RETAINED, DecisionLog, Judged, calibration_stats
 from router.metrics import CALIBRATION_WINDOWS, Metrics
 from router.schemas import ChatCompletionRequest
 from router.score_cache import ScoreCache
 from router.state import MemoryStore, StateStore
-from router.upstream import LiteLLMUpstream, check_fields
+from router.targets import Answerer, Asked, Chunks, LocalModelAccess, build_answerer, check_fields, replay
 from scorers import RawScore, ScoreItem, ScorerSettings, build_scorer, calibrate
 
 log = logging.getLogger("router")
 T = TypeVar("T")
-
-
-class Chunks(Protocol):
-    """A streamed answer; `aclose` releases what produces it (an upstream connection), read or not."""
-
-    def __aiter__(self) -> AsyncIterator[Completion]: ...
-
-    async def aclose(self) -> None: ...
+Spent = Callable[[int, float], None]
+"""Told an answer's tokens (prompt and completion) and dollars once its usage is known."""
 
 
 @dataclass(frozen=True)
 class Routed:
     request_id: str
     decision: Decision
+    """Its target is the one that answered: the rule's, or a fallback."""
     body: Completion | None = None
     chunks: Chunks | None = None
+    fallback: str | None = None
+    """The targets passed over and why (x-router-fallback), when a fallback answered."""
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -66,12 +66,9 @@ class Routed:
         if self.decision.confidences is not None:
             listed = self.decision.confidences.items()
             headers["x-router-confidences"] = ",".join(f"{name}={value:.4f}" for name, value in listed)
+        if self.fallback is not None:
+            headers["x-router-fallback"] = self.fallback
         return headers
-
-
-async def _replay(chunks: Iterable[Completion]) -> AsyncGenerator[Completion]:
-    for chunk in chunks:
-        yield chunk
 
 
 @dataclass(frozen=True)
@@ -119,15 +116,16 @@ class Router:
             self.metrics.batch_ran,
         )
         self.metrics.queue_capacity.set(limits.max_queue)
-        self.remote = {
-            name: LiteLLMUpstream(name, target)
-            for name, target in policy.targets.items()
-            if isinstance(target, LiteLLMTarget)
+        self._answering = asyncio.Semaphore(policy.limits.max_local_answers)
+        local = LocalModelAccess(model, self._on_model, self._answering, self._check_prompt)
+        self.targets: dict[str, Answerer] = {
+            name: build_answerer(name, target, local) for name, target in policy.targets.items()
         }
-        self.declared_fields = frozenset(f for u in self.remote.values() for f in u.target.extra_fields)
+        self.declared_fields = frozenset(f for a in self.targets.values() for f in a.extra_fields)
         """Request fields beyond OpenAI's that some target takes (their extra_fields)."""
-        self.prices = {name: self._price(name) for name in policy.targets}
+        self.prices = {name: answerer.price for name, answerer in self.targets.items()}
         """Dollars per million tokens, input and output alike: what pick orders candidates by."""
+        self.cooldowns = Cooldowns(self.store, {name: a.cooldown for name, a in self.targets.items()})
         drift = policy.monitoring.drift
         retained = max(TRAFFIC_RETAINED, drift.reference_size, drift.window)
         self.log = DecisionLog(self.store, policy.monitoring, self.scorer.version, retained)
@@ -139,7 +137,6 @@ class Router:
         # Counting a long prompt's tokens takes milliseconds: neither the event loop nor the model waits.
         self._text_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.max_prompt_tokens = self._prompt_token_limit()
-        self._answering = asyncio.Semaphore(policy.limits.max_local_answers)
         # Each token is at least one byte and a character at most four bytes, so a prompt below this many
         # characters fits without being counted.
         self._framing = len(model.prompt_text([{"role": "user", "content": ""}]).encode())
@@ -168,12 +165,6 @@ class Router:
             )
         return mapped
 
-    def _price(self, name: str) -> float:
-        if name in self.remote:
-            return self.remote[name].price
-        cost = self.policy.targets[name].cost
-        return 0.0 if cost is None else cost.blended
-
     async def reloaded(self, policy: Policy) -> Router:
         """A router for a new policy on this one's model and model thread. It is built on that thread, so
         loading an adapter never races a forward pass, and it takes the thread over."""
@@ -201,7 +192,10 @@ class Router:
                 self._idle.set()
 
     async def observe_windows(self) -> None:
-        """Set the gauges computed from the shared windows: rolling calibration, drift, escalation."""
+        """Set the gauges computed from the shared windows: rolling calibration, drift, escalation; and
+        the targets' cooldowns."""
+        for name in self.targets:
+            self.metrics.target_up.labels(name).set(int(await self.cooldowns.left(name) == 0))
         records = await self.log.feedback_window(max(CALIBRATION_WINDOWS))
         for window in CALIBRATION_WINDOWS:
             self.metrics.calibrated(window, calibration_stats(records[-window:]))
@@ -266,15 +260,21 @@ class Router:
             code="context_length_exceeded",
         )
 
-    def _draft_tokens(self, request: ChatCompletionRequest, target: LocalTarget | None = None) -> int:
-        """The client's token cap, within the policy's (the target's, or the scorer's for drafts)."""
-        cap = target.max_tokens if target else self.policy.scorer.max_draft_tokens
+    def _draft_tokens(self, request: ChatCompletionRequest) -> int:
+        """The client's token cap, within the scorer's for drafts."""
+        cap = self.policy.scorer.max_draft_tokens
         return min(request.token_cap or cap, cap)
 
     async def score(
-        self, messages: list[Message], max_new_tokens: int | None = None, *, cached: bool = True
+        self,
+        messages: list[Message],
+        max_new_tokens: int | None = None,
+        *,
+        cached: bool = True,
+        tenant: str | None = None,
     ) -> Scored:
-        """`cached=False` neither reads nor writes the shared score cache (see /v1/score)."""
+        """`cached=False` neither reads nor writes the shared score cache (see /v1/score); each tenant has
+        a cache of its own, so that no caller can tell by the latency what another asked."""
         started = time.perf_counter()
         self._check_length(len(messages))
         cap = self.policy.scorer.max_draft_tokens
@@ -282,7 +282,7 @@ class Router:
         # Pre-generation scores do not depend on the draft length, so it stays out of their cache key.
         length_key = 0 if self.scorer.pre_generation else item.max_new_tokens
         cache = self.cache if cached else None
-        hit = await cache.get(messages, length_key) if cache else None
+        hit = await cache.get(messages, length_key, tenant) if cache else None
         if hit is not None:
             return self._scored(hit, True, started)
         await self._check_prompt(messages)
@@ -293,7 +293,7 @@ class Router:
                 503, f"Overloaded: {exc}", type="overloaded", headers={"Retry-After": "1"}
             ) from exc
         if cache:
-            await cache.put(messages, length_key, score)
+            await cache.put(messages, length_key, score, tenant)
         return self._scored(score, False, started)
 
     def _scored(self, score: RawScore, cached: bool, started: float) -> Scored:
@@ -308,7 +308,14 @@ class Router:
             self.metrics.target_confidence.labels(name).observe(confidence)
         return Confidences(scored.confidence[self.scorer.primary], by_target)
 
-    async def route(self, request: ChatCompletionRequest) -> Routed:
+    async def route(
+        self,
+        request: ChatCompletionRequest,
+        tenant: str | None = None,
+        spent: Spent | None = None,
+    ) -> Routed:
+        """`tenant`: the caller's key name (None without auth), a fact rules can match; `spent(tokens,
+        dollars)` is told what the answer cost once its usage is known (for a stream, at its end)."""
         if request.model not in self.policy.model_names:
             served = ", ".join(self.policy.model_names)
             message = f"The model '{request.model}' does not exist; this router serves: {served}"
@@ -320,25 +327,22 @@ class Router:
         scored: list[Scored] = []
 
         async def confidence() -> Confidences:
-            scored.append(await self.score(request.plain_messages(), self._draft_tokens(request)))
+            messages = request.plain_messages()
+            scored.append(await self.score(messages, self._draft_tokens(request), tenant=tenant))
             return self._known(scored[0])
 
-        facts = RequestFacts(request.model, request.user)
+        facts = RequestFacts(request.model, request.user, tenant)
         thresholds = await self.budget.thresholds()
         decision = await decide(self.policy, facts, confidence, thresholds, self.prices)
         answering = time.perf_counter()
-        try:
-            routed = await self._answer(request_id, request, decision, scored[0] if scored else None)
-        except APIError as exc:
-            if exc.type == "upstream_error" and decision.target is not None:
-                self.metrics.upstream_failed(decision.target, exc.code)
-            raise
+        routed = await self._answer(request_id, request, decision, scored[0] if scored else None, spent)
+        decision = routed.decision  # the answering target's, when a fallback answered
         try:
             if decision.target is not None:
                 elapsed = time.perf_counter() - answering
                 self.metrics.upstream_seconds.labels(decision.target).observe(elapsed)
             self.metrics.decided(decision)
-            await self._record(request_id, decision, scored[0] if scored else None)
+            await self._record(request_id, decision, scored[0] if scored else None, tenant)
         except BaseException:  # cancelled (the client left) or failed: an opened stream must not linger
             if routed.chunks is not None:
                 await routed.chunks.aclose()
@@ -354,87 +358,77 @@ class Router:
         )
         return routed
 
-    async def _record(self, request_id: str, decision: Decision, scored: Scored | None) -> None:
+    async def _record(
+        self, request_id: str, decision: Decision, scored: Scored | None, tenant: str | None
+    ) -> None:
         """Feedback joins with the answering target's score where the scorer predicts that target, else
         with the primary's; the traffic window keeps the primary's raw score (drift and the budget)."""
         if scored is None:
-            await self.log.record(request_id, decision, None)
+            await self.log.record(request_id, decision, None, tenant=tenant)
             return
         model = self.predicts.get(decision.target or "", self.scorer.primary)
         judged = Judged(model, scored.raw[model], scored.confidence[model])
-        await self.log.record(request_id, decision, scored.raw[self.scorer.primary], judged)
+        await self.log.record(request_id, decision, scored.raw[self.scorer.primary], judged, tenant)
 
     async def _answer(
-        self, request_id: str, request: ChatCompletionRequest, decision: Decision, scored: Scored | None
+        self,
+        request_id: str,
+        request: ChatCompletionRequest,
+        decision: Decision,
+        scored: Scored | None,
+        spent: Spent | None,
     ) -> Routed:
+        fallback = None
         if decision.action == "refuse":
             body = completions.completion(request_id, "router", decision.message or "", "stop")
         else:
             assert decision.target is not None
-            target = self.policy.targets[decision.target]
-            if isinstance(target, LocalTarget):
-                body = await self._local(request_id, request, decision, target, scored)
-            else:
-                upstream = self.remote[decision.target]
-                plain = decision.action != "hedge" and not self.policy.failure_aware
-                if request.stream and plain:  # pass the provider's chunks through untouched
-                    metered = functools.partial(self._meter, decision, decision.target)
-                    opened = await upstream.stream(request, lambda c: metered(c.get("usage")))
-                    return Routed(request_id, decision, chunks=opened)
-                body = await upstream.complete(request)
-                self._meter(decision, decision.target, body.get("usage"))
+            # A score computed just now has checked the prompt's length; its draft, if any, is the answer.
+            checked = scored is not None and not scored.cached
+            asked = Asked(request_id, scored.draft if scored else None, prompt_checked=checked)
+            order = [decision.target, *self.policy.targets[decision.target].fallbacks]
+            if request.stream and decision.action != "hedge" and not self.policy.failure_aware:
+
+                async def opened(name: str) -> Chunks:  # a provider's chunks pass through untouched
+                    metered = functools.partial(self._meter, decision, name, spent)
+                    return await self.targets[name].stream(request, asked, metered)
+
+                streamed = await first_answer(order, opened, self.cooldowns, self.metrics)
+                decision = dataclasses.replace(decision, target=streamed.target)
+                return Routed(request_id, decision, chunks=streamed.result, fallback=streamed.fallback)
+
+            async def completed(name: str) -> Completion:
+                body = await self.targets[name].complete(request, asked)
+                self._meter(decision, name, spent, body.get("usage"))
+                return body
+
+            answered = await first_answer(order, completed, self.cooldowns, self.metrics)
+            decision = dataclasses.replace(decision, target=answered.target)
+            body, fallback = answered.result, answered.fallback
         if decision.action == "hedge":
             body = completions.hedge(body, decision.message or "{answer}")
         if self.policy.failure_aware:
             body = completions.failure_aware(body, decision)
         if request.stream:
-            return Routed(
-                request_id, decision, chunks=_replay(completions.stream_chunks(body, request.include_usage))
-            )
-        return Routed(request_id, decision, body=body)
-
-    async def _local(
-        self,
-        request_id: str,
-        request: ChatCompletionRequest,
-        decision: Decision,
-        target: LocalTarget,
-        scored: Scored | None,
-    ) -> Completion:
-        # The scored draft is the answer: the confidence is about exactly this text. Sampling parameters
-        # do not apply to it for that reason.
-        draft = scored.draft if scored is not None else None
-        if draft is None:
-            messages = request.plain_messages()
-            if scored is None or scored.cached:  # a score computed just now has checked this prompt
-                await self._check_prompt(messages)
-            # A segment per job: other requests' work on the model runs between segments.
-            tokens = self._draft_tokens(request, target)
-            async with self._answering:  # each answer being written holds its KV cache between segments
-                written = await self._on_model(generation.begin, self.model, messages, tokens)
-                while not written.done:
-                    written = await self._on_model(generation.advance, self.model, written)
-            draft = generation.finish(self.model, written)
-        usage = {"prompt_tokens": draft.prompt_tokens, "completion_tokens": draft.completion_tokens}
-        name = str(decision.target)
-        self._meter(decision, name, usage)
-        return completions.completion(
-            request_id, name, draft.text, draft.finish_reason, draft.prompt_tokens, draft.completion_tokens
-        )
+            chunks = replay(completions.stream_chunks(body, request.include_usage))
+            return Routed(request_id, decision, chunks=chunks, fallback=fallback)
+        return Routed(request_id, decision, body=body, fallback=fallback)
 
     def _cost(self, name: str, prompt_tokens: int, completion_tokens: int) -> float:
-        if name in self.remote:
-            return self.remote[name].cost(prompt_tokens, completion_tokens)
-        cost = self.policy.targets[name].cost
-        return 0.0 if cost is None else cost.of(prompt_tokens, completion_tokens)
+        return self.targets[name].cost(prompt_tokens, completion_tokens)
 
-    def _meter(self, decision: Decision, name: str, usage: dict[str, int] | None) -> None:
-        """Tokens and dollars of an answer; for a pick, also what its dearest candidate would have cost."""
+    def _meter(
+        self, decision: Decision, name: str, spent: Spent | None, usage: dict[str, int] | None
+    ) -> None:
+        """Tokens and dollars of an answer, told to `spent` too; for a pick, also what its dearest candidate
+        would have cost."""
         if not usage:
             return
         prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
         cost = self._cost(name, prompt, completion)
         self.metrics.used(name, prompt, completion, cost)
+        if spent is not None:
+            spent(prompt + completion, cost)
         if decision.confidences:
             dearest = max(self._cost(other, prompt, completion) for other in decision.confidences)
             self.metrics.saved.inc(max(dearest - cost, 0.0))

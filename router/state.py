@@ -155,6 +155,11 @@ class RedisStore(StateStore):
     def health(self) -> StoreHealth:
         return StoreHealth("ok")
 
+    @property
+    def client(self) -> object:
+        """The redis.asyncio client, for what the store's operations do not cover (scripts)."""
+        return self._redis
+
     async def ping(self) -> None:
         await self._redis.ping()
 

@@ -227,8 +227,13 @@ def test_labels_are_bounded_and_carry_no_prompt_text(scrape: tuple[str, list[log
             "route",
             "code",
             "result",
+            "from_target",
+            "to_target",
+            "reason",
+            "tenant",
             "le",
         }, name
+        assert {found.get("from_target", "none"), found.get("to_target", "none")} <= targets
         assert found.get("decision", "answer") in {"answer", "escalate", "hedge", "refuse"}
         assert found.get("target", "none") in targets
         assert found.get("kind", "other") in ERROR_KINDS

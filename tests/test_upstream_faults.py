@@ -43,10 +43,11 @@ def _policy(scorer: str, faults: FaultServer) -> str:
     lines = [scorer, "targets:"]
     bases = {name: faults.base_url for name in TARGETS} | {"dead": f"http://127.0.0.1:{free_port()}/v1"}
     models = TARGETS | {"dead": "openai/anything"}
+    # No cooldowns: these tests are about what one request does (tests/test_fallbacks.py has cooldowns).
     for name, model in models.items():
         lines.append(
             f'  {name}: {{kind: litellm, model: {model}, api_base: "{bases[name]}", api_key_env: FAULTS_KEY, '
-            f"timeout_s: {TIMEOUT_S}, num_retries: {RETRIES}}}"
+            f"timeout_s: {TIMEOUT_S}, num_retries: {RETRIES}, cooldown: {{failures: 0}}}}"
         )
     lines.append("rules:")
     for name in models:
@@ -254,8 +255,8 @@ def test_the_openai_sdk_does_not_multiply_the_routers_retries(router: Served, st
 def test_retry_after_takes_seconds_milliseconds_and_dates() -> None:
     import email.utils
 
-    from router.upstream import backoff
-    from router.upstream_errors import retry_after_s
+    from router.targets.litellm import backoff
+    from router.targets.litellm_errors import retry_after_s
 
     assert retry_after_s(httpx.Headers({"retry-after": "7"})) == 7
     assert retry_after_s(httpx.Headers({"retry-after": "2", "retry-after-ms": "1500"})) == 1.5

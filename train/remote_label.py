@@ -3,7 +3,7 @@ server included. Greedy answers only (temperature 0; no logprobs, so no N-Prob, 
 number of requests at once, written through train/label.py's batch loop: whole lines, synced batch by
 batch, resumed by id.
 
-The calls go through router/upstream.py's LiteLLMUpstream, so labelling retries and classifies failures as
+The calls go through router/targets/litellm.py's LiteLLMUpstream, so labelling retries and classifies failures as
 the router does (within the target's timeout_s, at most num_retries extra attempts, only where another
 attempt can help). A failure it gives up on stops the run with one line (`RemoteLabelError`): a row is never
 written with a wrong label, and rows written before it stay.
@@ -79,7 +79,7 @@ def quiet_upstream_log() -> Iterator[None]:
 
 class RemoteLabeller:
     def __init__(self, name: str, target: LiteLLMTarget, max_new_tokens: int, concurrency: int) -> None:
-        from router.upstream import LiteLLMUpstream  # imports litellm: slow
+        from router.targets.litellm import LiteLLMUpstream  # imports litellm: slow
 
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -152,7 +152,7 @@ class RemoteLabeller:
 
     def _describe(self, error: Exception) -> str:
         """The one line for a failure LiteLLMUpstream gave up on, from what litellm raised under it."""
-        from router.upstream_errors import classify
+        from router.targets.litellm_errors import classify
 
         cause = error.__cause__
         head = f"target '{self.name}' ({self.where})"

@@ -1,4 +1,4 @@
-"""Where answers come from: the in-process model, or any model litellm can reach.
+"""`kind: litellm` targets: any model litellm can reach.
 
 A litellm target gets only the request fields the router knows (router.schemas.FORWARDED_FIELDS) and those
 its policy entry declares (extra_fields); litellm's own control keywords never come from a client. The
@@ -16,11 +16,12 @@ import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
-from policies import LiteLLMTarget
+from policies import Cooldown, LiteLLMTarget, Target
 from router.completions import Completion
 from router.errors import APIError
 from router.schemas import ChatCompletionRequest
-from router.upstream_errors import NO_RETRY, Failure, Malformed, classify, client_error
+from router.targets.base import Answerer, Asked, LocalModelAccess, Usage
+from router.targets.litellm_errors import NO_RETRY, Failure, Malformed, classify, client_error
 
 # litellm fetches its model cost map from the internet at import unless told otherwise; we run offline.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -38,30 +39,14 @@ MIN_ATTEMPT_S = 0.05
 """No retry starts with less than this left of the deadline."""
 
 
-def check_fields(request: ChatCompletionRequest, declared: Collection[str]) -> None:
-    """A 400 in OpenAI's words for fields that no target of the policy would take, before any model work.
-
-    `declared`: the extra_fields of every target. A field some target declares is accepted whichever target
-    answers, and reaches only the targets that declare it: whether a request is refused does not depend on
-    how it happens to be routed."""
-    unknown = request.unknown_fields(declared)
-    if unknown:
-        plural = "s" if len(unknown) > 1 else ""
-        raise APIError(
-            400,
-            f"Unrecognized request argument{plural} supplied: {', '.join(unknown)}",
-            param=unknown[0],
-            code="unknown_parameter",
-        )
-
-
 def backoff(retry: int) -> float:
     """Seconds to wait before retry number `retry` (1, 2, ...): exponential, with jitter."""
     return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
 
 
-class LiteLLMUpstream:
+class LiteLLMUpstream(Answerer, kind="litellm"):
     def __init__(self, name: str, target: LiteLLMTarget) -> None:
+        super().__init__(name, target)
         import litellm  # slow to import: only policies with remote targets pay for it
         from litellm.types.utils import all_litellm_params
 
@@ -71,8 +56,21 @@ class LiteLLMUpstream:
         if clash:
             raise ValueError(f"target '{name}': extra_fields {', '.join(clash)} are litellm control keywords")
         self._litellm = litellm
-        self.name, self.target = name, target
+        self.target = target
         _warm_up(litellm)
+
+    @classmethod
+    def build(cls, name: str, spec: Target, local: LocalModelAccess) -> LiteLLMUpstream:
+        assert isinstance(spec, LiteLLMTarget)
+        return cls(name, spec)
+
+    @property
+    def extra_fields(self) -> Collection[str]:
+        return self.target.extra_fields
+
+    @property
+    def cooldown(self) -> Cooldown:
+        return self.target.cooldown
 
     def _arguments(self, request: ChatCompletionRequest, streamed: bool) -> dict[str, Any]:
         arguments = request.forwarded(self.target.extra_fields)
@@ -118,13 +116,7 @@ class LiteLLMUpstream:
             return 0.0
         return float(prompt + completion)
 
-    @property
-    def price(self) -> float:
-        """Dollars per million tokens, input and output alike: what a pick rule orders candidates by."""
-        million = 1_000_000
-        return self.cost(million, 0) + self.cost(0, million)
-
-    async def complete(self, request: ChatCompletionRequest) -> Completion:
+    async def complete(self, request: ChatCompletionRequest, asked: Asked | None = None) -> Completion:
         arguments = self._arguments(request, streamed=False)
 
         async def attempt(remaining: float) -> Completion:
@@ -137,7 +129,10 @@ class LiteLLMUpstream:
         return await self._retrying(attempt)
 
     async def stream(
-        self, request: ChatCompletionRequest, on_chunk: Callable[[Completion], None] | None = None
+        self,
+        request: ChatCompletionRequest,
+        asked: Asked | None = None,
+        on_usage: Callable[[Usage | None], None] | None = None,
     ) -> Opened:
         """Opens the stream and reads its first chunk before returning, retrying like `complete`: a target
         that fails before it has said anything is then an HTTP error, not a cut stream. A stream that breaks
@@ -162,19 +157,19 @@ class LiteLLMUpstream:
             return response, chunks, data
 
         response, chunks, first = await self._retrying(attempt)
-        return Opened(response, self._rest(response, chunks, first, on_chunk))
+        return Opened(response, self._rest(response, chunks, first, on_usage))
 
     async def _rest(
         self,
         response: Any,
         chunks: AsyncIterator[Any],
         first: Completion,
-        on_chunk: Callable[[Completion], None] | None,
+        on_usage: Callable[[Usage | None], None] | None,
     ) -> AsyncGenerator[Completion]:
         finished = _finishes(first)
         try:
-            if on_chunk:
-                on_chunk(first)
+            if on_usage and first.get("usage"):
+                on_usage(first["usage"])
             yield first
             while True:
                 try:
@@ -185,8 +180,8 @@ class LiteLLMUpstream:
                 data = dict(chunk.model_dump(exclude_none=True))
                 self._check_chunk(response, data)
                 finished = finished or _finishes(data)
-                if on_chunk:
-                    on_chunk(data)
+                if on_usage and data.get("usage"):
+                    on_usage(data["usage"])
                 yield data
             if not finished:
                 raise Malformed("the stream ended without a finish_reason")

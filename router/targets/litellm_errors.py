@@ -14,6 +14,7 @@ from typing import Any
 
 from policies import LiteLLMTarget
 from router.errors import APIError
+from router.targets.base import TargetFailed
 
 RETRIED_KINDS = frozenset({"timeout", "connection", "server", "rate_limit"})
 NO_RETRY = {"x-should-retry": "false"}
@@ -152,7 +153,8 @@ _STATUS_KINDS = {
 def client_error(name: str, target: LiteLLMTarget, failure: Failure, attempts: int) -> APIError:
     """The client's error for the last failure (docs/upstream.md has the table). Messages name the
     target and what it did, never the key; the upstream's own words only where the client can act on
-    them (a request the upstream refused)."""
+    them (a request the upstream refused). A failure a retry could help is a TargetFailed: a fallback
+    may answer instead."""
     status, kind = failure.status, failure.kind
     tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
     http, code, headers = 502, "upstream_failed", NO_RETRY
@@ -192,14 +194,16 @@ def client_error(name: str, target: LiteLLMTarget, failure: Failure, attempts: i
         code, what = "upstream_malformed", "its answer is not a chat completion"
     else:
         what = f"HTTP {status}" if status else "an unexpected error"
-    return APIError(
-        http,
-        f"target '{name}' failed: {what}",
-        type="upstream_error",
-        param=failure.param if http < 500 else None,
-        code=code,
-        headers=headers,
-    )
+    fields: dict[str, Any] = {
+        "type": "upstream_error",
+        "param": failure.param if http < 500 else None,
+        "code": code,
+        "headers": headers,
+    }
+    message = f"target '{name}' failed: {what}"
+    if failure.retried:
+        return TargetFailed(kind, http, message, **fields)
+    return APIError(http, message, **fields)
 
 
 def _scrubbed(text: str, target: LiteLLMTarget, limit: int = 500) -> str:

@@ -1,0 +1,159 @@
+"""The target contract: whatever answers a request, the in-process model or a remote one, answers through
+`Answerer`, so that fallbacks, cooldowns, pick's prices and metrics treat every kind alike.
+
+Each class registers itself under its `kind`, the name a policy's target entry uses for it; a new kind is
+one module in this folder (every module here is imported by the package, so it registers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from router import completions
+from router.completions import Completion
+from router.errors import APIError
+from router.schemas import ChatCompletionRequest
+
+if TYPE_CHECKING:
+    from localmodel import Draft, LocalModel, Message
+    from policies import Cooldown, Target
+
+T = TypeVar("T")
+ANSWERERS: dict[str, type[Answerer]] = {}
+Usage = dict[str, int]
+
+
+class Chunks(Protocol):
+    """A streamed answer; `aclose` releases what produces it (an upstream connection), read or not."""
+
+    def __aiter__(self) -> AsyncIterator[Completion]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TargetFailed(APIError):
+    """A failure that is news about the target, not about the request: it timed out, was unreachable,
+    answered 5xx or 429, or is overloaded. Another target may answer instead, and it counts toward the
+    target's cooldown. Uncaught, it is the client's error like any APIError."""
+
+    def __init__(self, reason: str, status: int, message: str, **fields: Any) -> None:
+        super().__init__(status, message, **fields)
+        self.reason = reason
+        """The failure's kind (timeout, connection, server, rate_limit, overloaded): a metric label."""
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One request as a target answers it, beyond the request itself."""
+
+    request_id: str
+    draft: Draft | None = None
+    """The local model's answer the scorer judged, when it drafted one: a local target answers with it."""
+    prompt_checked: bool = False
+    """The prompt already fits `limits.max_prompt_tokens` (a score computed for it just now checked)."""
+
+
+class OnModel(Protocol):
+    """Runs `fn(*args)` on the worker thread that owns the model (see Router._on_model)."""
+
+    async def __call__(self, fn: Callable[..., T], *args: object) -> T: ...
+
+
+@dataclass(frozen=True)
+class LocalModelAccess:
+    """What answering with the in-process model needs from the router that owns it."""
+
+    model: LocalModel
+    run: OnModel
+    turns: asyncio.Semaphore
+    """Held by each local answer being written (it keeps its KV cache between segments)."""
+    check_prompt: Callable[[list[Message]], Awaitable[None]]
+    """Raises a 400 for a prompt longer than the model may read."""
+
+
+class Answerer(ABC):
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, spec: Target) -> None:
+        self.name, self.spec = name, spec
+
+    def __init_subclass__(cls, *, kind: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind is None:
+            return
+        if kind in ANSWERERS:
+            raise TypeError(f"target kind {kind!r} is already registered by {ANSWERERS[kind].__name__}")
+        cls.kind = kind
+        ANSWERERS[kind] = cls
+
+    @classmethod
+    @abstractmethod
+    def build(cls, name: str, spec: Target, local: LocalModelAccess) -> Answerer:
+        """The answerer for the policy's target `name`; `local` is there for kinds that use the model."""
+
+    @abstractmethod
+    async def complete(self, request: ChatCompletionRequest, asked: Asked) -> Completion:
+        """The whole answer."""
+
+    async def stream(
+        self, request: ChatCompletionRequest, asked: Asked, on_usage: Callable[[Usage | None], None]
+    ) -> Chunks:
+        """The answer as the client's stream, opened: failures before its first chunk raise from here.
+        `on_usage` hears the answer's token counts where they are known (from a provider's stream, only
+        when the client asked for them).
+
+        By default, the whole answer replayed a word at a time."""
+        body = await self.complete(request, asked)
+        on_usage(body.get("usage"))
+        return replay(completions.stream_chunks(body, request.include_usage))
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """US dollars at the target's declared cost; 0 without one."""
+        cost = self.spec.cost
+        return 0.0 if cost is None else cost.of(prompt_tokens, completion_tokens)
+
+    @property
+    def price(self) -> float:
+        """Dollars per million tokens, input and output alike: what a pick rule orders candidates by."""
+        million = 1_000_000
+        return self.cost(million, 0) + self.cost(0, million)
+
+    @property
+    def extra_fields(self) -> Collection[str]:
+        """Request fields beyond OpenAI's that this target takes."""
+        return ()
+
+    @property
+    def cooldown(self) -> Cooldown | None:
+        """None: never cooled down (its failures are this replica's own, as the local model's are)."""
+        return None
+
+
+def build_answerer(name: str, spec: Target, local: LocalModelAccess) -> Answerer:
+    return ANSWERERS[spec.kind].build(name, spec, local)
+
+
+async def replay(chunks: Iterable[Completion]) -> AsyncGenerator[Completion]:
+    for chunk in chunks:
+        yield chunk
+
+
+def check_fields(request: ChatCompletionRequest, declared: Collection[str]) -> None:
+    """A 400 in OpenAI's words for fields that no target of the policy would take, before any model work.
+
+    `declared`: the extra_fields of every target. A field some target declares is accepted whichever target
+    answers, and reaches only the targets that declare it: whether a request is refused does not depend on
+    how it happens to be routed."""
+    unknown = request.unknown_fields(declared)
+    if unknown:
+        plural = "s" if len(unknown) > 1 else ""
+        raise APIError(
+            400,
+            f"Unrecognized request argument{plural} supplied: {', '.join(unknown)}",
+            param=unknown[0],
+            code="unknown_parameter",
+        )
