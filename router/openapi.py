@@ -22,14 +22,22 @@ Document = dict[str, Any]
 ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("get", "/healthz"): {},
     ("get", "/readyz"): {},  # its 503 carries a Readiness body, not an error (see corrected)
-    ("get", "/v1/models"): {},
-    ("get", "/metrics"): {},
+    ("get", "/v1/models"): {
+        401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
+    },
+    ("get", "/metrics"): {
+        401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
+        403: "auth: required and the key is not the admin key (metrics show every tenant's traffic)",
+    },
     ("post", "/v1/chat/completions"): {
         400: "Invalid request (a field, an unknown field, too many messages, a prompt beyond the local "
         "model's limit), or a remote target rejected it",
+        401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
+        403: "The caller's key may not use the requested model",
         404: "The requested model is not one this router serves",
         413: "The request body is larger than the policy's limits.max_body_bytes, or a remote target's limit",
-        429: "A remote target is rate-limiting the router",
+        429: "The caller's key is over its requests or tokens per minute (rate_limit_exceeded) or has spent "
+        "its budget (budget_exceeded); or a remote target is rate-limiting the router",
         502: "A remote target failed, could not be reached, refused the router's credentials or has no key",
         503: "Not ready yet (the model is loading), overloaded (the scoring queue is full), shutting down, "
         "or a remote target asks to retry later",
@@ -37,14 +45,18 @@ ERRORS: dict[tuple[str, str], dict[int, str]] = {
     },
     ("post", "/v1/feedback"): {
         400: "Invalid request: give request_id and either correct or score",
-        404: "No decision is logged for this request id (unknown, or older than the decision log keeps)",
+        401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
+        404: "No decision is logged for this request id (unknown, older than the decision log keeps, or "
+        "made with another key)",
         409: "Feedback with a different label was already recorded for this request id",
         413: "The request body is larger than the policy's limits.max_body_bytes",
         503: "Not ready yet (the model is loading), or the state store is unreachable: not recorded",
     },
     ("post", "/v1/score"): {
         400: "Invalid request: give either messages or question; or a prompt beyond the model's limit",
+        401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
         413: "The request body is larger than the policy's limits.max_body_bytes",
+        429: "The caller's key is over its requests or tokens per minute, or has spent its budget",
         503: "Not ready yet (the model is loading) or overloaded (the scoring queue is full)",
     },
     ("post", "/admin/reload"): {

@@ -394,7 +394,7 @@ class Router:
                     return await self.targets[name].stream(request, asked, metered)
 
                 streamed = await first_answer(order, opened, self.cooldowns, self.metrics)
-                decision = dataclasses.replace(decision, target=streamed.target)
+                decision = _answered_by(decision, streamed.target)
                 return Routed(request_id, decision, chunks=streamed.result, fallback=streamed.fallback)
 
             async def completed(name: str) -> Completion:
@@ -403,7 +403,7 @@ class Router:
                 return body
 
             answered = await first_answer(order, completed, self.cooldowns, self.metrics)
-            decision = dataclasses.replace(decision, target=answered.target)
+            decision = _answered_by(decision, answered.target)
             body, fallback = answered.result, answered.fallback
         if decision.action == "hedge":
             body = completions.hedge(body, decision.message or "{answer}")
@@ -440,3 +440,11 @@ class Router:
         self._text_thread.shutdown(wait=False, cancel_futures=True)
         if self._owns_model_thread:
             self._model_thread.shutdown(wait=False, cancel_futures=True)
+
+
+def _answered_by(decision: Decision, target: str) -> Decision:
+    """The decision as answered by `target` (a fallback, perhaps): a pick's confidence is that target's."""
+    if target == decision.target:
+        return decision
+    confidence = (decision.confidences or {}).get(target, decision.confidence)
+    return dataclasses.replace(decision, target=target, confidence=confidence)

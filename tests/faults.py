@@ -15,7 +15,8 @@ What a request gets is chosen by the model it asks for (the part of a litellm ta
     not-sse                  200 with content-type text/event-stream and lines that are not JSON events
     stream-slow              a chunk every 50 ms for 20 s; a client that hangs up is counted (`abandoned`)
 
-Any other name is answered normally. Every request is recorded (path, headers, body) and every accepted
+Any other name is answered normally; a stream asked for `stream_options.include_usage` ends with a
+usage chunk. Every request is recorded (path, headers, body) and every accepted
 connection counted, so a test can prove what reached this server and what did not.
 """
 
@@ -86,6 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
         model = str((body or {}).get("model", "ok"))
         behaviour = self.server.owner._next(model)
         streamed = bool((body or {}).get("stream"))
+        self.usage_wanted = bool(((body or {}).get("stream_options") or {}).get("include_usage"))
         self._behave(behaviour, model, streamed)
 
     def _record(self, body: dict[str, Any] | None) -> None:
@@ -142,6 +144,8 @@ class _Handler(BaseHTTPRequestHandler):
         for word in ANSWER.split(" "):
             self._chunk(_event(_delta(model, {"content": word + " "}, None)))
         self._chunk(_event(_delta(model, {}, "stop")))
+        if self.usage_wanted:  # as OpenAI does: a last chunk with no choices, only the usage
+            self._chunk(_event({**_envelope(model, "chat.completion.chunk"), "choices": [], "usage": USAGE}))
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
 

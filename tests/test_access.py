@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from router.access.limits import Limits, duration
 from router.resilient_store import ResilientStore
 from router.state import RedisStore
 from tests.conftest import Served, emptied, free_port, head_scorer_yaml, wait_ready
+from tests.faults import USAGE as FAULT_USAGE
+from tests.faults import FaultServer
 from tests.redis_process import RedisProcess, running_redis
 
 ADMIN = "admin-secret"
@@ -371,3 +374,79 @@ def test_tenant_labels_are_bounded() -> None:
     assert labels[:MAX_TENANT_LABELS] == [f"tenant-{i}" for i in range(MAX_TENANT_LABELS)]
     assert labels[MAX_TENANT_LABELS:] == ["other"] * 5
     assert gate.label(Caller("tenant-3", ApiKey("tenant-3"))) == "tenant-3"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FaultServer]:
+    server = FaultServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def remote_proxy(
+    serve: Callable[..., Served],
+    upstream: FaultServer,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Served:
+    path = tmp_path_factory.mktemp("remote") / "remote.yaml"
+    path.write_text(
+        f"""\
+auth: required
+targets:
+  remote:
+    {{kind: litellm, model: openai/ok, api_base: "{upstream.base_url}", api_key_env: HOME, num_retries: 0}}
+rules:
+  - action: answer_with
+    target: remote
+"""
+    )
+    return serve(load_policy(path), redis_url, admin_key=ADMIN)
+
+
+def streamed(http: httpx.Client, proxy: Served, key: str, **body: object) -> list[dict[str, object]]:
+    payload = {"model": "router", "messages": [{"role": "user", "content": "Hi?"}], "stream": True, **body}
+    headers = {"Authorization": f"Bearer {key}"}
+    with http.stream(
+        "POST", f"{proxy.base_url}/v1/chat/completions", json=payload, headers=headers
+    ) as response:
+        assert response.status_code == 200
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(event) for event in events[:-1]]
+
+
+def test_a_stream_counts_its_tokens_whether_or_not_the_client_asked_for_usage(
+    remote_proxy: Served, http: httpx.Client, redis_url: str, upstream: FaultServer
+) -> None:
+    key = create(redis_url, ApiKey("streamer", tpm=1000))
+    tokens = "confidence-router:limit:{streamer}:tokens"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    plain = streamed(http, remote_proxy, key)
+    assert not any("usage" in chunk for chunk in plain)  # not asked for, not shown
+    assert upstream.recorded()[-1].body["stream_options"] == {"include_usage": True}  # type: ignore[index]
+    deadline = time.monotonic() + 5
+    while client.hget(tokens, "level") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert float(client.hget(tokens, "level") or 1000) < 1000 - FAULT_USAGE["total_tokens"] + 5
+    asked = streamed(http, remote_proxy, key, stream_options={"include_usage": True})
+    usage = asked[-1]["usage"]
+    assert isinstance(usage, dict)
+    assert {name: usage[name] for name in FAULT_USAGE} == FAULT_USAGE
+
+
+def test_serving_beyond_loopback_with_auth_off_warns_at_start_up(tmp_path: Path, policy: Policy) -> None:
+    path = tmp_path / "open.yaml"
+    path.write_text(policy.model_copy(update={"auth": "off"}).model_dump_json())
+    command = [sys.executable, "-m", "router", "serve", "--policy", str(path), "--host", "0.0.0.0"]
+    process = subprocess.Popen(
+        [*command, "--port", str(free_port())], stderr=subprocess.PIPE, text=True, env=os.environ
+    )
+    try:
+        assert process.stderr is not None
+        seen = [process.stderr.readline() for _ in range(3)]
+        assert any("with auth off" in line and "WARNING" in line for line in seen), seen
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -210,18 +210,20 @@ def test_the_document_declares_the_real_errors_and_media_types(served: Served) -
                 "$ref": "#/components/schemas/Error"
             }
     chat = paths["/v1/chat/completions"]["post"]["responses"]
-    assert set(chat) == {"200", "400", "404", "413", "429", "500", "502", "503", "504"}
+    assert set(chat) == {"200", "400", "401", "403", "404", "413", "429", "500", "502", "503", "504"}
     assert set(chat["200"]["content"]) == {"application/json", "text/event-stream"}
     assert set(paths["/v1/feedback"]["post"]["responses"]) == {
         "200",
         "400",
+        "401",
         "404",
         "409",
         "413",
         "500",
         "503",
     }
-    assert set(paths["/v1/score"]["post"]["responses"]) == {"200", "400", "413", "500", "503"}
+    assert set(paths["/v1/score"]["post"]["responses"]) == {"200", "400", "401", "413", "429", "500", "503"}
+    assert set(paths["/metrics"]["get"]["responses"]) == {"200", "401", "403", "500"}
     assert {"400", "401", "403", "409"} <= set(paths["/admin/reload"]["post"]["responses"])
     ready = paths["/readyz"]["get"]["responses"]["503"]["content"]["application/json"]["schema"]
     assert ready == {"$ref": "#/components/schemas/Readiness"}

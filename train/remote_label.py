@@ -3,8 +3,8 @@ server included. Greedy answers only (temperature 0; no logprobs, so no N-Prob, 
 number of requests at once, written through train/label.py's batch loop: whole lines, synced batch by
 batch, resumed by id.
 
-The calls go through router/targets/litellm.py's LiteLLMUpstream, so labelling retries and classifies failures as
-the router does (within the target's timeout_s, at most num_retries extra attempts, only where another
+The calls go through router/targets/litellm.py's LiteLLMUpstream, so labelling retries and classifies failures
+as the router does (within the target's timeout_s, at most num_retries extra attempts, only where another
 attempt can help). A failure it gives up on stops the run with one line (`RemoteLabelError`): a row is never
 written with a wrong label, and rows written before it stay.
 """

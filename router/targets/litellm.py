@@ -138,6 +138,10 @@ class LiteLLMUpstream(Answerer, kind="litellm"):
         that fails before it has said anything is then an HTTP error, not a cut stream. A stream that breaks
         off later raises from the iterator (the client's stream then ends with an error event)."""
         arguments = self._arguments(request, streamed=True)
+        # Usage is asked for whether or not the client asked: an answer's tokens are metered and count
+        # toward its caller's limits either way. A client that did not ask does not see it.
+        arguments["stream_options"] = {**(arguments.get("stream_options") or {}), "include_usage": True}
+        shown = request.include_usage
         # Each read may take timeout_s (the httpx timeout litellm sets); the deadline bounds the opening.
         read_timeout = self.target.timeout_s
 
@@ -157,20 +161,19 @@ class LiteLLMUpstream(Answerer, kind="litellm"):
             return response, chunks, data
 
         response, chunks, first = await self._retrying(attempt)
-        return Opened(response, self._rest(response, chunks, first, on_usage))
+        return Opened(response, self._rest(response, chunks, first, _Usage(on_usage, shown)))
 
     async def _rest(
         self,
         response: Any,
         chunks: AsyncIterator[Any],
         first: Completion,
-        on_usage: Callable[[Usage | None], None] | None,
+        usage: _Usage,
     ) -> AsyncGenerator[Completion]:
         finished = _finishes(first)
         try:
-            if on_usage and first.get("usage"):
-                on_usage(first["usage"])
-            yield first
+            if usage.passed(first):
+                yield first
             while True:
                 try:
                     async with asyncio.timeout(self.target.timeout_s):
@@ -180,9 +183,8 @@ class LiteLLMUpstream(Answerer, kind="litellm"):
                 data = dict(chunk.model_dump(exclude_none=True))
                 self._check_chunk(response, data)
                 finished = finished or _finishes(data)
-                if on_usage and data.get("usage"):
-                    on_usage(data["usage"])
-                yield data
+                if usage.passed(data):
+                    yield data
             if not finished:
                 raise Malformed("the stream ended without a finish_reason")
         except Exception as exc:
@@ -271,6 +273,27 @@ def _warm_up(litellm: Any) -> None:
         )
     except Exception:
         log.debug("warming litellm up failed", exc_info=True)
+
+
+class _Usage:
+    """Where a stream's usage goes: always to the meter, to the client only when it asked for it."""
+
+    def __init__(self, on_usage: Callable[[Usage | None], None] | None, shown: bool) -> None:
+        self.on_usage, self.shown = on_usage, shown
+
+    def passed(self, chunk: Completion) -> bool:
+        """Meters the chunk's usage; whether the chunk goes on to the client. For a client that did not ask
+        for usage, it is removed, and a chunk that carried nothing else is dropped (litellm sends it with
+        an empty delta)."""
+        found = chunk.get("usage")
+        if not found:
+            return True
+        if self.on_usage:
+            self.on_usage(found)
+        if self.shown:
+            return True
+        chunk.pop("usage")
+        return any(c.get("delta") or c.get("finish_reason") for c in chunk.get("choices") or ())
 
 
 class Opened:
