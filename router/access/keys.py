@@ -4,6 +4,7 @@ same keys; a key itself is shown once, when it is created, and never stored.
 Redis (under the store's prefix):
 - `keys` (a hash): sha256 of a key -> its `ApiKey` as JSON;
 - `keys:names` (a hash): name -> sha256 of its key, so that names are unique and revocable;
+- `keys:version`: counts changes, so that a replica rereads the table only when it changed;
 - `limit:{<name>}:requests|tokens|spent`: the caller's counters (router/access/limits.py); the braces keep
   one caller's keys in one Redis Cluster slot, so a script may touch them together.
 
@@ -31,6 +32,7 @@ log = logging.getLogger("router")
 KEY_PREFIX = "cr-"
 KEYS = "keys"
 NAMES = "keys:names"
+VERSION = "keys:version"
 REFRESH_S = 0.5
 """How often a replica rereads the key table: creation and revocation reach it within this."""
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -96,6 +98,7 @@ _CREATE = """
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+redis.call('INCR', KEYS[6])
 return 1
 """
 _REVOKE = """
@@ -104,6 +107,7 @@ if not hashed then return 0 end
 redis.call('HDEL', KEYS[1], hashed)
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+redis.call('INCR', KEYS[6])
 return 1
 """
 
@@ -115,21 +119,21 @@ class KeyRegistry:
         self.client, self.prefix = client, prefix
 
     def _keys(self, name: str) -> list[str]:
-        return [self.prefix + k for k in (KEYS, NAMES, *counter_keys(name))]
+        return [self.prefix + k for k in (KEYS, NAMES, *counter_keys(name), VERSION)]
 
     async def create(self, spec: ApiKey) -> str:
         """The new key (shown to the caller once)."""
         check_name(spec.name)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         created = await self.client.eval(
-            _CREATE, 5, *self._keys(spec.name), spec.name, digest(key), spec.to_json()
+            _CREATE, 6, *self._keys(spec.name), spec.name, digest(key), spec.to_json()
         )
         if not created:
             raise KeyProblem(f"a key named '{spec.name}' exists: revoke it first")
         return key
 
     async def revoke(self, name: str) -> None:
-        if not await self.client.eval(_REVOKE, 5, *self._keys(name), name):
+        if not await self.client.eval(_REVOKE, 6, *self._keys(name), name):
             raise KeyProblem(f"no key is named '{name}'")
 
     async def listed(self) -> list[tuple[ApiKey, float]]:
@@ -144,14 +148,16 @@ class KeyRegistry:
 
 
 class KeyTable:
-    """A replica's copy of the key table, reread every REFRESH_S: looking a key up costs no Redis call, so
-    unknown keys cost Redis nothing either. While Redis is unreachable the last table read stays in force."""
+    """A replica's copy of the key table, checked every REFRESH_S (one GET of its version; the table is
+    reread when that changed): looking a key up costs no Redis call, so unknown keys cost Redis nothing
+    either. While Redis is unreachable the last table read stays in force."""
 
     def __init__(self, client: Any, prefix: str = "confidence-router:") -> None:
         self.client, self.prefix = client, prefix
         self._by_digest: dict[str, tuple[str, ApiKey]] = {}
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._version: str | None = None
 
     def lookup(self, key: str) -> ApiKey | None:
         # Keys are found by their sha256: what a lookup's timing could tell is about digests, from which no
@@ -163,7 +169,11 @@ class KeyTable:
         return found[1]
 
     async def refresh(self) -> None:
+        version = str(await self.client.get(self.prefix + VERSION))
+        if version == self._version:
+            return
         table = await self.client.hgetall(self.prefix + KEYS)
+        self._version = version
         self._by_digest = {hashed: (hashed, ApiKey.from_json(value)) for hashed, value in table.items()}
 
     async def start(self) -> None:
