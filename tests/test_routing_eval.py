@@ -144,7 +144,11 @@ def test_three_targets_oracle_then_truth_scorer_then_cascade() -> None:
     assert at["cascade"] == pytest.approx(
         crossing_cost([0.0, mid_cost, price[2]], [y[:, 0].mean(), mid_accuracy, y[:, 2].mean()], level)
     )
-    threshold = metrics["strategies"]["scorer"]["thresholds"][0]
+    # The rule's t follows the quantiles of tiny's confidences (here its 0/1 answers, 40% ones).
+    rules = metrics["strategies"]["scorer"]["thresholds"]
+    assert [r["threshold"] for r in rules] == [0.0, 0.0, 0.0, 1.0, 1.0]
+    assert rules[0]["accuracy"] == pytest.approx(y[:, 0].mean()) and rules[0]["cost_per_1k"] == 0
+    threshold = rules[3]
     assert threshold["accuracy"] == pytest.approx(end_accuracy)
     assert threshold["cost_per_1k"] == pytest.approx(end_cost)
     assert threshold["share"]["mid"] == pytest.approx(np.mean(chosen == 1))

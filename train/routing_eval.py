@@ -36,7 +36,10 @@ from calibrators.validation import FloatArray, as_scores, as_unit_interval
 
 PER = 1000  # prices are reported per 1,000 requests: per-request dollars are unreadably small
 SHARE_OF_BEST = 0.95
-THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLD_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+"""The threshold rule is shown at these quantiles of the cheapest target's confidence on the rows, so that
+its table spans the confidences a scorer actually gives (fixed thresholds say nothing for a scorer whose
+confidences all lie below 0.5)."""
 LEVEL = 0.95
 # Per strategy: (two targets, more targets); {dear} is the strong target, or the most accurate of many.
 DESCRIPTIONS = {
@@ -259,7 +262,9 @@ def _strategy_metrics(
         else:
             entry |= {"pgr_curve": None, "note": _not_better(data.names, [weak.mean(), strong.mean()])}
     if name == "scorer":
-        entry["thresholds"] = [_at_threshold(data, t) for t in THRESHOLDS]
+        cheapest = data.confidences[:, 0]
+        at = [(q, float(np.quantile(cheapest, q))) for q in THRESHOLD_QUANTILES]
+        entry["thresholds"] = [_at_threshold(data, t) | {"quantile": q} for q, t in at]
     return entry
 
 

@@ -200,18 +200,18 @@ def _report_lines(metrics: dict[str, Any]) -> list[str]:
         "",
         "## The scorer's threshold rule",
         "",
-        "Cheapest target whose confidence >= t, else the most likely.",
+        "Cheapest target whose confidence >= t, else the most likely; t at quantiles q of the cheapest "
+        "target's confidence on these rows.",
         "",
     ]
     lines += [
-        "| t | accuracy | $ per 1k | " + " | ".join(names) + " |",
-        "| ---: | ---: | ---: |" + " ---: |" * len(names),
+        "| q | t | accuracy | $ per 1k | " + " | ".join(names) + " |",
+        "| ---: | ---: | ---: | ---: |" + " ---: |" * len(names),
     ]
     for p in metrics["strategies"]["scorer"]["thresholds"]:
         shares = " | ".join(f"{p['share'][name]:.1%}" for name in names)
-        lines.append(
-            f"| {p['threshold']:g} | {p['accuracy']:.4f} | {_dollars(p['cost_per_1k'])} | {shares} |"
-        )
+        rule = f"| {p['quantile']:g} | {p['threshold']:.4f} | {p['accuracy']:.4f}"
+        lines.append(f"{rule} | {_dollars(p['cost_per_1k'])} | {shares} |")
     lines += _source_table(metrics, two)
     return lines
 
