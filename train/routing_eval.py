@@ -22,6 +22,7 @@ from calibrators import (
     CostQualityCurve,
     Estimate,
     apgr,
+    auroc,
     bootstrap,
     cost_at_quality,
     cpt,
@@ -110,6 +111,8 @@ def evaluate_routing(
                 "accuracy": boot(_mean_label, data.correct[:, j], data.correct[:, j]).to_dict(),
                 "positives": int(np.count_nonzero(data.correct[:, j] == 1.0)),
                 "cost_per_1k": float(data.costs[j] * PER),
+                # How well the scorer ranks this target's own answers: what routing to it rests on.
+                "auroc": _estimate(boot, auroc, data.confidences[:, j], data.correct[:, j]),
             }
             for j, name in enumerate(data.names)
         },
@@ -275,6 +278,11 @@ def _estimate(boot: Callable[..., Estimate], metric: Callable[..., float], *arra
         return None  # undefined on these rows, or on most resamples of them
 
 
+def _auroc_or_none(confidences: FloatArray, correct: FloatArray) -> float | None:
+    both = 0 < np.count_nonzero(correct == 1.0) < len(correct)
+    return float(auroc(confidences, correct)) if both else None
+
+
 def _at_threshold(data: Rows, threshold: float) -> dict[str, Any]:
     """The deployable rule "cheapest target whose confidence >= t, else the most likely" at one t."""
     choice = threshold_choice(data.confidences, threshold)
@@ -317,6 +325,7 @@ def _source_metrics(data: Rows, best: int) -> dict[str, Any]:
             name: {
                 "accuracy": float(data.correct[:, j].mean()),
                 "positives": int(np.count_nonzero(data.correct[:, j] == 1.0)),
+                "auroc": _auroc_or_none(data.confidences[:, j], data.correct[:, j]),
             }
             for j, name in enumerate(data.names)
         },

@@ -169,12 +169,15 @@ def _report_lines(metrics: dict[str, Any]) -> list[str]:
     lines += [
         "## Targets",
         "",
-        "| target | $ per 1k | accuracy [interval] | n | positives |",
-        "| --- | ---: | --- | ---: | ---: |",
+        "AUROC: the scorer's confidence for the target against the target's own correctness.",
+        "",
+        "| target | $ per 1k | accuracy [interval] | n | positives | AUROC [interval] |",
+        "| --- | ---: | --- | ---: | ---: | --- |",
     ]
     for name, t in metrics["targets"].items():
         e = t["accuracy"]
-        lines.append(f"| {name} | {_dollars(t['cost_per_1k'])} | {_fmt(e)} | {e['n']} | {t['positives']} |")
+        listed = f"| {name} | {_dollars(t['cost_per_1k'])} | {_fmt(e)} | {e['n']} | {t['positives']}"
+        lines.append(f"{listed} | {_fmt(t.get('auroc'))} |")
     lines += ["", "## Strategies", ""]
     if two:
         lines += [
@@ -227,19 +230,25 @@ def _source_table(metrics: dict[str, Any], two: bool) -> list[str]:
         "",
         "## By source",
         "",
-        f"Accuracy (positives) per target, then each strategy's {what} on the source's rows; {undefined}.",
+        f"Accuracy (positives) and the scorer's AUROC per target, then each strategy's {what} on the "
+        f"source's rows; {undefined}.",
         "",
         "| source | n | " + " | ".join(names + strategies) + " |",
         "| --- | ---: |" + " ---: |" * (len(names) + len(strategies)),
     ]
     for source, entry in metrics["by_source"].items():
-        cells = [f"{t['accuracy']:.3f} ({t['positives']})" for t in entry["targets"].values()]
+        targets = entry["targets"].values()
+        cells = [f"{t['accuracy']:.3f} ({t['positives']}), {_point(t.get('auroc'))}" for t in targets]
         for name in strategies:
             s = entry["strategies"].get(name)
             value = None if s is None else (s.get("apgr") if two else s["cost_at_95"])
             cells.append("" if s is None else (undefined.split(":")[0] if value is None else f"{value:.3g}"))
         lines.append(f"| {source} | {entry['n']} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _point(value: float | None) -> str:
+    return "AUROC -" if value is None else f"AUROC {value:.3f}"
 
 
 def _fmt(e: dict[str, Any] | None, pct: bool = False) -> str:
