@@ -170,6 +170,11 @@ class LocalModel:
         """The tokens the model reads for this conversation, generation prompt included."""
         return self.token_count(self.prompt_text(messages))
 
+    def prompt_ids(self, messages: list[Message]) -> list[int]:
+        """The tokens the model reads for this conversation, generation prompt included."""
+        # The chat template already holds the special tokens; adding them again would double the BOS.
+        return list(self.tokenizer(self.prompt_text(messages), add_special_tokens=False).input_ids)
+
     # Generation -------------------------------------------------------------------------------------------
 
     def draft(self, messages: list[Message], max_new_tokens: int) -> Draft:

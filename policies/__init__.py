@@ -5,7 +5,18 @@ Pure: imports nothing from router/, so a policy can be checked and explained any
 
 from policies.engine import Confidences, Decision, RequestFacts, decide
 from policies.loader import DEFAULT_POLICY_PATH, PolicyError, load_policy
-from policies.schema import Action, Cooldown, Cost, LiteLLMTarget, LocalTarget, Policy, Rule, Target
+from policies.schema import (
+    Action,
+    Cooldown,
+    Cost,
+    LiteLLMTarget,
+    LocalTarget,
+    OpenAITarget,
+    Policy,
+    RemoteTarget,
+    Rule,
+    Target,
+)
 
 __all__ = [
     "DEFAULT_POLICY_PATH",
@@ -16,8 +27,10 @@ __all__ = [
     "Decision",
     "LiteLLMTarget",
     "LocalTarget",
+    "OpenAITarget",
     "Policy",
     "PolicyError",
+    "RemoteTarget",
     "RequestFacts",
     "Rule",
     "Target",

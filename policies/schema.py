@@ -107,11 +107,9 @@ class Cooldown(_Strict):
     cooldown_s: float = Field(30.0, gt=0)
 
 
-class LiteLLMTarget(_TargetSpec):
-    """Any model litellm can call. Keys come from `api_key_env` or litellm's own environment variables."""
+class RemoteTarget(_TargetSpec):
+    """What every kind of remote target takes: a model behind an HTTP API, called with retries."""
 
-    kind: Literal["litellm"]
-    model: str = Field(min_length=1)
     api_base: str | None = None
     api_key_env: str | None = None
     timeout_s: float = Field(60.0, gt=0)
@@ -132,7 +130,26 @@ class LiteLLMTarget(_TargetSpec):
     cooldown: Cooldown = Cooldown()
 
 
-Target = Annotated[LocalTarget | LiteLLMTarget, Field(discriminator="kind")]
+class LiteLLMTarget(RemoteTarget):
+    """Any model litellm can call. Keys come from `api_key_env` or litellm's own environment variables."""
+
+    kind: Literal["litellm"]
+    model: str = Field(min_length=1)
+    """litellm's model string: `provider/model`."""
+
+
+class OpenAITarget(RemoteTarget):
+    """An OpenAI-compatible chat-completions API (OpenAI, vLLM, llama.cpp, another router...), called over one
+    pooled HTTP client, its answers passed through as they come: no litellm on the request path."""
+
+    kind: Literal["openai"]
+    model: str = Field(min_length=1)
+    """The upstream's own model name, sent as it is (no provider prefix)."""
+    api_base: str = Field(pattern=r"^https?://\S+$")
+    """The API's base URL, up to and including /v1 (the router POSTs to `{api_base}/chat/completions`)."""
+
+
+Target = Annotated[LocalTarget | LiteLLMTarget | OpenAITarget, Field(discriminator="kind")]
 
 
 class DriftSpec(_Strict):
@@ -160,7 +177,7 @@ class LimitsSpec(_Strict):
     (code context_length_exceeded); requests that only pass through to a remote target are not counted.
     It bounds how long one request holds the model's worker (docs/operations.md)."""
     max_local_answers: int = Field(8, ge=1)
-    """Local answers written at once (taking turns on the model, a segment each); others wait for a turn.
+    """Local answers written at once (as one batch, a step per job on the model); others wait for a turn.
     Each holds its prompt's KV cache, about 100 MB for SmolLM2-135M at 2,048 tokens."""
 
 
@@ -236,6 +253,12 @@ class Policy(_Strict):
     share of scored traffic escalates; the written threshold holds until enough traffic has been seen."""
     monitoring: MonitoringSpec = MonitoringSpec()
     limits: LimitsSpec = LimitsSpec()
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _unquoted_off(cls, value: object) -> object:
+        # YAML reads a bare `off` as false.
+        return "off" if value is False else value
 
     @property
     def model_names(self) -> list[str]:

@@ -252,9 +252,10 @@ def create_app(
     return app
 
 
-def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller | None:
+async def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller | None:
     """A dependency, so that it runs before the body is validated: a caller without a key learns nothing
-    else about the request."""
+    else about the request. Async though it never waits (a key is looked up in memory): FastAPI runs a
+    plain function on its thread pool, a thread hop per request."""
     identify: Callable[[str | None], Caller | None] = request.app.state.caller
     return identify(authorization)
 

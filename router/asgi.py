@@ -1,5 +1,5 @@
-"""The one middleware every HTTP request passes: a bounded body, cancellation when the client goes away, and
-a count of responses by route and status.
+"""The one middleware every HTTP request passes: a bounded body, cancellation when the client goes away, a
+count of responses by route and status, and the request's one log line.
 
 Pure ASGI rather than Starlette's BaseHTTPMiddleware, which copies every response through a memory stream.
 """
@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+log = logging.getLogger("router")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,6 +41,7 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        arrived = time.perf_counter()
         limit = self.max_body_bytes()
         try:
             body = await _read_body(scope, receive, limit)
@@ -44,8 +49,10 @@ class RequestGuard:
             message = f"Request body too large: the limit is {limit} bytes (policy limits.max_body_bytes)"
             await _error(send, 413, message, "request_too_large")
             self.responded("unmatched", 413)
+            _log_request(scope, "unmatched", 413, (), arrived)
             return
         status = 500
+        headers: Any = ()
         started = False
         finished = asyncio.Event()
         disconnected = asyncio.Event()
@@ -60,9 +67,9 @@ class RequestGuard:
             return {"type": "http.disconnect"}
 
         async def app_send(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, started, headers
             if message["type"] == "http.response.start":
-                status, started = message["status"], True
+                status, started, headers = message["status"], True, message.get("headers", ())
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 finished.set()
             await send(message)
@@ -86,7 +93,9 @@ class RequestGuard:
                 await _error(send, 503, "The server is shutting down; retry", "shutting_down", retry=True)
         finally:
             watcher.cancel()
-            self.responded(_route(scope), status)
+            route = _route(scope)
+            self.responded(route, status)
+            _log_request(scope, route, status, headers, arrived)
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -138,3 +147,28 @@ async def _error(send: Send, status: int, message: str, code: str, *, retry: boo
 
 def _route(scope: Scope) -> str:
     return str(getattr(scope.get("route"), "path", "unmatched"))
+
+
+ROUTING_HEADERS = {
+    b"x-router-request-id": "request",
+    b"x-router-rule": "rule",
+    b"x-router-decision": "decision",
+    b"x-router-target": "target",
+    b"x-router-confidence": "confidence",
+    b"x-router-fallback": "fallback",
+}
+"""The response headers that say how a request was routed, and their names in its log line."""
+
+
+def _log_request(scope: Scope, route: str, status: int, headers: Any, arrived: float) -> None:
+    """One INFO line per request, in place of the server's access log: method, route (its template, never
+    the URL), status, milliseconds to the end of the response, and for a routed answer how it was routed
+    (read from its x-router headers, so the line says what the client was told). Never a prompt or a key."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    said = {name: value for name, value in headers if name in ROUTING_HEADERS}
+    routed = "".join(
+        f" {label}={said[name].decode('latin-1')}" for name, label in ROUTING_HEADERS.items() if name in said
+    )
+    elapsed = 1000 * (time.perf_counter() - arrived)
+    log.info("%s %s %d %.1f ms%s", scope.get("method"), route, status, elapsed, routed)

@@ -76,6 +76,11 @@ def serve(
     from router.app import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().level > logging.DEBUG:
+        # One line per request, the router's own (router/asgi.py): none per upstream call from the HTTP
+        # client or from litellm (which logs each call at INFO, twice: through its own handler too).
+        for chatty in ("httpx", "httpcore", "LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     loaded = _load_or_exit(policy or DEFAULT_POLICY_PATH)
     try:  # fetch a catalog model before binding the port, so a missing model fails the start-up
         models.resolve(loaded.scorer.model)
@@ -100,7 +105,14 @@ def serve(
         raise typer.Exit(2) from exc
     # uvicorn annotates the grace period as int but waits on it with asyncio.wait_for, which takes a float.
     grace: int = grace_s  # type: ignore[assignment]
-    config = uvicorn.Config(proxy, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace)
+    config = uvicorn.Config(
+        proxy,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=grace,
+        access_log=False,  # router/asgi.py logs each request, with how it was routed
+    )
     # uvicorn drains on SIGTERM and SIGINT, then raises the signal again under the handler it found; with
     # these in place a drained shutdown is a clean exit (0), not death by signal (143, 130).
     for drained in (signal.SIGTERM, signal.SIGINT):
@@ -241,7 +253,7 @@ def policy_explain(
     user: Annotated[str | None, typer.Option(help="The request's user tag.")] = None,
 ) -> None:
     """Show which rule a request would match and what the router would do."""
-    from policies import Confidences, LiteLLMTarget
+    from policies import Confidences, RemoteTarget
 
     policy = _load_or_exit(file)
     by_target = {name: confidence for name in policy.targets if policy.scored(name)}
@@ -257,11 +269,11 @@ def policy_explain(
             raise typer.BadParameter(f"'{given}': not TARGET=P", param_hint="--confidence-of") from exc
     prices = {}
     if any(rule.action == "pick" for rule in policy.rules):
-        from router.targets.litellm import LiteLLMUpstream
+        from router.targets import ANSWERERS
 
         for name, target in policy.targets.items():
-            if isinstance(target, LiteLLMTarget):
-                prices[name] = LiteLLMUpstream(name, target).price
+            if isinstance(target, RemoteTarget):  # priced as the router prices it: a price list may apply
+                prices[name] = ANSWERERS[target.kind](name, target).price
             else:
                 prices[name] = 0.0 if target.cost is None else target.cost.blended
 

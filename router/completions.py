@@ -77,22 +77,27 @@ def failure_aware(body: Completion, decision: Decision) -> Completion:
     return with_content(body, json.dumps(payload, ensure_ascii=False))
 
 
+def chunk_head(body_id: str, created: int, model: str) -> Completion:
+    """The fields every chunk of one stream shares."""
+    return {"id": body_id, "object": "chat.completion.chunk", "created": created, "model": model}
+
+
+def chunk(head: Completion, delta: dict[str, Any], finish_reason: str | None = None) -> Completion:
+    return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+def usage_chunk(head: Completion, usage: dict[str, int] | None) -> Completion:
+    """The last chunk, sent only to a client that asked for usage (stream_options.include_usage)."""
+    return {**head, "choices": [], "usage": usage}
+
+
 def stream_chunks(body: Completion, include_usage: bool) -> Iterator[Completion]:
     """Replay a finished completion as streaming chunks, a word at a time."""
     choice = body["choices"][0]
-    base = {
-        "id": body["id"],
-        "object": "chat.completion.chunk",
-        "created": body["created"],
-        "model": body["model"],
-    }
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> Completion:
-        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
-
-    yield chunk({"role": "assistant", "content": ""})
+    head = chunk_head(body["id"], body["created"], body["model"])
+    yield chunk(head, {"role": "assistant", "content": ""})
     for piece in re.findall(r"\s*\S+|\s+", content_of(body)):
-        yield chunk({"content": piece})
-    yield chunk({}, choice.get("finish_reason") or "stop")
+        yield chunk(head, {"content": piece})
+    yield chunk(head, {}, choice.get("finish_reason") or "stop")
     if include_usage:
-        yield {**base, "choices": [], "usage": body.get("usage")}
+        yield usage_chunk(head, body.get("usage"))

@@ -1,70 +1,133 @@
-"""A local answer written a segment at a time, each segment its own job on the model's worker.
+"""Local answers written together: one batch of rows on the model's worker, a step at a time.
 
-The worker runs one job at a time, so a 256-token answer written in one job (about 25 s on two CPU cores)
-would hold every other request for as long. Written in segments of SEGMENT_TOKENS, with the model's KV
-cache carried from one to the next, another request's scoring or answer waits for one segment at most;
-greedy decoding makes the text the same as in one job.
+Every job on the worker is short, so scoring and other answers interleave with a long answer: a decode
+`step` writes one token of every row (tens of milliseconds for SmolLM2-135M on two CPU cores), and a
+`prefill` reads the prompts of rows joining the batch (bounded by `limits.max_prompt_tokens`, like a scoring
+pass). Between jobs rows join (continuous batching) and leave (finished, or their client went away),
+freeing their part of the KV cache.
+
+Rows are left-padded so that every row's newest token sits in the last column; the attention mask hides
+the padding and each row's position ids count only its own tokens, so a row's greedy tokens are the ones
+it would get alone (tests/test_local_batch.py checks this on SmolLM2).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
-from localmodel.model import Draft, LocalModel, Message
+from localmodel.model import LocalModel
 
-SEGMENT_TOKENS = 16
-"""About 1.5 s of decoding for SmolLM2-135M on two CPU cores."""
+Token = tuple[int, float]
+"""A generated token and its log-probability."""
 
 
 @dataclass
-class Generation:
-    ids: torch.Tensor
-    """The prompt and what has been generated so far (one row)."""
-    prompt_tokens: int
-    remaining: int
-    cache: Any = None
-    """The model's KV cache of every position but the last."""
-    new_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    done: bool = False
+class Batch:
+    """Rows being written; the cache holds every token of each row but its newest (`pending`)."""
+
+    cache: DynamicCache
+    mask: torch.Tensor
+    """rows x cached columns: 1 for a row's tokens, 0 for its left padding."""
+    pending: torch.Tensor
+    """Each row's newest token, which the next step reads."""
+
+    @property
+    def rows(self) -> int:
+        return int(self.pending.shape[0])
+
+    @property
+    def columns(self) -> int:
+        return int(self.mask.shape[1])
 
 
-def begin(model: LocalModel, messages: list[Message], max_new_tokens: int) -> Generation:
-    ids = model.encode([model.prompt_text(messages)])["input_ids"]
-    return Generation(ids, int(ids.shape[1]), max_new_tokens)
+def _greedy(logits: torch.Tensor) -> tuple[torch.Tensor, list[Token]]:
+    """The most likely next token of each row (the logits of its last position) and its log-probability."""
+    logprobs = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
+    chosen = logprobs.argmax(dim=-1)
+    picked = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1)
+    return chosen, list(zip(chosen.tolist(), picked.tolist(), strict=True))
 
 
 @torch.inference_mode()
-def advance(model: LocalModel, generation: Generation, steps: int = SEGMENT_TOKENS) -> Generation:
-    """Up to `steps` more greedy tokens; `done` once a stop token or the length limit is reached."""
+def prefill(model: LocalModel, prompts: list[list[int]]) -> tuple[Batch, list[Token]]:
+    """A batch of new rows, one per tokenized prompt, and each row's first token."""
+    padded = model.pad_batch(prompts)
+    # A cache of plain layers, whatever the model's config says (Gemma's sliding-window layers included):
+    # rows can then be padded, joined and dropped alike in every layer. The sliding window still applies,
+    # through the attention mask.
+    cache = DynamicCache()
     with model.adapter(None) as base:
-        out = base.generate(
-            input_ids=generation.ids,
-            attention_mask=torch.ones_like(generation.ids),
-            cache=generation.cache,
-            max_new_tokens=min(steps, generation.remaining),
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            output_scores=True,
-            return_dict_in_generate=True,
-            pad_token_id=model.tokenizer.pad_token_id,
+        out = base(**padded, cache=cache, use_cache=True, logits_to_keep=1)
+    chosen, tokens = _greedy(out.logits)
+    return Batch(cache, padded["attention_mask"], chosen), tokens
+
+
+@torch.inference_mode()
+def step(model: LocalModel, batch: Batch) -> list[Token]:
+    """The next token of every row."""
+    ones = torch.ones_like(batch.mask[:, :1])
+    mask = torch.cat([batch.mask, ones], dim=1)
+    positions = batch.mask.sum(dim=1, keepdim=True)  # a row's own tokens so far, not its padding
+    with model.adapter(None) as base:
+        out = base(
+            input_ids=batch.pending.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=positions,
+            cache=batch.cache,
+            use_cache=True,
         )
-    new = out.sequences[0, generation.ids.shape[1] :]
-    generation.logprobs += [
-        float(torch.log_softmax(step[0].float(), dim=-1)[token])
-        for step, token in zip(out.scores, new, strict=True)
-    ]
-    generation.new_ids += new.tolist()
-    generation.ids, generation.cache = out.sequences, out.cache
-    generation.remaining -= len(new)
-    generation.done = generation.remaining <= 0 or any(t in model.stop_ids for t in new.tolist())
-    return generation
+    batch.mask = mask
+    batch.pending, tokens = _greedy(out.logits)
+    return tokens
 
 
-def finish(model: LocalModel, generation: Generation) -> Draft:
-    return model.draft_of(generation.new_ids, generation.logprobs, generation.prompt_tokens)
+@torch.inference_mode()
+def join(batch: Batch | None, joining: Batch) -> Batch:
+    """One batch of both: the one with fewer columns is padded on the left."""
+    if batch is None:
+        return joining
+    width = max(batch.columns, joining.columns)
+    a, b = _widened(batch, width), _widened(joining, width)
+    for ours, theirs in zip(a.cache.layers, b.cache.layers, strict=True):
+        ours.keys = torch.cat([ours.keys, theirs.keys])
+        ours.values = torch.cat([ours.values, theirs.values])
+    return Batch(a.cache, torch.cat([a.mask, b.mask]), torch.cat([a.pending, b.pending]))
+
+
+def _widened(batch: Batch, width: int) -> Batch:
+    extra = width - batch.columns
+    if extra == 0:
+        return batch
+    for layer in batch.cache.layers:
+        layer.keys, layer.values = _padded(layer.keys, extra, 2), _padded(layer.values, extra, 2)
+    batch.mask = _padded(batch.mask, extra, 1)
+    return batch
+
+
+def _padded(tensor: torch.Tensor, extra: int, dim: int) -> torch.Tensor:
+    """`extra` zeros before the tensor's first entry along `dim`."""
+    shape = list(tensor.shape)
+    shape[dim] = extra
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+@torch.inference_mode()
+def keep(batch: Batch, rows: list[int]) -> Batch | None:
+    """The batch of `rows` only (None if none): the others' cache is freed, and the columns that are
+    padding in every row left."""
+    if not rows:
+        return None
+    if rows == list(range(batch.rows)):
+        return batch
+    index = torch.tensor(rows, device=batch.mask.device)
+    mask = batch.mask[index]
+    used = mask.any(dim=0).nonzero()
+    first = int(used[0]) if len(used) else mask.shape[1] - 1
+    for layer in batch.cache.layers:
+        # Copied, not viewed: a view would keep the whole of the old tensors alive.
+        layer.keys = layer.keys[index, :, first:].contiguous()
+        layer.values = layer.values[index, :, first:].contiguous()
+    return Batch(batch.cache, mask[:, first:].contiguous(), batch.pending[index])

@@ -95,6 +95,12 @@ class Metrics:
         self.batch_size = Histogram(
             "router_batch_size", "Scoring requests per forward pass.", buckets=BATCH_BUCKETS, registry=r
         )
+        self.local_batch_rows = Histogram(
+            "router_local_batch_rows",
+            "Local answers written together, per generation step or prompt read (router/generation.py).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge("router_queue_depth", "Scoring requests waiting for a batch.", registry=r)
         self.queue_capacity = Gauge(
             "router_queue_capacity", "Waiting requests beyond which the router answers 503.", registry=r

@@ -31,6 +31,7 @@ from router.drift import DriftMonitor
 from router.errors import APIError
 from router.fallback import first_answer
 from router.feedback import TRAFFIC_RETAINED, DecisionLog, Judged, calibration_stats
+from router.local_batch import GenerationBatcher
 from router.metrics import CALIBRATION_WINDOWS, Metrics
 from router.schemas import ChatCompletionRequest
 from router.score_cache import ScoreCache
@@ -116,8 +117,14 @@ class Router:
             self.metrics.batch_ran,
         )
         self.metrics.queue_capacity.set(limits.max_queue)
-        self._answering = asyncio.Semaphore(policy.limits.max_local_answers)
-        local = LocalModelAccess(model, self._on_model, self._answering, self._check_prompt)
+        self.writer = GenerationBatcher(
+            model,
+            self._on_model,
+            policy.limits.max_local_answers,
+            self._prompt_token_limit(),
+            self.metrics.local_batch_rows.observe,
+        )
+        local = LocalModelAccess(model, self._on_model, self.writer, self._check_prompt)
         self.targets: dict[str, Answerer] = {
             name: build_answerer(name, target, local) for name, target in policy.targets.items()
         }
@@ -347,7 +354,8 @@ class Router:
             if routed.chunks is not None:
                 await routed.chunks.aclose()
             raise
-        log.info(
+        # DEBUG: over HTTP the request's one INFO line (router/asgi.py) says the same from its headers.
+        log.debug(
             "request=%s rule=%s decision=%s target=%s confidence=%s latency_ms=%.0f",
             request_id,
             decision.rule,
@@ -437,6 +445,9 @@ class Router:
         """After a reload: waits for this router's requests in flight, then stops its batcher."""
         await self._idle.wait()
         await self.batcher.close()
+        await self.writer.close()  # its streams may outlast their requests' turn in `in_use`
+        for target in self.targets.values():
+            await target.close()
         self._text_thread.shutdown(wait=False, cancel_futures=True)
         if self._owns_model_thread:
             self._model_thread.shutdown(wait=False, cancel_futures=True)

@@ -142,6 +142,21 @@ def tiny_head(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return make_head_scorer(tiny_model, tmp_path_factory.mktemp("tiny-head"), layer=3)
 
 
+@pytest.fixture(scope="session")
+def untied_model(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama whose answers are varied text (see build_tiny_model's `tied`)."""
+    from tests.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("untied-model"), smollm2, tied=False)
+
+
+@pytest.fixture(scope="session")
+def untied_head(untied_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny import make_head_scorer
+
+    return make_head_scorer(untied_model, tmp_path_factory.mktemp("untied-head"), layer=3)
+
+
 def head_scorer_yaml(tiny_model: Path, tiny_head: Path) -> str:
     """The `scorer:` section of a policy that scores with `tiny_head`."""
     return f'scorer: {{method: head, model: "{tiny_model}", adapter: "{tiny_head}"}}\n'

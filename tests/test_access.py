@@ -17,7 +17,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from policies import Policy, load_policy
+from policies import Policy, PolicyError, load_policy
 from router.access.gate import MAX_TENANT_LABELS, Caller, Gate
 from router.access.keys import ApiKey, KeyProblem, KeyRegistry
 from router.access.limits import Limits, duration
@@ -450,3 +450,13 @@ def test_serving_beyond_loopback_with_auth_off_warns_at_start_up(tmp_path: Path,
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_bare_auth_off_in_yaml_means_off(tmp_path: Path) -> None:
+    path = tmp_path / "off.yaml"
+    rest = "targets: {local: {kind: local}}\nrules: [{action: answer_with, target: local}]\n"
+    path.write_text("auth: off\n" + rest)
+    assert load_policy(path).auth == "off"
+    path.write_text("auth: on\n" + rest)
+    with pytest.raises(PolicyError, match=r"off.yaml:1: auth: Input should be 'off' or 'required'"):
+        load_policy(path)

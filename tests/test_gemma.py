@@ -10,7 +10,7 @@ import pytest
 
 from localmodel import LocalModel
 from localmodel import catalog as models
-from router import generation
+from tests.batches import write_batched
 
 QUESTION = [{"role": "user", "content": "What is the capital of Italy? Answer in a few words."}]
 
@@ -39,9 +39,11 @@ def test_gemma_answers_one_line_like_the_instruct_model(model: LocalModel) -> No
     assert prompt.endswith("\n\nQ: What is the capital of Italy? Answer in a few words.\nA:")
     draft = model.draft(QUESTION, 16)
     assert "Rome" in draft.text and "\n" not in draft.text and draft.finish_reason == "stop"
-    # The serving path writes answers a segment at a time with the KV cache carried (Gemma's is hybrid:
-    # sliding-window and global layers); the text is the same as in one job.
-    written = generation.begin(model, QUESTION, 16)
-    while not written.done:
-        written = generation.advance(model, written, 3)
-    assert generation.finish(model, written) == draft
+    # The serving path writes answers as one batch, a token per step, with plain cache layers (Gemma's own
+    # are hybrid: sliding-window and global); the text is the same, alone or padded beside a longer prompt.
+    longer = [{"role": "user", "content": "Name three rivers of Europe and the seas they flow into."}]
+    alone, beside = (
+        write_batched(model, [QUESTION], [16], [0])[0],
+        write_batched(model, [QUESTION, longer], [16, 16], [0, 0])[0],
+    )
+    assert alone.text == beside.text == draft.text and alone.finish_reason == draft.finish_reason

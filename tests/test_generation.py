@@ -1,4 +1,5 @@
-"""Local answers written a segment at a time: the same text as in one job, and room for others between."""
+"""Local answers written as one batch, a step per job: each row's text is the one it gets alone, and
+other requests are answered between steps."""
 
 from __future__ import annotations
 
@@ -8,31 +9,58 @@ from pathlib import Path
 import pytest
 
 from localmodel.model import LocalModel
-from router import generation
 from router.schemas import ChatCompletionRequest
 from router.service import Router
+from tests.batches import write_batched
 from tests.conftest import head_scorer_yaml, policy_from
 
-PROMPTS = ["Hello there.", "Tell me a story about a lighthouse.", "2 + 2 = ?"]
+PROMPTS = [
+    "Hello there.",
+    "Tell me a story about a lighthouse on a cliff above a stormy sea, with its keeper and a ship.",
+    "2 + 2 = ?",
+    "What is the capital of France?",
+    "Explain, step by step and for a child, how plants turn light, water and air into sugar.",
+]
+"""Of different lengths: rows read together are padded."""
+
+
+def conversations() -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": prompt}] for prompt in PROMPTS]
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model: Path) -> LocalModel:
-    return LocalModel(str(tiny_model))
+def untied(untied_model: Path) -> LocalModel:
+    return LocalModel(str(untied_model))
 
 
-@pytest.mark.parametrize("steps", [1, 3, 64])
-def test_segments_write_what_one_job_writes(model: LocalModel, steps: int) -> None:
-    for prompt in PROMPTS:
-        messages = [{"role": "user", "content": prompt}]
-        whole = model.draft(messages, 40)
-        written = generation.begin(model, messages, 40)
-        segments = 0
-        while not written.done:
-            written = generation.advance(model, written, steps)
-            segments += 1
-        assert generation.finish(model, written) == whole
-        assert segments == -(-len(written.new_ids) // steps)
+@pytest.fixture(scope="module")
+def smollm2_model(smollm2: Path) -> LocalModel:
+    return LocalModel(str(smollm2))
+
+
+def test_rows_written_together_get_the_tokens_they_get_alone(untied: LocalModel) -> None:
+    lengths = [40, 25, 33, 10, 40]
+    # Two rows start together, one joins a step later, two more later still; each leaves at its length.
+    together = write_batched(untied, conversations(), lengths, [0, 0, 1, 5, 5])
+    for messages, length, draft in zip(conversations(), lengths, together, strict=True):
+        alone = untied.draft(messages, length)  # transformers' generate, one row
+        assert draft.text == alone.text and draft.text
+        assert draft.finish_reason == alone.finish_reason
+        assert draft.token_logprobs == pytest.approx(alone.token_logprobs, abs=1e-4)
+
+
+def test_smollm2_writes_the_same_answers_batched_as_alone(smollm2_model: LocalModel) -> None:
+    """The real model, greedy, in fp32 on CPU: padded rows differ from a row alone only in the last bits of
+    the log-probabilities, never in the tokens."""
+    length = 10
+    alone = [write_batched(smollm2_model, [m], [length], [0])[0] for m in conversations()]
+    together = write_batched(smollm2_model, conversations(), [length] * len(PROMPTS), [0, 0, 2, 3, 3])
+    for one, batched in zip(alone, together, strict=True):
+        assert batched.text == one.text and batched.text
+        assert batched.finish_reason == one.finish_reason
+        assert batched.token_logprobs == pytest.approx(one.token_logprobs, abs=1e-4)
+    # And the same as transformers' own generate writes.
+    assert alone[1].text == smollm2_model.draft(conversations()[1], length).text
 
 
 def test_a_short_request_is_answered_while_a_long_answer_is_still_being_written(

@@ -20,7 +20,11 @@ from train.intrinsic import IO_YAML
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
 
 
-def build_tiny_model(out: Path, tokenizer_from: Path, layers: int = 4, seed: int = 0) -> Path:
+def build_tiny_model(
+    out: Path, tokenizer_from: Path, layers: int = 4, seed: int = 0, *, tied: bool = True
+) -> Path:
+    """`tied=False`: an output head of its own, so that the next token is not the last one again (a random
+    model with tied embeddings repeats its input): answers of varied, often multi-byte, text."""
     torch.manual_seed(seed)
     for name in TOKENIZER_FILES:
         if (tokenizer_from / name).exists():
@@ -36,7 +40,7 @@ def build_tiny_model(out: Path, tokenizer_from: Path, layers: int = 4, seed: int
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
     )
     AutoModelForCausalLM.from_config(config).save_pretrained(str(out))
     return out

@@ -7,7 +7,6 @@ one module in this folder (every module here is imported by the package, so it r
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from router.schemas import ChatCompletionRequest
 if TYPE_CHECKING:
     from localmodel import Draft, LocalModel, Message
     from policies import Cooldown, Target
+    from router.local_batch import GenerationBatcher
 
 T = TypeVar("T")
 ANSWERERS: dict[str, type[Answerer]] = {}
@@ -69,8 +69,8 @@ class LocalModelAccess:
 
     model: LocalModel
     run: OnModel
-    turns: asyncio.Semaphore
-    """Held by each local answer being written (it keeps its KV cache between segments)."""
+    writer: GenerationBatcher
+    """Writes local answers, concurrent ones as one batch; it bounds how many are written at once."""
     check_prompt: Callable[[list[Message]], Awaitable[None]]
     """Raises a 400 for a prompt longer than the model may read."""
 
@@ -130,6 +130,11 @@ class Answerer(ABC):
     @property
     def cooldown(self) -> Cooldown | None:
         """None: never cooled down (its failures are this replica's own, as the local model's are)."""
+        return None
+
+    async def close(self) -> None:
+        """Releases what the answerer holds (a connection pool) once its router is retired; streams it is
+        still passing on may finish first."""
         return None
 
 

@@ -1,5 +1,6 @@
 """What a remote target's failure was, and what the client is told about it (docs/upstream.md has the
-table). Pure: classifies what litellm raised, builds OpenAI-shaped errors; no calls."""
+table). Pure: classifies what litellm, or the openai target's HTTP client, raised; builds OpenAI-shaped
+errors; no calls."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from policies import LiteLLMTarget
+from policies import RemoteTarget
 from router.errors import APIError
 from router.targets.base import TargetFailed
 
@@ -110,6 +111,7 @@ def classify(exc: BaseException) -> Failure:
     """What went wrong, from what litellm raised. Checked in this order: an answer that is not a chat
     completion, a timeout, a connection failure (litellm labels a reset connection HTTP 500), then the
     upstream's status."""
+    import aiohttp
     import httpx
     import openai
 
@@ -123,7 +125,10 @@ def classify(exc: BaseException) -> Failure:
         return Failure("other", detail=detail)
     if any(isinstance(e, TimeoutError | openai.APITimeoutError | httpx.TimeoutException) for e in chain):
         return Failure("timeout")
-    if any(isinstance(e, openai.APIConnectionError | httpx.TransportError | OSError) for e in chain):
+    # aiohttp (the openai kind's client): a server that hung up or a body cut short is not an OSError there.
+    connection = openai.APIConnectionError | httpx.TransportError | OSError
+    cut = aiohttp.ClientConnectionError | aiohttp.ClientPayloadError
+    if any(isinstance(e, connection | cut) for e in chain):
         return Failure("connection")
     status = getattr(exc, "status_code", None)
     if not isinstance(status, int):
@@ -150,7 +155,7 @@ _STATUS_KINDS = {
 }
 
 
-def client_error(name: str, target: LiteLLMTarget, failure: Failure, attempts: int) -> APIError:
+def client_error(name: str, target: RemoteTarget, failure: Failure, attempts: int) -> APIError:
     """The client's error for the last failure (docs/upstream.md has the table). Messages name the
     target and what it did, never the key; the upstream's own words only where the client can act on
     them (a request the upstream refused). A failure a retry could help is a TargetFailed: a fallback
@@ -206,7 +211,7 @@ def client_error(name: str, target: LiteLLMTarget, failure: Failure, attempts: i
     return APIError(http, message, **fields)
 
 
-def _scrubbed(text: str, target: LiteLLMTarget, limit: int = 500) -> str:
+def _scrubbed(text: str, target: RemoteTarget, limit: int = 500) -> str:
     """The upstream's words for the client: never the target's key, and not at any length."""
     key = os.environ.get(target.api_key_env) if target.api_key_env else None
     if key:

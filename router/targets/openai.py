@@ -1,0 +1,284 @@
+"""`kind: openai` targets: an OpenAI-compatible chat-completions API (OpenAI, vLLM, llama.cpp, another
+router...), called over one pooled HTTP client per target, its answers passed on as they come.
+
+No litellm on this path: a call through litellm cost ~3 ms of CPU on this project's benchmark machine (its
+response types, cost calculation, logging, a thread hop), several times the rest of the request
+(docs/benchmarks.md). The client is aiohttp's, not httpx's: httpx's connection pool scans every pooled
+connection on every request, 1.7 ms of CPU per request at 32 concurrent ones against aiohttp's 0.09 ms.
+The request is the allow-listed fields as JSON, the answer the upstream's JSON, a stream its server-sent
+events parsed one by one. Retries, errors, usage and fallbacks are the litellm target's
+(router/targets/remote.py, litellm_errors.py): the failures below are raised so that `classify` reads them
+as it reads litellm's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.util
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from policies import OpenAITarget, Target
+from router.completions import Completion
+from router.schemas import ChatCompletionRequest
+from router.targets.base import Asked, LocalModelAccess, Usage
+from router.targets.litellm_errors import Malformed
+from router.targets.remote import Opened, RemoteAnswerer, StreamUsage
+
+log = logging.getLogger("router")
+
+KEEPALIVE_S = 30.0
+"""How long an idle pooled connection is kept for the next request."""
+
+
+class UpstreamStatus(Exception):
+    """The upstream answered with an error status. Shaped as litellm's errors are for `classify`: the status
+    in `status_code`, the response headers in `headers` (Retry-After), OpenAI's error object in `body`."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], content: bytes) -> None:
+        error = _error_object(content)
+        message = error.get("message") if isinstance(error.get("message"), str) else None
+        super().__init__(f"HTTP {status}: {message or content[:200].decode(errors='replace')}")
+        self.status_code, self.headers = status, headers
+        self.body = error if message else None
+        self.param = error.get("param")
+
+
+def _error_object(content: bytes) -> dict[str, Any]:
+    try:
+        parsed = json.loads(content)
+    except ValueError:
+        return {}
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+class OpenAIUpstream(RemoteAnswerer, kind="openai"):
+    target: OpenAITarget
+
+    def __init__(self, name: str, target: OpenAITarget) -> None:
+        super().__init__(name, target)
+        self.url = target.api_base.rstrip("/") + "/chat/completions"
+        # No redirects: one would be a wrong api_base (and may point the key at another host).
+        self._options = {"allow_redirects": False, **_env_proxy(self.url)}
+        self._prices = listed_prices(target.model) if target.cost is None else None
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._open: set[aiohttp.ClientResponse] = set()
+        """Streams being passed on: `close` leaves the pool open until they are done."""
+        self._closing = False
+
+    @classmethod
+    def build(cls, name: str, spec: Target, local: LocalModelAccess) -> OpenAIUpstream:
+        assert isinstance(spec, OpenAITarget)
+        return cls(name, spec)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """US dollars at the target's declared cost, else at litellm's list price for the model (its bundled
+        price list, read once); 0 for a model the list does not price (self-hosted ones)."""
+        if self.target.cost is not None:
+            return self.target.cost.of(prompt_tokens, completion_tokens)
+        if self._prices is None:
+            return 0.0
+        return prompt_tokens * self._prices[0] + completion_tokens * self._prices[1]
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The pooled client, made in the loop that uses it (its connections belong to that loop): the
+        router is built off the event loop, and a test may run one router in several loops."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._loop is not loop:
+            self._session, self._loop = _session(self.target.timeout_s), loop
+        return self._session
+
+    def _call(self, request: ChatCompletionRequest, streamed: bool) -> tuple[bytes, dict[str, str]]:
+        """The request's JSON body and headers."""
+        payload = self.forwarded(request, streamed)
+        payload["model"] = self.target.model
+        payload["messages"] = request.forwarded_messages()
+        if streamed:
+            payload["stream"] = True
+            # Usage is asked for whether or not the client asked: an answer's tokens are metered and count
+            # toward its caller's limits either way. A client that did not ask does not see it.
+            payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+        headers = {"content-type": "application/json"}
+        key = self.api_key()
+        if key is not None:
+            headers["authorization"] = f"Bearer {key}"
+        return json.dumps(payload, ensure_ascii=False).encode(), headers
+
+    async def complete(self, request: ChatCompletionRequest, asked: Asked | None = None) -> Completion:
+        body, headers = self._call(request, streamed=False)
+
+        async def attempt(_: float) -> Completion:
+            async with self._http().post(self.url, data=body, headers=headers, **self._options) as response:
+                content = await response.read()
+            if response.status >= 300:
+                raise UpstreamStatus(response.status, response.headers, content)
+            answer = _json(content)
+            if not isinstance(answer, dict) or not answer.get("choices"):
+                raise Malformed("a completion without choices")
+            return answer
+
+        return await self.retrying(attempt)
+
+    async def stream(
+        self,
+        request: ChatCompletionRequest,
+        asked: Asked | None = None,
+        on_usage: Callable[[Usage | None], None] | None = None,
+    ) -> Opened:
+        """Opens the stream and reads its first chunk before returning, retrying like `complete`: a target
+        that fails before it has said anything is then an HTTP error, not a cut stream. A stream that breaks
+        off later raises from the iterator (the client's stream then ends with an error event)."""
+        body, headers = self._call(request, streamed=True)
+        http = self._http()
+
+        async def attempt(_: float) -> tuple[aiohttp.ClientResponse, AsyncIterator[Completion], Completion]:
+            response = await http.post(self.url, data=body, headers=headers, **self._options)
+            try:
+                if response.status >= 300:
+                    raise UpstreamStatus(response.status, response.headers, await response.read())
+                chunks = events(response.content.iter_any())
+                try:
+                    first = await anext(chunks)
+                except StopAsyncIteration:
+                    raise Malformed("an empty stream") from None
+            except BaseException:
+                response.close()
+                raise
+            return response, chunks, first
+
+        response, chunks, first = await self.retrying(attempt)
+        self._open.add(response)
+
+        async def release() -> None:
+            if response not in self._open:
+                return
+            self._open.discard(response)
+            if response.content.at_eof():
+                response.release()  # read to its end: the connection goes back to the pool
+            else:
+                response.close()  # the upstream sees the connection go, and stops writing
+            if self._closing and not self._open:
+                await self.close()
+
+        usage = StreamUsage(on_usage, request.include_usage)
+        return Opened(self.relay(first, chunks, usage, release), release)
+
+    async def close(self) -> None:
+        """Closes the pool once the streams it still passes on are done."""
+        self._closing = True
+        if self._open or self._session is None:
+            return
+        session, self._session = self._session, None
+        await session.close()
+
+
+def _session(timeout_s: float) -> aiohttp.ClientSession:
+    # Each read and each connect may take timeout_s (a stream's chunks); the deadline in `retrying` bounds a
+    # whole call. No limit on connections (the clients' concurrency bounds them). trust_env off: with it
+    # aiohttp looks the proxy up on a worker thread per request; _env_proxy does it once.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S)
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, trust_env=False, raise_for_status=False
+    )
+
+
+def _env_proxy(url: str) -> dict[str, Any]:
+    """The proxy HTTP(S)_PROXY and NO_PROXY give for `url` (as litellm's clients take them), as
+    `post` keywords; none without one."""
+    from aiohttp.helpers import get_env_proxy_for_url
+    from yarl import URL
+
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return {}
+    return {"proxy": proxy, "proxy_auth": auth}
+
+
+async def events(pieces: AsyncIterator[bytes]) -> AsyncIterator[Completion]:
+    """The chat-completion chunks of a server-sent event stream (its body as it arrives, in pieces of any
+    size), until `data: [DONE]` or its end. A data line that is not a JSON object raises Malformed; an
+    error event raises UpstreamStatus with the status it names (else 502). Comments
+    (keep-alives) and other fields are skipped."""
+    pending = b""
+    data: list[bytes] = []
+    done = False
+    async for piece in pieces:
+        if done:  # read to the end all the same, so that the connection goes back to the pool
+            continue
+        lines = (pending + piece).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            line = line.removesuffix(b"\r")
+            if line:
+                name, _, value = line.partition(b":")
+                if name == b"data":  # a comment has no name (":..."); event, id, retry say nothing here
+                    data.append(value.removeprefix(b" "))
+                continue
+            if not data:
+                continue
+            event, data = b"\n".join(data), []
+            if event == b"[DONE]":
+                done = True
+                break
+            yield _chunk(event)
+    if done:
+        return
+    if pending.startswith(b"data:"):  # a last event without its blank line
+        data.append(pending[5:].removeprefix(b" "))
+    if data and data != [b"[DONE]"]:
+        yield _chunk(b"\n".join(data))
+
+
+def _json(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise Malformed("an answer that is not JSON") from exc
+
+
+def _chunk(event: bytes) -> Completion:
+    chunk = _json(event)
+    if not isinstance(chunk, dict):
+        raise Malformed("an event that is not a chat completion chunk")
+    error = chunk.get("error")
+    if error is not None:  # vLLM and others report a failure inside the stream
+        code = error.get("code") if isinstance(error, dict) else None
+        status = code if isinstance(code, int) and 400 <= code < 600 else 502
+        raise UpstreamStatus(status, {}, json.dumps({"error": error}).encode())
+    return chunk
+
+
+@functools.cache
+def _price_list() -> dict[str, tuple[float, float]]:
+    """litellm's bundled price list as model -> (dollars per input token, per output token), read from its
+    JSON without importing litellm (seconds, and a hundred MB); empty where litellm is not installed."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or spec.origin is None:
+        return {}
+    path = Path(spec.origin).parent / "model_prices_and_context_window_backup.json"
+    try:
+        listed = json.loads(path.read_text())
+    except (OSError, ValueError):
+        log.warning("litellm's price list at %s could not be read: openai targets cost 0", path)
+        return {}
+    prices = {}
+    for model, entry in listed.items():
+        if isinstance(entry, dict):
+            given, taken = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
+            if isinstance(given, int | float) and isinstance(taken, int | float):
+                prices[model] = (float(given), float(taken))
+    return prices
+
+
+def listed_prices(model: str) -> tuple[float, float] | None:
+    return _price_list().get(model)
