@@ -218,7 +218,7 @@ def test_per_source_breakdown() -> None:
     )
     a, b = metrics["by_source"]["a"], metrics["by_source"]["b"]
     assert (a["n"], b["n"]) == (200, 400)
-    assert a["targets"]["cloud"] == {"accuracy": 0.0, "positives": 0}
+    assert a["targets"]["cloud"] == {"accuracy": 0.0, "positives": 0, "auroc": None}  # one class: no AUROC
     assert b["targets"]["local"]["positives"] == int(weak[200:].sum())
     assert all(s["apgr"] is None for s in a["strategies"].values())
     assert b["strategies"]["oracle"]["apgr"] == pytest.approx(oracle_apgr(weak[200:], strong[200:]))
