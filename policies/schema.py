@@ -153,7 +153,7 @@ Target = Annotated[LocalTarget | LiteLLMTarget | OpenAITarget, Field(discriminat
 
 
 class DriftSpec(_Strict):
-    """When live confidences stop looking like the reference (see the README's drift alarm rule)."""
+    """When live confidences stop looking like the reference (docs/monitoring.md, the drift alarm rule)."""
 
     reference: Literal["auto", "scorer", "pinned"] = "auto"
     """scorer: the evaluation scores in the scorer folder's scorer.json; pinned: the first

@@ -28,7 +28,7 @@ class LinearProbe:
         what the model knows. The classes are weighted equally in the fit, so the few correct answers shape
         the direction as much as the many wrong ones; the intercept is then moved back to the real base
         rate, so outputs stay probabilities. Of C 1e-4..2e-3, weighted and not, this gave the best AUROC on
-        free-form sources left out of the fit (docs/scorer-quality.md, seventh session)."""
+        free-form sources left out of the fit (docs/scorer-quality.md)."""
         self.c = c
         self.weights = np.zeros(0)
         self.bias = 0.0
