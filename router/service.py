@@ -201,8 +201,10 @@ class Router:
     async def observe_windows(self) -> None:
         """Set the gauges computed from the shared windows: rolling calibration, drift, escalation; and
         the targets' cooldowns."""
-        for name in self.targets:
-            self.metrics.target_up.labels(name).set(int(await self.cooldowns.left(name) == 0))
+        up = {name: int(await self.cooldowns.left(name) == 0) for name in self.targets}
+        self.metrics.target_up.clear()  # a target a reload removed leaves no series behind
+        for name, value in up.items():
+            self.metrics.target_up.labels(name).set(value)
         records = await self.log.feedback_window(max(CALIBRATION_WINDOWS))
         for window in CALIBRATION_WINDOWS:
             self.metrics.calibrated(window, calibration_stats(records[-window:]))

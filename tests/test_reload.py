@@ -127,3 +127,19 @@ def test_changing_the_model_needs_a_restart(
     assert response.status_code == 400
     assert "needs a restart" in response.json()["error"]["message"]
     assert 'router_reloads_total{result="failed"} 1.0' in httpx.get(f"{served.base_url}/metrics").text
+
+
+def test_a_target_the_reload_removes_leaves_no_metric_series(
+    setup: tuple[Served, Path, Callable[..., str]], tiny_model: Path, tiny_head: Path
+) -> None:
+    served, path, _ = setup
+    assert 'router_target_up{target="remote"} 1.0' in httpx.get(f"{served.base_url}/metrics").text
+    scorer = head_scorer_yaml(tiny_model, tiny_head)
+    path.write_text(
+        f"name: local-only\n{scorer}targets:\n  local: {{kind: local, max_tokens: 4}}\n"
+        "rules:\n  - action: answer_with\n    target: local\n"
+    )
+    assert reload(served).status_code == 200
+    scrape = httpx.get(f"{served.base_url}/metrics").text
+    assert 'router_target_up{target="local"} 1.0' in scrape
+    assert 'target="remote"' not in scrape.split("# HELP router_target_up")[1].split("# HELP")[0]
