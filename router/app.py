@@ -41,9 +41,11 @@ def create_app(
     *,
     policy_path: Path | None = None,
     admin_key: str | None = None,
+    watch_policy_s: float = 0.0,
 ) -> FastAPI:
-    """`policy_path`: the file a reload reads (SIGHUP, POST /admin/reload); `admin_key`: the bearer token
-    the admin endpoint requires (admin endpoints are off without one)."""
+    """`policy_path`: the file a reload reads (SIGHUP, POST /admin/reload, and a change of its content
+    every `watch_policy_s` seconds when that is above 0); `admin_key`: the bearer token the admin endpoint
+    requires (admin endpoints are off without one)."""
     store: StateStore = open_store(redis_url)
     client = getattr(store, "client", None)  # Redis's, when the state is shared
     if policy.auth == "required" and client is None:
@@ -52,7 +54,7 @@ def create_app(
     limits = Limits(store, client)
     gate = Gate(keys, limits, admin_key)
     metrics = Metrics()
-    serving = Serving(policy, store, metrics, policy_path)
+    serving = Serving(policy, store, metrics, policy_path, watch_policy_s)
     metrics.track_queue(lambda: serving.router.batcher.depth if serving.router else 0)
     metrics.track_store(store)
     windows_failing = False  # so that a store that keeps failing logs once, not at every scrape
@@ -61,6 +63,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Load in the background so /healthz answers at once and /readyz tells when the model is in.
         loading = asyncio.create_task(asyncio.to_thread(serving.load))
+        serving.watch_policy()
         if keys is not None:
             await keys.start()
         # Signal handlers can only be installed from the main thread (not so for servers run in tests).
@@ -68,14 +71,18 @@ def create_app(
         if on_main_thread:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, serving.reload_on_signal)
         yield
-        if on_main_thread:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        await loading
-        await serving.close()
-        if keys is not None:
-            await keys.close()
-        await limits.close()
-        await store.close()
+        try:
+            if on_main_thread:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            await loading
+            await serving.close()
+            if keys is not None:
+                await keys.close()
+        finally:
+            # Whatever failed before: the debits still on their way may become writes the store keeps,
+            # and closing the store writes what it keeps to Redis (router/resilient_store.py).
+            await limits.close()
+            await store.close()
 
     app = FastAPI(title="confidence-router", lifespan=lifespan)
     install_error_handlers(app)

@@ -66,6 +66,16 @@ def serve(
             help="On SIGTERM, how long requests in flight may finish before they are cancelled.",
         ),
     ] = 30.0,
+    watch_policy: Annotated[
+        float,
+        typer.Option(
+            "--watch-policy",
+            envvar="ROUTER_WATCH_POLICY_S",
+            min=0,
+            metavar="SECONDS",
+            help="Reload when the policy file's content changes, looking every SECONDS (0: off).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Serve the OpenAI-compatible proxy."""
     import signal
@@ -99,6 +109,7 @@ def serve(
             redis_url,
             policy_path=policy or DEFAULT_POLICY_PATH,
             admin_key=os.environ.get("ROUTER_ADMIN_KEY"),
+            watch_policy_s=watch_policy,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -6,11 +6,12 @@ a shared window refreshes the mirror's copy of it. So during an outage the repli
 recent decisions, cached scores, feedback markers and the last windows it read.
 
 The first operation that fails because Redis cannot take it now (refused, reset, timed out, read-only after
-a failover, out of memory: `CONNECTION_ERRORS`;
-never a programming error such as WRONGTYPE) makes the store degraded: reads come from the mirror, writes
+a failover, out of memory, a cluster slot no node serves: `router.state.is_outage`; never a programming
+error such as WRONGTYPE) makes the store degraded: reads come from the mirror, writes
 go to the mirror and to an ordered replay buffer of at most `MAX_PENDING` writes. No request waits on Redis
 then: one background task PINGs it every `PROBE_INTERVAL_S`, and when it answers, replays the buffer in
-order (MULTI/EXEC chunks of `REPLAY_CHUNK`; TTLs shortened by the time spent waiting) and only then turns
+order (chunks of `REPLAY_CHUNK`, each one MULTI/EXEC, or on a cluster one pipeline whose writes for a node
+still away wait for the next try; TTLs shortened by the time spent waiting) and only then turns
 healthy again. Requests during the replay keep taking the degraded path, so their writes queue behind
 the replayed ones. The client's timeouts (`REDIS_CONNECT_TIMEOUT_S`, `REDIS_SOCKET_TIMEOUT_S`) bound what
 a hung Redis costs the requests in flight when it hangs. One WARNING line per outage, one INFO line when
@@ -19,8 +20,13 @@ it ends (how long, how many writes replayed); keys are never logged (they hold p
 When the buffer is full a write raises `StoreUnavailable` (and is kept in the mirror anyway, except a
 `set_if_absent`, which is not applied so that a retry is not mistaken for a repeat). The request path
 swallows it (the decision log, the score cache: an answer is never dropped for the store's sake); feedback
-checks for room first and answers 503, so that nothing is acknowledged that could be lost. Within the
-bound, nothing acknowledged is lost, unless this process ends while degraded (the count is logged).
+checks for room first and answers 503, so that nothing is acknowledged that could be lost. Callers that
+talk to the Redis client directly keep their counter increments here too (`keep_increment`: spend
+debited while Redis was away, router/access/limits.py), replayed in order with the rest.
+
+`close` (the process ending) first writes what is still kept: it tries Redis at once and then at every
+probe interval, for at most `FLUSH_TIMEOUT_S`, and logs what was written or, when Redis stayed away, how
+many writes are lost. Within the bound, nothing acknowledged is lost unless Redis is away throughout that.
 
 What an outage cannot give:
 - Reads see this replica's view only: a decision made by another replica, or a score another replica
@@ -50,7 +56,16 @@ from collections import deque
 
 import redis.exceptions
 
-from router.state import MemoryStore, RedisStore, StateStore, StoreHealth, StoreUnavailable, Write
+from router.state import (
+    Applied,
+    MemoryStore,
+    RedisStore,
+    StateStore,
+    StoreHealth,
+    StoreUnavailable,
+    Write,
+    is_outage,
+)
 
 log = logging.getLogger("router")
 
@@ -60,21 +75,9 @@ decision, its traffic entry, a cached score), so about ten minutes of a replica 
 MIRROR_ENTRIES = 20_000
 PROBE_INTERVAL_S = 0.5
 REPLAY_CHUNK = 500
-
-# What makes Redis unable to take the store's operations for now, as an outage does: it is unreachable
-# (TimeoutError, asyncio's too on 3.11, and ConnectionRefusedError are OSErrors), still loading its AOF
-# (BusyLoadingError, a redis ConnectionError), a replica after a failover (READONLY), at maxmemory (OOM),
-# without a master (MASTERDOWN), or a transaction refused for one of those (EXECABORT).
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.MasterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ExecAbortError,
-    OSError,
-)
+FLUSH_TIMEOUT_S = 3.0
+"""How long closing the store may try to write what it still keeps (the chart's
+terminationGracePeriodSeconds covers it after the requests' grace period, docs/operations.md)."""
 
 
 class ResilientStore(StateStore):
@@ -107,7 +110,7 @@ class ResilientStore(StateStore):
         if self._up:
             try:
                 return await self.remote.get(key)
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
                 self._went_down(exc)
         return await self.mirror.get(key)
 
@@ -115,7 +118,7 @@ class ResilientStore(StateStore):
         if self._up:
             try:
                 values = await self.remote.recent(key, count)
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
                 self._went_down(exc)
             else:
                 # Keep the shared window for an outage, when this read saw all of it, or more of it than
@@ -129,7 +132,7 @@ class ResilientStore(StateStore):
         if self._up:
             try:
                 await self.remote.set(key, value, ttl_s)
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
                 self._went_down(exc)
             else:
                 await self.mirror.set(key, value, ttl_s)
@@ -141,7 +144,7 @@ class ResilientStore(StateStore):
         if self._up:
             try:
                 won = await self.remote.set_if_absent(key, value, ttl_s)
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
                 self._went_down(exc)
             else:
                 if won:
@@ -157,13 +160,19 @@ class ResilientStore(StateStore):
         if self._up:
             try:
                 await self.remote.push(key, value, max_len)
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
                 self._went_down(exc)
             else:
                 await self.mirror.push(key, value, max_len)
                 return
         await self.mirror.push(key, value, max_len)
         self._keep(Write("push", key, value, max_len=max_len))
+
+    def keep_increment(self, key: str, amount: float) -> None:
+        """For callers that change a counter through the Redis client directly and could not, Redis being
+        away: the increment waits with the other writes and is replayed in order. StoreUnavailable when
+        the buffer is full."""
+        self._keep(Write("increment", key, repr(amount)))
 
     def _keep(self, write: Write) -> None:
         if len(self._pending) >= self.max_pending:
@@ -184,8 +193,6 @@ class ResilientStore(StateStore):
     def report_unreachable(self, exc: BaseException) -> None:
         """For callers that talk to the Redis client directly (router/access/limits.py): an outage degrades
         the store as its own failures do; anything else is re-raised."""
-        if not isinstance(exc, CONNECTION_ERRORS):
-            raise exc
         self._went_down(exc)
 
     @property
@@ -193,6 +200,9 @@ class ResilientStore(StateStore):
         return self.remote.client
 
     def _went_down(self, exc: BaseException) -> None:
+        """Degrade on an outage; re-raise anything else (a programming error is no reason to degrade)."""
+        if not is_outage(exc):
+            raise exc
         if not self._up:
             return
         self._up, self._full_reported = False, False
@@ -214,16 +224,13 @@ class ResilientStore(StateStore):
         while True:
             await asyncio.sleep(self.probe_interval_s)
             try:
-                await self.remote.ping()
-                await self._replay()
-            except CONNECTION_ERRORS:
-                continue
-            except Exception:  # never let the probe die: the store would stay degraded for good
-                if not reported:
+                await self._catch_up()
+            except Exception as exc:
+                # Never let the probe die on anything else either: the store would stay degraded for good.
+                if not is_outage(exc) and not reported:
                     log.exception("state store: replaying to Redis failed; trying again")
                     reported = True
                 continue
-            self._up = True
             log.info(
                 "state store: Redis is back after %.1f s; %d buffered writes replayed",
                 time.monotonic() - self._down_since,
@@ -231,34 +238,61 @@ class ResilientStore(StateStore):
             )
             return
 
-    async def _replay(self) -> None:
+    async def _catch_up(self) -> None:
+        """PING, replay everything kept, and only then turn healthy (requests meanwhile keep queueing)."""
+        await self.remote.ping()
         while self._pending:
             chunk = list(itertools.islice(self._pending, REPLAY_CHUNK))
             try:
-                rejected = await self.remote.apply(chunk)
-            except CONNECTION_ERRORS:
-                raise
+                applied = await self.remote.apply(chunk)
             except redis.exceptions.RedisError:  # a whole chunk Redis refuses: drop it, not block on it
-                rejected = len(chunk)
-            if rejected:
-                self.dropped += rejected
-                log.error("state store: Redis rejected %d replayed writes; they are dropped", rejected)
-            # Writes made while this chunk was in flight were appended behind it.
+                applied = Applied(len(chunk), [], None)
+            if applied.rejected:
+                self.dropped += applied.rejected
+                log.error(
+                    "state store: Redis rejected %d replayed writes; they are dropped", applied.rejected
+                )
+            # Writes made while this chunk was in flight were appended behind it; what Redis could not
+            # take yet goes back in front of them, in order.
             for _ in chunk:
                 self._pending.popleft()
-            self._replayed += len(chunk) - rejected
+            self._pending.extendleft(reversed(applied.unwritten))
+            self._replayed += len(chunk) - applied.rejected - len(applied.unwritten)
+            if applied.outage is not None:
+                raise applied.outage
+        self._up = True
 
-    async def close(self) -> None:
+    async def close(self, flush_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        """Write what is still kept, trying for at most `flush_timeout_s`, then close the client."""
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
         if self._pending:
-            log.warning(
-                "state store: closing while Redis is unreachable; %d buffered writes are lost",
-                len(self._pending),
-            )
+            await self._flush(flush_timeout_s)
         await self.remote.close()
+
+    async def _flush(self, timeout_s: float) -> None:
+        kept, failure = len(self._pending), "it did not answer in time"
+        deadline = time.monotonic() + timeout_s
+        while self._pending:
+            try:
+                await asyncio.wait_for(self._catch_up(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+            except Exception as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                if time.monotonic() + self.probe_interval_s >= deadline:
+                    break
+                await asyncio.sleep(self.probe_interval_s)
+        if self._pending:
+            log.warning(
+                "state store: closing with %d buffered writes that Redis did not take (%s); they are lost",
+                len(self._pending),
+                failure,
+            )
+        else:
+            log.info("state store: %d buffered writes written to Redis before closing", kept)
 
 
 def _expiry(ttl_s: float | None) -> float | None:

@@ -121,17 +121,54 @@ def redis_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-node Redis Cluster of the session's own, on free loopback ports."""
+    from tests.redis_process import running_redis
+
+    with running_redis(tmp_path_factory.mktemp("cluster"), "cluster") as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(scope="session")
+def sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis master and a Sentinel that names it, of the session's own, on free loopback ports."""
+    from tests.redis_process import running_redis
+
+    with running_redis(tmp_path_factory.mktemp("sentinel"), "sentinel") as sentinel:
+        yield sentinel.url
+
+
+BACKENDS = {"single": "redis_url", "cluster": "cluster_url", "sentinel": "sentinel_url"}
+"""Each way of running Redis, and the fixture giving its URL (the forms of docs/operations.md)."""
+
+
+@pytest.fixture(scope="session", params=list(BACKENDS))
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """Redis as one server, as a Cluster and behind a Sentinel: a test taking this runs on each."""
+    return str(request.getfixturevalue(BACKENDS[request.param]))
+
+
 def emptied(redis_url: str) -> str:
     """The tests' Redis database, emptied, so that shared windows (feedback, traffic, drift) start empty."""
-    import redis
+    from tests.redis_process import direct_client
 
-    redis.Redis.from_url(redis_url).flushdb()
+    client = direct_client(redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
     return redis_url
 
 
 @pytest.fixture
 def fresh_redis(redis_url: str) -> str:
     return emptied(redis_url)
+
+
+@pytest.fixture
+def fresh_backend(backend_url: str) -> str:
+    return emptied(backend_url)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""API keys, per-key limits and budgets: real Redis, real HTTP, the tiny model answering."""
+"""API keys, per-key limits and budgets: real Redis (one server, a Cluster, a master behind a Sentinel), real
+HTTP, the tiny model answering."""
 
 from __future__ import annotations
 
@@ -14,19 +15,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
-import redis.asyncio
 
 from policies import Policy, PolicyError, load_policy
 from router.access.gate import MAX_TENANT_LABELS, Caller, Gate
 from router.access.keys import ApiKey, KeyProblem, KeyRegistry
 from router.access.limits import Limits, duration
 from router.resilient_store import ResilientStore
-from router.state import RedisStore
+from router.state import RedisStore, redis_client
 from tests.conftest import Served, emptied, free_port, head_scorer_yaml, wait_ready
 from tests.faults import USAGE as FAULT_USAGE
 from tests.faults import FaultServer
-from tests.redis_process import RedisProcess, running_redis
+from tests.redis_process import KINDS, Backend, direct_client, running_redis
 
 ADMIN = "admin-secret"
 
@@ -63,14 +62,14 @@ def policy(tiny_model: Path, tiny_head: Path, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture(scope="module")
-def proxy(serve: Callable[..., Served], policy: Policy, redis_url: str) -> Served:
-    emptied(redis_url)
-    return serve(policy, redis_url, admin_key=ADMIN)
+def proxy(serve: Callable[..., Served], policy: Policy, backend_url: str) -> Served:
+    emptied(backend_url)
+    return serve(policy, backend_url, admin_key=ADMIN)
 
 
-def create(redis_url: str, spec: ApiKey) -> str:
+def create(backend_url: str, spec: ApiKey) -> str:
     async def run() -> str:
-        client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+        client = redis_client(backend_url, decode_responses=True)
         try:
             registry = KeyRegistry(client)
             with contextlib.suppress(KeyProblem):
@@ -121,9 +120,9 @@ def test_a_missing_or_unknown_key_is_a_401_on_every_endpoint(proxy: Served, http
 
 
 def test_a_key_answers_and_its_tenant_is_a_fact_rules_match(
-    proxy: Served, http: httpx.Client, redis_url: str
+    proxy: Served, http: httpx.Client, backend_url: str
 ) -> None:
-    key, vip = create(redis_url, ApiKey("team-a")), create(redis_url, ApiKey("vip"))
+    key, vip = create(backend_url, ApiKey("team-a")), create(backend_url, ApiKey("vip"))
     answered = chat(http, proxy, key)
     assert answered.status_code == 200, answered.text
     assert answered.headers["x-router-rule"] == "scored"
@@ -134,8 +133,8 @@ def test_a_key_answers_and_its_tenant_is_a_fact_rules_match(
     assert chat(http, proxy, ADMIN).headers["x-router-rule"] == "scored"  # the admin key is a caller too
 
 
-def test_a_key_may_use_only_its_models(proxy: Served, http: httpx.Client, redis_url: str) -> None:
-    key = create(redis_url, ApiKey("local-only", models=("local",)))
+def test_a_key_may_use_only_its_models(proxy: Served, http: httpx.Client, backend_url: str) -> None:
+    key = create(backend_url, ApiKey("local-only", models=("local",)))
     assert chat(http, proxy, key, model="local").status_code == 200
     forbidden = chat(http, proxy, key, model="router")
     assert forbidden.status_code == 403
@@ -143,9 +142,9 @@ def test_a_key_may_use_only_its_models(proxy: Served, http: httpx.Client, redis_
 
 
 def test_requests_per_minute_are_limited_with_openai_headers(
-    proxy: Served, http: httpx.Client, redis_url: str
+    proxy: Served, http: httpx.Client, backend_url: str
 ) -> None:
-    key = create(redis_url, ApiKey("rpm-3", rpm=3))
+    key = create(backend_url, ApiKey("rpm-3", rpm=3))
     remaining = []
     for _ in range(3):
         response = chat(http, proxy, key)
@@ -162,9 +161,9 @@ def test_requests_per_minute_are_limited_with_openai_headers(
 
 
 def test_tokens_per_minute_count_the_answers_tokens(
-    proxy: Served, http: httpx.Client, redis_url: str
+    proxy: Served, http: httpx.Client, backend_url: str
 ) -> None:
-    key = create(redis_url, ApiKey("tpm-10", tpm=10))
+    key = create(backend_url, ApiKey("tpm-10", tpm=10))
     first = chat(http, proxy, key, "Name every ocean on the planet, please.")
     assert first.status_code == 200 and first.headers["x-ratelimit-limit-tokens"] == "10"
     assert first.json()["usage"]["total_tokens"] > 10  # one answer empties the minute's tokens
@@ -175,22 +174,22 @@ def test_tokens_per_minute_count_the_answers_tokens(
     assert error(limited)["type"] == "tokens" and "retry-after" in limited.headers
 
 
-def test_a_spent_budget_is_a_429_budget_exceeded(proxy: Served, http: httpx.Client, redis_url: str) -> None:
-    key = create(redis_url, ApiKey("budget-5", budget_usd=5.0))  # the local target costs $1 a token
+def test_a_spent_budget_is_a_429_budget_exceeded(proxy: Served, http: httpx.Client, backend_url: str) -> None:
+    key = create(backend_url, ApiKey("budget-5", budget_usd=5.0))  # the local target costs $1 a token
     assert chat(http, proxy, key).status_code == 200
     deadline = time.monotonic() + 5
     while (refused := chat(http, proxy, key)).status_code == 200 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert refused.status_code == 429
     assert error(refused)["code"] == "budget_exceeded"
-    spent = float(redis.Redis.from_url(redis_url).get("confidence-router:limit:{budget-5}:spent") or 0)
+    spent = float(direct_client(backend_url).get("confidence-router:limit:{budget-5}:spent") or 0)
     assert spent > 5.0
 
 
 def test_feedback_is_taken_only_from_the_key_that_asked(
-    proxy: Served, http: httpx.Client, redis_url: str
+    proxy: Served, http: httpx.Client, backend_url: str
 ) -> None:
-    owner, other = create(redis_url, ApiKey("owner")), create(redis_url, ApiKey("other"))
+    owner, other = create(backend_url, ApiKey("owner")), create(backend_url, ApiKey("other"))
     request_id = chat(http, proxy, owner).headers["x-router-request-id"]
     url = f"{proxy.base_url}/v1/feedback"
     body = {"request_id": request_id, "correct": True}
@@ -207,9 +206,9 @@ def test_feedback_is_taken_only_from_the_key_that_asked(
 
 
 def test_each_tenant_has_its_own_score_cache_and_metrics_take_the_admin_key(
-    proxy: Served, http: httpx.Client, redis_url: str
+    proxy: Served, http: httpx.Client, backend_url: str
 ) -> None:
-    one, two = create(redis_url, ApiKey("cache-one")), create(redis_url, ApiKey("cache-two"))
+    one, two = create(backend_url, ApiKey("cache-one")), create(backend_url, ApiKey("cache-two"))
 
     def hits() -> float:
         text = http.get(f"{proxy.base_url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
@@ -231,10 +230,10 @@ def test_each_tenant_has_its_own_score_cache_and_metrics_take_the_admin_key(
 
 
 def test_the_cli_creates_lists_and_revokes_and_revocation_reaches_the_server_within_a_second(
-    proxy: Served, http: httpx.Client, redis_url: str
+    proxy: Served, http: httpx.Client, backend_url: str
 ) -> None:
     def keys(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "router", "keys", *args, "--redis-url", redis_url]
+        command = [sys.executable, "-m", "router", "keys", *args, "--redis-url", backend_url]
         return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
     keys("revoke", "cli-made")
@@ -242,7 +241,7 @@ def test_the_cli_creates_lists_and_revokes_and_revocation_reaches_the_server_wit
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     assert key.startswith("cr-") and len(key) > 40
-    stored = redis.Redis.from_url(redis_url, decode_responses=True).hgetall("confidence-router:keys")
+    stored = direct_client(backend_url).hgetall("confidence-router:{keys}")
     assert key not in str(stored)  # only its hash is kept
     listed = keys("list")
     assert "cli-made" in listed.stdout and key not in listed.stdout
@@ -299,14 +298,14 @@ def test_duration_is_spelt_as_openai_does() -> None:
     assert [duration(s) for s in (0.02, 1.5, 60, 360.2, -1)] == ["20ms", "1.5s", "1m0s", "6m0.2s", "0ms"]
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    with running_redis(tmp_path) as server:
+@pytest.fixture(params=KINDS)
+def own_redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Backend]:
+    with running_redis(tmp_path, request.param) as server:
         yield server
 
 
 def test_limits_hold_across_replicas_and_fall_back_to_each_replica_when_redis_is_away(
-    own_redis: RedisProcess,
+    own_redis: Backend,
 ) -> None:
     async def run() -> None:
         stores = [ResilientStore(RedisStore(own_redis.url)) for _ in range(2)]
@@ -328,7 +327,7 @@ def test_limits_hold_across_replicas_and_fall_back_to_each_replica_when_redis_is
 
 @pytest.fixture(scope="module")
 def two_replicas(
-    policy: Policy, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    policy: Policy, backend_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[str]]:
     """Two `router serve` processes on one Redis."""
     folder = tmp_path_factory.mktemp("replicas")
@@ -342,7 +341,7 @@ def two_replicas(
             command = [sys.executable, "-m", "router", "serve", "--policy", str(path), "--port", str(port)]
             with (folder / f"{name}.log").open("wb") as log:
                 process = subprocess.Popen(
-                    [*command, "--redis-url", redis_url], stdout=log, stderr=log, env=env
+                    [*command, "--redis-url", backend_url], stdout=log, stderr=log, env=env
                 )
             started.append((f"http://127.0.0.1:{port}", process))
         for url, _ in started:
@@ -356,9 +355,9 @@ def two_replicas(
 
 
 def test_a_limit_of_n_per_minute_admits_n_across_two_router_processes(
-    two_replicas: list[str], http: httpx.Client, redis_url: str
+    two_replicas: list[str], http: httpx.Client, backend_url: str
 ) -> None:
-    key = create(redis_url, ApiKey("across", rpm=4))
+    key = create(backend_url, ApiKey("across", rpm=4))
     body = {"model": "local", "messages": [{"role": "user", "content": "Hi?"}]}
     headers = {"Authorization": f"Bearer {key}"}
     statuses = [
@@ -387,7 +386,7 @@ def upstream() -> Iterator[FaultServer]:
 def remote_proxy(
     serve: Callable[..., Served],
     upstream: FaultServer,
-    redis_url: str,
+    backend_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Served:
     path = tmp_path_factory.mktemp("remote") / "remote.yaml"
@@ -402,7 +401,7 @@ rules:
     target: remote
 """
     )
-    return serve(load_policy(path), redis_url, admin_key=ADMIN)
+    return serve(load_policy(path), backend_url, admin_key=ADMIN)
 
 
 def streamed(http: httpx.Client, proxy: Served, key: str, **body: object) -> list[dict[str, object]]:
@@ -418,11 +417,11 @@ def streamed(http: httpx.Client, proxy: Served, key: str, **body: object) -> lis
 
 
 def test_a_stream_counts_its_tokens_whether_or_not_the_client_asked_for_usage(
-    remote_proxy: Served, http: httpx.Client, redis_url: str, upstream: FaultServer
+    remote_proxy: Served, http: httpx.Client, backend_url: str, upstream: FaultServer
 ) -> None:
-    key = create(redis_url, ApiKey("streamer", tpm=1000))
+    key = create(backend_url, ApiKey("streamer", tpm=1000))
     tokens = "confidence-router:limit:{streamer}:tokens"
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = direct_client(backend_url)
     plain = streamed(http, remote_proxy, key)
     assert not any("usage" in chunk for chunk in plain)  # not asked for, not shown
     assert upstream.recorded()[-1].body["stream_options"] == {"include_usage": True}  # type: ignore[index]

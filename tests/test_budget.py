@@ -1,5 +1,6 @@
 """Budget-targeted thresholds: `target_escalation_rate` in the policy, and two replicas that follow the
-rolling quantile of confidences they share through Redis."""
+rolling quantile of confidences they share through Redis (one server, a Cluster, a master behind a
+Sentinel)."""
 
 from __future__ import annotations
 
@@ -68,13 +69,13 @@ def test_replicas_follow_the_shared_rolling_quantile(
     serve: Callable[..., Served],
     tiny_model: Path,
     tiny_head: Path,
-    fresh_redis: str,
+    fresh_backend: str,
     tmp_path: Path,
     http: httpx.Client,
 ) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(head_scorer_yaml(tiny_model, tiny_head) + BUDGETED)
-    a, b = serve(load_policy(path), fresh_redis), serve(load_policy(path), fresh_redis)
+    a, b = serve(load_policy(path), fresh_backend), serve(load_policy(path), fresh_backend)
 
     # One stream of questions dealt out at random, so that both replicas see the same distribution.
     questions = [f"Question {i}: how far is it?" for i in range(MIN_SAMPLES + 100)]

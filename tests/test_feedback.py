@@ -1,5 +1,6 @@
-"""POST /v1/feedback over real HTTP with Redis: the join with the decision log, idempotence, expiry, and
-OpenAI-shaped errors for everything a client can get wrong."""
+"""POST /v1/feedback over real HTTP with Redis (one server, a Cluster, a master behind a Sentinel): the join
+with the decision log, idempotence, expiry, and OpenAI-shaped errors for everything a client can get
+wrong."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from policies import load_policy
 from tests.conftest import Served, head_scorer_yaml
+from tests.redis_process import direct_client
 
 RULES = """\
 targets:
@@ -30,12 +31,12 @@ def served(
     serve: Callable[..., Served],
     tiny_model: Path,
     tiny_head: Path,
-    redis_url: str,
+    backend_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Served:
     path = tmp_path_factory.mktemp("feedback") / "policy.yaml"
     path.write_text(head_scorer_yaml(tiny_model, tiny_head) + RULES)
-    return serve(load_policy(path), redis_url)
+    return serve(load_policy(path), backend_url)
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +44,13 @@ def forgetful(
     serve: Callable[..., Served],
     tiny_model: Path,
     tiny_head: Path,
-    redis_url: str,
+    backend_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Served:
     """Keeps decisions for one second."""
     path = tmp_path_factory.mktemp("forgetful") / "policy.yaml"
     path.write_text(head_scorer_yaml(tiny_model, tiny_head) + "monitoring: {decision_ttl_s: 1}\n" + RULES)
-    return serve(load_policy(path), redis_url)
+    return serve(load_policy(path), backend_url)
 
 
 def ask(http: httpx.Client, served: Served, question: str, user: str | None = None) -> str:
@@ -98,7 +99,7 @@ def test_graded_feedback_and_decisions_without_a_confidence(served: Served, http
 
 
 def test_unknown_and_expired_ids_are_a_clear_404(
-    forgetful: Served, redis_url: str, http: httpx.Client
+    forgetful: Served, backend_url: str, http: httpx.Client
 ) -> None:
     unknown = feedback(http, forgetful, {"request_id": uuid.uuid4().hex, "correct": True})  # never logged
     assert unknown.status_code == 404
@@ -107,7 +108,7 @@ def test_unknown_and_expired_ids_are_a_clear_404(
     assert "unknown, or older than the decision log keeps decisions (1 s)" in error["message"]
 
     request_id = ask(http, forgetful, "Will this expire?")
-    store = redis.Redis.from_url(redis_url)
+    store = direct_client(backend_url)
     deadline = time.monotonic() + 30
     while store.exists(f"confidence-router:decision:{request_id}"):
         assert time.monotonic() < deadline

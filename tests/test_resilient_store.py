@@ -1,4 +1,5 @@
-"""The ResilientStore against a redis-server of the test's own, killed, frozen and restarted for real."""
+"""The ResilientStore against Redis of the test's own (one server, a Cluster, a master behind a Sentinel),
+killed, frozen and restarted for real."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -17,18 +17,26 @@ from policies.schema import MonitoringSpec
 from router.feedback import FEEDBACK_WINDOW, DecisionLog, Judged
 from router.resilient_store import ResilientStore
 from router.state import MemoryStore, RedisStore, StoreUnavailable, open_store
-from tests.redis_process import RedisProcess, running_redis
+from tests.redis_process import KINDS, Backend, Kind, running_redis
 
 PREFIX = "confidence-router:"
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisProcess]:
-    with running_redis(tmp_path) as started:
+@pytest.fixture(scope="module", params=KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    kind: Kind = request.param
+    with running_redis(tmp_path_factory.mktemp(kind), kind) as started:
         yield started
 
 
-def resilient(server: RedisProcess, max_pending: int = 10_000) -> ResilientStore:
+@pytest.fixture
+def server(backend: Backend) -> Backend:
+    """The module's backend of this kind, running, answering and empty whatever the last test did to it."""
+    backend.reset()
+    return backend
+
+
+def resilient(server: Backend, max_pending: int = 10_000) -> ResilientStore:
     return ResilientStore(RedisStore(server.url), max_pending=max_pending, probe_interval_s=0.1)
 
 
@@ -41,7 +49,7 @@ async def recovered(store: ResilientStore, timeout_s: float = 10) -> float:
     return time.monotonic() - started
 
 
-def test_degraded_reads_and_writes_then_replay_in_order(server: RedisProcess) -> None:
+def test_degraded_reads_and_writes_then_replay_in_order(server: Backend) -> None:
     async def go() -> None:
         store = resilient(server)
         try:
@@ -85,7 +93,7 @@ def test_degraded_reads_and_writes_then_replay_in_order(server: RedisProcess) ->
     asyncio.run(go())
 
 
-def test_a_healthy_read_of_a_whole_window_is_kept_for_an_outage(server: RedisProcess) -> None:
+def test_a_healthy_read_of_a_whole_window_is_kept_for_an_outage(server: Backend) -> None:
     async def go() -> None:
         store = resilient(server)
         try:
@@ -101,7 +109,7 @@ def test_a_healthy_read_of_a_whole_window_is_kept_for_an_outage(server: RedisPro
     asyncio.run(go())
 
 
-def test_a_hung_redis_costs_one_timeout_then_nothing(server: RedisProcess) -> None:
+def test_a_hung_redis_costs_one_timeout_then_nothing(server: Backend) -> None:
     async def go() -> None:
         store = resilient(server)
         try:
@@ -126,7 +134,7 @@ def test_a_hung_redis_costs_one_timeout_then_nothing(server: RedisProcess) -> No
     asyncio.run(go())
 
 
-def test_a_full_buffer_refuses_writes_and_replays_what_it_kept(server: RedisProcess) -> None:
+def test_a_full_buffer_refuses_writes_and_replays_what_it_kept(server: Backend) -> None:
     async def go() -> None:
         store = resilient(server, max_pending=3)
         try:
@@ -152,7 +160,7 @@ def test_a_full_buffer_refuses_writes_and_replays_what_it_kept(server: RedisProc
 
 
 def test_feedback_is_refused_rather_than_lost_and_the_decision_log_never_fails(
-    server: RedisProcess,
+    server: Backend,
 ) -> None:
     decision = Decision("answer_with", "local", "scored", 0.7, None, 0)
 
@@ -183,7 +191,7 @@ def test_feedback_is_refused_rather_than_lost_and_the_decision_log_never_fails(
     asyncio.run(go())
 
 
-def test_one_log_line_per_outage_without_keys(server: RedisProcess, caplog: pytest.LogCaptureFixture) -> None:
+def test_one_log_line_per_outage_without_keys(server: Backend, caplog: pytest.LogCaptureFixture) -> None:
     secret = "prompt-hash-0123456789abcdef"
 
     async def go() -> None:
@@ -212,7 +220,7 @@ def test_one_log_line_per_outage_without_keys(server: RedisProcess, caplog: pyte
     assert not any(secret in r.getMessage() for r in lines)
 
 
-def test_programming_errors_are_not_outages(server: RedisProcess) -> None:
+def test_programming_errors_are_not_outages(server: Backend) -> None:
     async def go() -> None:
         store = resilient(server)
         try:
@@ -226,7 +234,7 @@ def test_programming_errors_are_not_outages(server: RedisProcess) -> None:
     asyncio.run(go())
 
 
-def test_open_store_wraps_redis_and_memory_stays_memory(server: RedisProcess) -> None:
+def test_open_store_wraps_redis_and_memory_stays_memory(server: Backend) -> None:
     memory = open_store(None)
     assert isinstance(memory, MemoryStore) and memory.health().mode == "memory" and memory.health().up
     wrapped = open_store(server.url)
@@ -234,7 +242,7 @@ def test_open_store_wraps_redis_and_memory_stays_memory(server: RedisProcess) ->
     asyncio.run(wrapped.close())
 
 
-def test_a_redis_that_cannot_write_is_an_outage_and_nothing_kept_is_dropped(server: RedisProcess) -> None:
+def test_a_redis_that_cannot_write_is_an_outage_and_nothing_kept_is_dropped(server: Backend) -> None:
     async def go() -> None:
         store = resilient(server)
         direct = server.client()

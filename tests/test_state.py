@@ -1,4 +1,5 @@
-"""The state store contract, for the in-process store and for real Redis alike."""
+"""The state store contract, for the in-process store and for real Redis alike: one server, a Cluster, a
+master behind a Sentinel."""
 
 from __future__ import annotations
 
@@ -8,17 +9,18 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from router.state import MemoryStore, RedisStore, StateStore
+from tests.conftest import BACKENDS, emptied
 
 Check = Callable[[StateStore], Awaitable[None]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *BACKENDS])
 def run(request: pytest.FixtureRequest) -> Callable[[Check], None]:
     def run(check: Check) -> None:
         async def go() -> None:
             store: StateStore = MemoryStore()
-            if request.param == "redis":
-                store = RedisStore(request.getfixturevalue("fresh_redis"))
+            if request.param in BACKENDS:
+                store = RedisStore(emptied(request.getfixturevalue(BACKENDS[request.param])))
             try:
                 await check(store)
             finally:

@@ -21,11 +21,10 @@ RedisUrl = Annotated[
 
 
 def _run(redis_url: str, action: Callable[[KeyRegistry], Awaitable[T]]) -> T:
-    import redis.asyncio
-    import redis.exceptions
+    from router.state import RedisUrlError, is_outage, redis_client
 
     async def run() -> T:
-        client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=2)
+        client = redis_client(redis_url, decode_responses=True, socket_connect_timeout=2)
         try:
             return await action(KeyRegistry(client))
         finally:
@@ -33,10 +32,12 @@ def _run(redis_url: str, action: Callable[[KeyRegistry], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
-    except KeyProblem as exc:
+    except (KeyProblem, RedisUrlError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
         typer.echo(f"error: Redis at {redis_url} is unreachable ({exc})", err=True)
         raise typer.Exit(1) from exc
 

@@ -1,15 +1,17 @@
 """API keys: who may call, and the limits each caller has. Kept in Redis, hashed, so every replica sees the
 same keys; a key itself is shown once, when it is created, and never stored.
 
-Redis (under the store's prefix):
-- `keys` (a hash): sha256 of a key -> its `ApiKey` as JSON;
-- `keys:names` (a hash): name -> sha256 of its key, so that names are unique and revocable;
-- `keys:version`: counts changes, so that a replica rereads the table only when it changed;
-- `limit:{<name>}:requests|tokens|spent`: the caller's counters (router/access/limits.py); the braces keep
-  one caller's keys in one Redis Cluster slot, so a script may touch them together.
+Redis (under the store's prefix; the braces are Redis Cluster hash tags: keys sharing one are in one slot,
+so that a script may touch them together):
+- `{keys}` (a hash): sha256 of a key -> its `ApiKey` as JSON;
+- `{keys}:names` (a hash): name -> sha256 of its key, so that names are unique and revocable;
+- `{keys}:version`: counts changes, so that a replica rereads the table only when it changed;
+- `limit:{<name>}:requests|tokens|spent`: the caller's counters (router/access/limits.py), in their
+  caller's slot, so that callers spread over a cluster's nodes.
 
-Creating a key resets its name's counters and revoking it deletes them. Redis without persistence loses
-every key when it restarts (docs/operations.md).
+A script changes the table; creating a key then resets its name's counters and revoking it deletes them
+(a second command: the counters are in another slot; no replica knows the key before it rereads the
+table). Redis without persistence loses every key when it restarts (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from typing import Any
 log = logging.getLogger("router")
 
 KEY_PREFIX = "cr-"
-KEYS = "keys"
-NAMES = "keys:names"
-VERSION = "keys:version"
+KEYS = "{keys}"
+NAMES = "{keys}:names"
+VERSION = "{keys}:version"
 REFRESH_S = 0.5
 """How often a replica rereads the key table: creation and revocation reach it within this."""
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -97,8 +99,7 @@ def check_name(name: str) -> str:
 _CREATE = """
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
-redis.call('INCR', KEYS[6])
+redis.call('INCR', KEYS[3])
 return 1
 """
 _REVOKE = """
@@ -106,8 +107,7 @@ local hashed = redis.call('HGET', KEYS[2], ARGV[1])
 if not hashed then return 0 end
 redis.call('HDEL', KEYS[1], hashed)
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
-redis.call('INCR', KEYS[6])
+redis.call('INCR', KEYS[3])
 return 1
 """
 
@@ -118,23 +118,26 @@ class KeyRegistry:
     def __init__(self, client: Any, prefix: str = "confidence-router:") -> None:
         self.client, self.prefix = client, prefix
 
-    def _keys(self, name: str) -> list[str]:
-        return [self.prefix + k for k in (KEYS, NAMES, *counter_keys(name), VERSION)]
+    def _table(self) -> list[str]:
+        return [self.prefix + k for k in (KEYS, NAMES, VERSION)]
+
+    async def _reset_counters(self, name: str) -> None:
+        await self.client.delete(*(self.prefix + k for k in counter_keys(name)))
 
     async def create(self, spec: ApiKey) -> str:
         """The new key (shown to the caller once)."""
         check_name(spec.name)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        created = await self.client.eval(
-            _CREATE, 6, *self._keys(spec.name), spec.name, digest(key), spec.to_json()
-        )
+        created = await self.client.eval(_CREATE, 3, *self._table(), spec.name, digest(key), spec.to_json())
         if not created:
             raise KeyProblem(f"a key named '{spec.name}' exists: revoke it first")
+        await self._reset_counters(spec.name)
         return key
 
     async def revoke(self, name: str) -> None:
-        if not await self.client.eval(_REVOKE, 6, *self._keys(name), name):
+        if not await self.client.eval(_REVOKE, 3, *self._table(), name):
             raise KeyProblem(f"no key is named '{name}'")
+        await self._reset_counters(name)
 
     async def listed(self) -> list[tuple[ApiKey, float]]:
         """Every key with what it has spent, by name."""
@@ -142,8 +145,12 @@ class KeyRegistry:
             (ApiKey.from_json(v) for v in (await self.client.hgetall(self.prefix + KEYS)).values()),
             key=lambda k: k.name,
         )
-        spent = [self.prefix + counter_keys(k.name)[2] for k in keys]
-        values: Sequence[str | None] = await self.client.mget(spent) if spent else []
+        # One GET per caller in one pipeline: the counters are in as many slots as there are callers,
+        # which one MGET cannot span on a cluster.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for k in keys:
+                pipe.get(self.prefix + counter_keys(k.name)[2])
+            values: Sequence[str | None] = await pipe.execute()
         return [(k, float(v or 0)) for k, v in zip(keys, values, strict=True)]
 
 

@@ -8,12 +8,16 @@ bucket below zero, delaying the next requests). Admission is one Lua script on R
 across replicas, one round trip; the debit is a second one, off the response path.
 
 With Redis unreachable (the state store degraded) the same buckets run in this replica's memory: each
-replica then admits up to the whole limit, and spend counts from the last total this replica read.
+replica then admits up to the whole limit, and spend counts from the last total this replica read. What
+a replica spends meanwhile is also kept with the store's writes for Redis (ResilientStore.keep_increment)
+and added to the shared total when Redis is back, or when the replica shuts down; the token debits are
+not (a bucket refills within a minute anyway).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.access.keys import ApiKey, counter_keys
-from router.state import StateStore
+from router.state import StateStore, StoreUnavailable
 
 log = logging.getLogger("router")
 
@@ -216,6 +220,10 @@ class Limits:
             except Exception as exc:
                 self._went_down(exc)
         self.local.settle(key, tokens, cost)
+        keep = getattr(self.store, "keep_increment", None)
+        if keep is not None and cost > 0:
+            with contextlib.suppress(StoreUnavailable):  # the store logged that its buffer is full
+                keep(counter_keys(key.name)[2], cost)
 
     def _went_down(self, exc: Exception) -> None:
         report = getattr(self.store, "report_unreachable", None)
