@@ -42,9 +42,12 @@ _DEFAULT_PORT = {"redis+cluster": 6379, "rediss+cluster": 6379, "redis+sentinel"
 # (BusyLoadingError, a redis ConnectionError), a replica after a failover (READONLY), at maxmemory (OOM),
 # without a master (MASTERDOWN; MasterNotFoundError from a Sentinel is a ConnectionError), a cluster
 # with slots no node serves (CLUSTERDOWN, SlotNotCoveredError) or redirecting for too long (ClusterError),
-# or a transaction refused for one of those (EXECABORT).
+# or a transaction refused for one of those (EXECABORT); or it refuses this client: a wrong password
+# (AuthenticationError, a ConnectionError), an ACL without the command (NOPERM), protected mode (DENIED).
+# Those last persist until an operator mends them, but the answer is the same: serve without Redis, say so.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
+    redis.exceptions.NoPermissionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.OutOfMemoryError,
@@ -60,6 +63,8 @@ def is_outage(exc: BaseException) -> bool:
     """True for a failure that says Redis cannot take commands now; False for a programming error (a wrong
     type, a cross-slot command), which a retry would not mend."""
     if isinstance(exc, CONNECTION_ERRORS):
+        return True
+    if isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("DENIED"):
         return True
     # The cluster client's "cannot be connected" carries the connection failure behind it as its cause.
     cause = exc.__cause__
