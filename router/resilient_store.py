@@ -28,21 +28,8 @@ debited while Redis was away, router/access/limits.py), replayed in order with t
 probe interval, for at most `FLUSH_TIMEOUT_S`, and logs what was written or, when Redis stayed away, how
 many writes are lost. Within the bound, nothing acknowledged is lost unless Redis is away throughout that.
 
-What an outage cannot give:
-- Reads see this replica's view only: a decision made by another replica, or a score another replica
-  cached, is unknown here until Redis is back (feedback for it answers 404, the score is computed again).
-- Deduplication of feedback is per replica while degraded; the same id posted to two degraded replicas
-  is recorded twice. A timed-out write that Redis did apply is replayed again (at least once): a window
-  may hold that entry twice.
-
-Redis restarting WITHOUT persistence comes back empty: every decision, feedback marker, cached score,
-pinned drift reference and window is gone, and only what this replica still buffers (writes made while it
-saw Redis down) is written back. Decisions from before the outage are then unknown (feedback for them is a
-404), the windows restart from the replayed entries, and drift pins a new reference. Metric counters are
-per process and are not rewound, so they then count more than the store holds. With AOF persistence
-(`appendonly yes`; `appendfsync always` loses nothing acknowledged, `everysec` up to a second) Redis
-comes back with its data, the replay appends the outage's writes after it, and the store afterwards holds
-everything every replica acknowledged.
+What an outage cannot give, and what a Redis restart without persistence loses: docs/operations.md,
+"When Redis goes away".
 """
 
 from __future__ import annotations
