@@ -49,12 +49,13 @@ lint: install
 test: lint tools
 	$(BIN)/pytest
 
-# The shipped scorer, from the shared QA sets ($(DATA)) to policies/scorers/. See "The default scorer" in
-# the README. Each step resumes: rerun it after an interrupt.
+# The shipped scorer, from the shared QA sets ($(DATA)) to policies/scorers/. See docs/default-scorer.md.
+# Each step resumes: rerun it after an interrupt.
 DATA ?= ../shared/data
 LABELS := train/labels/smollm2-135m-instruct.jsonl
 EFFICIENTQA := train/labels/smollm2-135m-instruct-efficientqa.jsonl
 GEMMA := train/labels/gemma-3-270m.jsonl
+PASSAGES := train/labels/smollm2-135m-instruct-passages.jsonl
 SCORER := policies/scorers/smollm2-head
 QA_SETS := $(addprefix --data $(DATA)/,triviaqa/triviaqa_sm_sub.jsonl nq_open/NQ-open.dev.jsonl \
 	wikidata/bigbench_qa_wikidata.jsonl jeopardy/jeopardy_all.jsonl)
@@ -78,9 +79,16 @@ labels: install
 	$(BIN)/router build-dataset --model gemma-3-270m --out $(GEMMA) --max-new-tokens 20 --seed 0 --samples 0 \
 		--batch-size 32 --limit 1000 $(QA_SETS) \
 		$(addprefix --data $(DATA)/nq_open/,NQ-open.efficientqa.dev.1.1.jsonl NQ-open.efficientqa.test.1.1.jsonl)
+	# Passage questions asked with their own passage, another question's and none (--context-variants):
+	# 500 PubMedQA questions, which train the guard, and 300 of BoolQ's, the first 300 of the 600 in
+	# $(LABELS) (the same seeded shuffle), held out with them.
+	$(BIN)/router build-dataset --out $(PASSAGES) --max-new-tokens 20 --seed 0 --samples 0 --batch-size 32 \
+		--context-variants --limit 500 --data $(DATA)/pubmedqa/pubmed_qa_labeled.jsonl
+	$(BIN)/router build-dataset --out $(PASSAGES) --max-new-tokens 20 --seed 0 --samples 0 --batch-size 32 \
+		--context-variants --limit 300 --data $(DATA)/multiple_choice/boolq.jsonl
 
 # BoolQ is held out: its passages make correctness a matter of reading, not knowing, and training on it cost
-# TriviaQA and jeopardy 0.01-0.02 AUROC. The layer stays at 20 (docs/scorer-quality.md, sixth session).
+# TriviaQA and jeopardy 0.01-0.02 AUROC. The layer stays at 20 (docs/scorer-quality.md).
 scorer: install
 	$(BIN)/router train-scorer --data $(LABELS) --data $(EFFICIENTQA) --data $(GEMMA) --out $(SCORER) \
 		--stage2-size 100000 --layer 20 \

@@ -1,7 +1,9 @@
 """The in-process language model: one instance, shared by every request, on GPU when there is one.
 
-Scorer adapters (PEFT) are loaded into this same model; `adapter(None)` gives the base weights, so one copy
-of the weights serves generation and every scorer. Only the model's worker thread may call into it.
+Scorer and answerer adapters (PEFT) are loaded into this same model under names; `adapter(None)` gives the
+base weights, so one copy of the weights serves generation and every scorer. A batch of answers may mix
+rows written with an answerer and rows written with the base weights (`per_row`). Only the model's worker
+thread may call into it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from localmodel.catalog import resolve
 
 Message = dict[str, Any]
 T = TypeVar("T")
+BASE_WEIGHTS = "__base__"
+"""PEFT's name, in a mixed batch, for the rows that no adapter touches."""
 
 
 def pick_device() -> tuple[torch.device, torch.dtype]:
@@ -143,6 +147,19 @@ class LocalModel:
             self._peft.set_adapter(name)
             yield self._peft
 
+    @contextmanager
+    def per_row(self, adapters: Sequence[str | None]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """The model and the extra forward arguments for a batch whose row i runs with `adapters[i]` (None:
+        the base weights). PEFT applies each adapter to its own rows only (`adapter_names`); the active
+        adapter is set to one of them, so that no other adapter's forward logic (an aLoRA's) runs."""
+        named = [name for name in adapters if name is not None]
+        if not named:
+            with self.adapter(None) as model:
+                yield model, {}
+            return
+        with self.adapter(named[0]) as model:
+            yield model, {"adapter_names": [name or BASE_WEIGHTS for name in adapters]}
+
     # Text -------------------------------------------------------------------------------------------------
 
     def prompt_text(self, messages: list[Message], *, generation_prompt: bool = True) -> str:
@@ -188,12 +205,14 @@ class LocalModel:
         *,
         samples: int = 0,
         temperature: float = 1.0,
+        adapter: str | None = None,
     ) -> list[Draft]:
-        """Greedy answers, or with `samples` > 0 that many sampled answers per conversation (in order)."""
+        """Greedy answers, or with `samples` > 0 that many sampled answers per conversation (in order);
+        with the base weights, or with the loaded adapter named `adapter` (an answerer)."""
         batch = self.encode([self.prompt_text(m) for m in conversations])
         ids, mask = batch["input_ids"], batch["attention_mask"]
         options: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        with self.adapter(None) as model:
+        with self.adapter(adapter) as model:
             if samples:
                 # Sampled answers share their prompt: run it once and copy its cache, not once per sample.
                 prefix = model(

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from policies.schema import Location, Policy
+from policies.schema import LocalTarget, Location, Policy
 from scorers.card import ScorerCard
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default.yaml")
@@ -45,15 +45,24 @@ def _locate(node: yaml.Node, location: Location) -> tuple[int, str]:
 
 
 def _resolve_paths(policy: Policy, base: Path) -> Policy:
-    """Relative adapter and calibrator paths are relative to the policy file, so they travel together."""
+    """Relative adapter, calibrator and answerer paths are relative to the policy file, so they travel
+    together."""
     update = {}
     for field in ("adapter", "calibrator"):
         value = getattr(policy.scorer, field)
         if value is not None and not Path(value).expanduser().is_absolute():
             update[field] = str((base / value).resolve())
-    if not update:
+    targets = {
+        name: target.model_copy(
+            update={"answerer": str((base / Path(target.answerer).expanduser()).resolve())}
+        )
+        for name, target in policy.targets.items()
+        if isinstance(target, LocalTarget) and target.answerer is not None
+    }
+    if not update and not targets:
         return policy
-    return policy.model_copy(update={"scorer": policy.scorer.model_copy(update=update)})
+    scorer = policy.scorer.model_copy(update=update)
+    return policy.model_copy(update={"scorer": scorer, "targets": {**policy.targets, **targets}})
 
 
 def _mapping_problems(policy: Policy) -> list[tuple[Location, str]]:
@@ -109,6 +118,10 @@ def load_policy(path: Path | str) -> Policy:
             problems += _mapping_problems(policy)
         if calibrator is not None and not Path(calibrator).is_file():
             problems.append((("scorer", "calibrator"), f"no such file: {calibrator}"))
+        for name, target in policy.targets.items():
+            answerer = getattr(target, "answerer", None)
+            if answerer is not None and not (Path(answerer) / "adapter_config.json").is_file():
+                problems.append((("targets", name, "answerer"), f"no adapter folder: {answerer}"))
     if problems:
         located = sorted(((*_locate(root, loc), msg) for loc, msg in problems), key=lambda p: p[0])
         raise PolicyError([f"{path}:{line}: {field}: {msg}" for line, field, msg in located])

@@ -88,6 +88,10 @@ class LocalTarget(_TargetSpec):
     max_tokens: int = Field(256, gt=0)
     cost: Cost | None = None
     """None: free (the replica's own cores)."""
+    answerer: str | None = None
+    """A failure-aware answerer folder (`router train-answerer`): the target answers with that adapter on
+    the scorer's model, stating its own decision in the failure-aware JSON (needs `failure_aware: true`).
+    Relative paths are relative to the policy file."""
 
 
 def _forwardable(name: str) -> str:
@@ -314,6 +318,12 @@ class Policy(_Strict):
             yield from _rule_problems(self, i, rule)
         yield from _budget_problems(self)
         yield from _fallback_problems(self)
+        for name, target in self.targets.items():
+            if isinstance(target, LocalTarget) and target.answerer is not None and not self.failure_aware:
+                yield (
+                    ("targets", name, "answerer"),
+                    "an answerer answers in JSON: it needs failure_aware: true",
+                )
         if not self.rules[-1].when.is_empty:
             yield (
                 ("rules", len(self.rules) - 1, "when"),

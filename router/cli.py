@@ -32,6 +32,8 @@ def _mount_training() -> None:
     app.command("train-scorer")(training.train_scorer)
     app.command("eval-scorer")(training.eval_scorer)
     app.command("eval-routing")(training.eval_routing)
+    app.command("train-answerer")(training.train_answerer)
+    app.command("eval-answerer")(training.eval_answerer)
 
 
 _mount_training()

@@ -8,7 +8,9 @@ freeing their part of the KV cache.
 
 Rows are left-padded so that every row's newest token sits in the last column; the attention mask hides
 the padding and each row's position ids count only its own tokens, so a row's greedy tokens are the ones
-it would get alone (tests/test_local_batch.py checks this on SmolLM2).
+it would get alone (tests/test_local_batch.py checks this on SmolLM2). Each row names the adapter it is
+written with (a target's answerer) or None for the base weights; one batch mixes them (see
+`LocalModel.per_row`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class Batch:
     """rows x cached columns: 1 for a row's tokens, 0 for its left padding."""
     pending: torch.Tensor
     """Each row's newest token, which the next step reads."""
+    adapters: list[str | None]
+    """Each row's adapter (None: the base weights)."""
 
     @property
     def rows(self) -> int:
@@ -52,17 +56,21 @@ def _greedy(logits: torch.Tensor) -> tuple[torch.Tensor, list[Token]]:
 
 
 @torch.inference_mode()
-def prefill(model: LocalModel, prompts: list[list[int]]) -> tuple[Batch, list[Token]]:
-    """A batch of new rows, one per tokenized prompt, and each row's first token."""
+def prefill(
+    model: LocalModel, prompts: list[list[int]], adapters: list[str | None] | None = None
+) -> tuple[Batch, list[Token]]:
+    """A batch of new rows, one per tokenized prompt (written with `adapters`, by default the base
+    weights), and each row's first token."""
+    adapters = adapters or [None] * len(prompts)
     padded = model.pad_batch(prompts)
     # A cache of plain layers, whatever the model's config says (Gemma's sliding-window layers included):
     # rows can then be padded, joined and dropped alike in every layer. The sliding window still applies,
     # through the attention mask.
     cache = DynamicCache()
-    with model.adapter(None) as base:
-        out = base(**padded, cache=cache, use_cache=True, logits_to_keep=1)
+    with model.per_row(adapters) as (rows, extra):
+        out = rows(**padded, cache=cache, use_cache=True, logits_to_keep=1, **extra)
     chosen, tokens = _greedy(out.logits)
-    return Batch(cache, padded["attention_mask"], chosen), tokens
+    return Batch(cache, padded["attention_mask"], chosen, list(adapters)), tokens
 
 
 @torch.inference_mode()
@@ -71,13 +79,14 @@ def step(model: LocalModel, batch: Batch) -> list[Token]:
     ones = torch.ones_like(batch.mask[:, :1])
     mask = torch.cat([batch.mask, ones], dim=1)
     positions = batch.mask.sum(dim=1, keepdim=True)  # a row's own tokens so far, not its padding
-    with model.adapter(None) as base:
-        out = base(
+    with model.per_row(batch.adapters) as (rows, extra):
+        out = rows(
             input_ids=batch.pending.unsqueeze(1),
             attention_mask=mask,
             position_ids=positions,
             cache=batch.cache,
             use_cache=True,
+            **extra,
         )
     batch.mask = mask
     batch.pending, tokens = _greedy(out.logits)
@@ -94,7 +103,8 @@ def join(batch: Batch | None, joining: Batch) -> Batch:
     for ours, theirs in zip(a.cache.layers, b.cache.layers, strict=True):
         ours.keys = torch.cat([ours.keys, theirs.keys])
         ours.values = torch.cat([ours.values, theirs.values])
-    return Batch(a.cache, torch.cat([a.mask, b.mask]), torch.cat([a.pending, b.pending]))
+    pending = torch.cat([a.pending, b.pending])
+    return Batch(a.cache, torch.cat([a.mask, b.mask]), pending, a.adapters + b.adapters)
 
 
 def _widened(batch: Batch, width: int) -> Batch:
@@ -130,4 +140,5 @@ def keep(batch: Batch, rows: list[int]) -> Batch | None:
         # Copied, not viewed: a view would keep the whole of the old tensors alive.
         layer.keys = layer.keys[index, :, first:].contiguous()
         layer.values = layer.values[index, :, first:].contiguous()
-    return Batch(batch.cache, mask[:, first:].contiguous(), batch.pending[index])
+    adapters = [batch.adapters[k] for k in rows]
+    return Batch(batch.cache, mask[:, first:].contiguous(), batch.pending[index], adapters)

@@ -30,6 +30,8 @@ class Row:
 
     prompt: list[int]
     max_new_tokens: int
+    adapter: str | None = None
+    """The loaded adapter it is written with (a target's answerer); None: the base weights."""
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     done: bool = False
@@ -106,12 +108,13 @@ class GenerationBatcher:
         self._left = asyncio.Event()
         """Set when a reader leaves its row: the job running may have lost every reader."""
 
-    async def write(self, messages: list[Message], max_new_tokens: int) -> Row:
-        """A new answer, queued to join the batch once a turn is free; the caller must `leave` it if it
-        stops reading before it is done."""
+    async def write(self, messages: list[Message], max_new_tokens: int, adapter: str | None = None) -> Row:
+        """A new answer, written with the loaded adapter `adapter` (None: the base weights) and queued to
+        join the batch once a turn is free; the caller must `leave` it if it stops reading before it is
+        done."""
         prompt = await asyncio.to_thread(self.model.prompt_ids, messages)
         await self.turns.acquire()
-        row = Row(prompt, max_new_tokens, on_leave=self._left.set)
+        row = Row(prompt, max_new_tokens, adapter, on_leave=self._left.set)
         self._waiting.append(row)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work())
@@ -167,8 +170,10 @@ class GenerationBatcher:
         if joining:
             self._waiting = [row for row in self._waiting if row not in joining]
             self.rows = [*self.rows, *joining]
-            prompts = [row.prompt for row in joining]
-            self._batch, tokens = await self._unless_abandoned(_keep_and_join, self._batch, kept, prompts)
+            prompts, adapters = [row.prompt for row in joining], [row.adapter for row in joining]
+            self._batch, tokens = await self._unless_abandoned(
+                _keep_and_join, self._batch, kept, prompts, adapters
+            )
             written = joining
         else:
             self._batch, tokens = await self._unless_abandoned(_keep_and_step, self._batch, kept)
@@ -221,10 +226,14 @@ Written = tuple[Batch, list[Token]]
 
 
 def _keep_and_join(
-    model: LocalModel, batch: Batch | None, kept: list[int], prompts: list[list[int]]
+    model: LocalModel,
+    batch: Batch | None,
+    kept: list[int],
+    prompts: list[list[int]],
+    adapters: list[str | None],
 ) -> Written:
     """On the model's worker: drop the rows that left, then read the joining rows' prompts."""
-    joining, tokens = generation.prefill(model, prompts)
+    joining, tokens = generation.prefill(model, prompts, adapters)
     return generation.join(generation.keep(batch, kept) if batch else None, joining), tokens
 
 

@@ -415,10 +415,11 @@ class Router:
             answered = await first_answer(order, completed, self.cooldowns, self.metrics)
             decision = _answered_by(decision, answered.target)
             body, fallback = answered.result, answered.fallback
-        if decision.action == "hedge":
+        answerer = getattr(self.policy.targets.get(decision.target or ""), "answerer", None)
+        if decision.action == "hedge" and answerer is None:  # an answerer's JSON says it is unsure itself
             body = completions.hedge(body, decision.message or "{answer}")
         if self.policy.failure_aware:
-            body = completions.failure_aware(body, decision)
+            body = completions.failure_aware(body, decision, stated=answerer is not None)
         if request.stream:
             chunks = replay(completions.stream_chunks(body, request.include_usage))
             return Routed(request_id, decision, chunks=chunks, fallback=fallback)

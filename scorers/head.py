@@ -7,12 +7,42 @@ import torch
 from safetensors.torch import load_file
 
 import calibrators
-from localmodel import LocalModel
+from localmodel import LocalModel, Message
 from scorers.base import RawScore, ScoreItem, Scorer, ScorerSettings
 from scorers.card import ScorerCard, folder_digest
 
 ADAPTER_NAME = "certainty_head"
 HEAD_FILE = "head.safetensors"
+PASSAGE_CHARS = 200
+"""A system message at least this long is a passage (or instructions around one), not a one-line role."""
+
+
+def as_trained(messages: list[Message]) -> list[Message]:
+    """The conversation in the form the head was trained on: a passage in the user turn, before the question.
+
+    RAG apps send a passage in one of two ways: in the user turn with the question (read as it is), or in
+    a system message before a single user question. Training only ever asked the first way (with the chat
+    template's default system prompt), so for a single question the system messages of at least
+    `PASSAGE_CHARS` are moved into the user turn, in order, each on its own line; shorter ones (a role, "You
+    are a helpful assistant") stay where they are. A conversation of more than one user turn is read as it is.
+    """
+    users = [m for m in messages if m.get("role") == "user"]
+    if len(users) != 1 or messages[-1] is not users[0]:
+        return messages
+    passages = [m for m in messages[:-1] if m.get("role") == "system" and len(_text(m)) >= PASSAGE_CHARS]
+    if not passages:
+        return messages
+    kept = [m for m in messages[:-1] if not any(m is p for p in passages)]
+    question = "\n".join([*(_text(p) for p in passages), _text(users[0])])
+    return [*kept, {**users[0], "content": question}]
+
+
+def _text(message: Message) -> str:
+    """Plain content, or the text parts of a list of content parts."""
+    content = message.get("content") or ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
 class HeadScorer(Scorer, method="head"):
@@ -56,7 +86,7 @@ class HeadScorer(Scorer, method="head"):
 
     def raw_scores(self, items: list[ScoreItem]) -> np.ndarray:
         """Rows x targets."""
-        texts = [self.model.prompt_text(i.messages) for i in items]
+        texts = [self.model.prompt_text(as_trained(i.messages)) for i in items]
         states = self.model.prompt_states(texts, self.layer, self.pooling, self.adapter)
         return torch.sigmoid(states @ self.weight.T + self.bias).cpu().numpy().astype(np.float64)
 

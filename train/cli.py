@@ -10,6 +10,7 @@ from typing import Annotated, cast, get_args
 import typer
 
 from train.data import DataError, QARecord, load_records
+from train.data import context_variants as with_context_variants
 
 
 def _interleaved(files: list[Path], limit: int | None, seed: int) -> list[QARecord]:
@@ -65,6 +66,13 @@ def build_dataset(
     ] = 8,
     limit: Annotated[int | None, typer.Option(help="At most this many rows per file.")] = None,
     seed: int = 0,
+    context_variants: Annotated[
+        bool,
+        typer.Option(
+            help="Ask each question that has a passage three ways: with its own passage, with another "
+            "row's (then only abstaining is correct) and with none; each row records which."
+        ),
+    ] = False,
 ) -> None:
     """Answer each question with the model (local, or a policy's litellm target), grade it, and measure
     self-consistency (local only)."""
@@ -93,6 +101,11 @@ def build_dataset(
                 typer.echo(line, err=True)
             raise typer.Exit(2) from None
     records = _interleaved(data, limit, seed)
+    if context_variants:
+        try:
+            records = with_context_variants(records, seed)
+        except DataError as exc:
+            raise usage(str(exc)) from None
     if remote is None:
         from localmodel.model import LocalModel
         from train.label import LabelSettings
@@ -294,3 +307,116 @@ def eval_routing(
     headline = metrics["strategies"]["scorer"].get("apgr")
     apgr = f"APGR {headline['value']:.3f} [{headline['low']:.3f}, {headline['high']:.3f}]" if headline else ""
     typer.echo(f"{out / 'metrics.json'}: n={metrics['n']} {apgr}".rstrip())
+
+
+def train_answerer(
+    data: Annotated[list[Path], typer.Option("--data", help="labels.jsonl from build-dataset (repeatable).")],
+    out: Annotated[
+        Path, typer.Option(help="The answerer folder to write (a PEFT adapter and answerer.json).")
+    ],
+    scorer: Annotated[
+        Path | None,
+        typer.Option(
+            help="The head scorer whose confidence splits wrong answers into refuse and uncertain; "
+            "default: the shipped one (policies/scorers/smollm2-head)."
+        ),
+    ] = None,
+    base: Annotated[str, typer.Option(help="The model the labels were made with.")] = "smollm2-135m-instruct",
+    hold_out: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Sources kept out of training (repeatable); default: the scorer's held-out sources."
+        ),
+    ] = None,
+    train_rows: Annotated[
+        int | None, typer.Option(min=1, help="Train on a seeded sample of this many training rows.")
+    ] = None,
+    dev_rows: Annotated[int, typer.Option(min=1, help="Dev rows judged at each evaluation.")] = 200,
+    epochs: float = 1.0,
+    lora_r: int = 16,
+    lora_alpha: int = 64,
+    lora_dropout: float = 0.05,
+    learning_rate: float = 2e-4,
+    weight_decay: float = 0.01,
+    batch_size: int = 16,
+    gradient_accumulation: int = 1,
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option(help="Default: on a GPU only.", show_default=False)
+    ] = None,
+    bf16: Annotated[bool | None, typer.Option(help="Default: on a GPU only.", show_default=False)] = None,
+    pack_tokens: Annotated[int, typer.Option(min=16, help="Tokens per packed row of a batch.")] = 512,
+    eval_every: int = 25,
+    checkpoint_every: int = 25,
+    patience: int = 4,
+    seed: int = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+) -> None:
+    """Fine-tune the local model (LoRA SFT) to reply in the failure-aware JSON: answer what it gets right,
+    refuse or hedge what it gets wrong (docs/training.md, "Training an answerer")."""
+    from train.answerer import AnswererSettings
+    from train.answerer import train_answerer as run
+
+    settings = AnswererSettings(
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        gradient_accumulation=gradient_accumulation,
+        gradient_checkpointing=gradient_checkpointing,
+        pack_tokens=pack_tokens,
+        epochs=epochs,
+        train_rows=train_rows,
+        dev_rows=dev_rows,
+        bf16=bf16,
+        eval_every=eval_every,
+        patience=patience,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    )
+    held_out = frozenset(hold_out) if hold_out else None
+    shipped = Path(__file__).resolve().parents[1] / "policies" / "scorers" / "smollm2-head"
+    try:
+        card = run(base, data, out, scorer or shipped, settings, held_out, resume, typer.echo)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{out}: answerer written in {card['training']['seconds']:.0f} s")
+
+
+def eval_answerer(
+    answerer: Annotated[Path, typer.Option(help="An answerer folder from train-answerer.")],
+    data: Annotated[list[Path], typer.Option("--data", help="labels.jsonl from build-dataset (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json and report.md.")],
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="The policy whose rules the base model answers behind; default: the shipped guard "
+            "(policies/examples/guard.yaml)."
+        ),
+    ] = None,
+    scorer: Annotated[
+        Path | None, typer.Option(help="The head scorer the guard's rules read; default: the answerer's.")
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="test (held-out sources and the test split), dev or all.")
+    ] = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="A seeded sample of this many rows.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=8, help="The answerer's reply length cap.")] = 96,
+    batch_size: int = 16,
+) -> None:
+    """Base model, base model behind the guard policy, the answerer, and the answerer behind the guard, on
+    held-out rows: false confidence, refusals of what the model cannot answer, accuracy and share answered,
+    ECE of the stated decision, with bootstrap intervals."""
+    from train.answerer_eval import evaluate_answerer
+
+    guard = Path(__file__).resolve().parents[1] / "policies" / "examples" / "guard.yaml"
+    try:
+        metrics = evaluate_answerer(
+            answerer, data, out, policy or guard, scorer, split, limit, max_new_tokens, batch_size, typer.echo
+        )
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{out / 'metrics.json'}: n={metrics['n']}")

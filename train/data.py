@@ -2,6 +2,9 @@
 
     {"id", "question", "answers": [...], "context"?: str, "choices"?: [...], "source"}
 
+and, on the rows `context_variants` derives from passage questions, `variant_of` (the question's own id),
+`context_variant` (own, other or none) and `context_from` (the id of the row whose passage was given).
+
 Known formats are recognised by their fields (the files in ../shared/data, see its README); the user's own
 JSONL or CSV may use the canonical fields directly (`answers` may be a list or a `;`-separated string).
 """
@@ -11,10 +14,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import re
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -24,6 +29,11 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("ROUTER_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
+ContextVariant = Literal["own", "other", "none"]
+"""What a passage question is asked with: its own passage (answerable), another question's passage (the
+passage cannot answer it), or no passage."""
+
+
 class QARecord(BaseModel):
     id: str
     question: str = Field(min_length=1)
@@ -31,6 +41,14 @@ class QARecord(BaseModel):
     context: str | None = None
     choices: list[str] | None = None
     source: str
+    variant_of: str | None = None
+    context_variant: ContextVariant | None = None
+    context_from: str | None = None
+
+    @property
+    def answerable(self) -> bool:
+        """False when the passage given is another question's: then the right answer is to abstain."""
+        return self.context_variant != "other"
 
     @classmethod
     def of_label(cls, row: dict[str, Any]) -> QARecord:
@@ -174,3 +192,53 @@ def prompt(record: QARecord) -> list[dict[str, str]]:
     else:
         parts.append(" Answer in a few words.")
     return [{"role": "user", "content": "".join(parts)}]
+
+
+def context_variants(records: list[QARecord], seed: int) -> list[QARecord]:
+    """Each record with a passage as three: with its own passage, with another record's, and with none.
+
+    The other passage comes from a record of the same source (so it reads like an answerable one) and is a
+    different text (sets such as BoolQ ask several questions of one passage). The pairing is a seeded
+    shuffle per source, each record given the passage of the next one along it that differs, so the same
+    records and seed always pair the same way and every passage serves about once as another's. Records
+    without a passage pass through unchanged.
+    """
+    by_source: dict[str, list[QARecord]] = defaultdict(list)
+    for record in records:
+        if record.context:
+            by_source[record.source].append(record)
+    partner: dict[str, QARecord] = {}
+    for source, group in by_source.items():
+        if len({r.context for r in group}) < 2:
+            raise DataError(f"{source}: --context-variants needs at least two different passages")
+        order = sorted(group, key=lambda r: r.id)
+        random.Random(f"{seed}:{source}").shuffle(order)
+        for i, record in enumerate(order):
+            partner[record.id] = next(
+                other
+                for step in range(1, len(order))
+                if (other := order[(i + step) % len(order)]).context != record.context
+            )
+    out: list[QARecord] = []
+    for record in records:
+        if record.id not in partner:
+            out.append(record)
+            continue
+        other = partner[record.id]
+        base = {"variant_of": record.id}
+        out += [
+            record.model_copy(update={**base, "id": f"{record.id}#own", "context_variant": "own"}),
+            record.model_copy(
+                update={
+                    **base,
+                    "id": f"{record.id}#other",
+                    "context": other.context,
+                    "context_variant": "other",
+                    "context_from": other.id,
+                }
+            ),
+            record.model_copy(
+                update={**base, "id": f"{record.id}#none", "context": None, "context_variant": "none"}
+            ),
+        ]
+    return out

@@ -257,6 +257,8 @@ def evaluate_scorer(
         metrics["by_source"][source] = {"scorer": _summary(confidences[mask], labels[mask])} | _compared(
             baselines, confidences, labels, mask
         )
+    if any(r.get("context_variant") for r in rows):
+        metrics["context_variants"] = _by_context_variant(rows, confidences, labels)
     if cross_fit > 1:
         trained = [r for r in every if r["source"] not in training.get("held_out_sources", [])]
         metrics["cross_fitted_probe"] = _cross_fitted(states, scorer.pooling, trained, cross_fit)
@@ -264,6 +266,24 @@ def evaluate_scorer(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     calibrators.write_report(out, confidences, labels, title=f"{adapter.name} on {split} ({len(rows)} rows)")
     return metrics
+
+
+def _by_context_variant(rows: list[Row], confidences: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Per source, the scorer on each kind of passage row (`train.data.context_variants`), and how well its
+    confidence tells a question asked with its own passage (positive) from one asked with another's."""
+    out: dict[str, Any] = {}
+    kinds = np.array([r.get("context_variant") for r in rows])
+    for source in sorted({r["source"] for r in rows if r.get("context_variant")}):
+        mine = np.array([r["source"] == source for r in rows])
+        figures = {
+            k: _summary(confidences[m], labels[m])
+            for k in ("own", "other", "none")
+            if (m := mine & (kinds == k)).any()
+        }
+        paired = mine & ((kinds == "own") | (kinds == "other"))
+        figures["own_vs_other"] = _summary(confidences[paired], (kinds[paired] == "own").astype(float))
+        out[source] = figures
+    return out
 
 
 def target_confidences(scorer: HeadScorer, rows: list[Row]) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from typing import Any
 from localmodel.answers import same_answer
 from localmodel.model import LocalModel
 from train.data import QARecord, prompt
-from train.grading import RULE, is_correct
+from train.grading import is_correct, rule_for
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def label_batch(model: LocalModel, records: list[QARecord], settings: LabelSetti
                 "consistency": sum(same_answer(answer.text, s) for s in mine) / len(mine) if mine else None,
                 "sample_accuracy": sum(is_correct(s, record) for s in mine) / len(mine) if mine else None,
                 "model": model.ref,
-                "grading": RULE,
+                "grading": rule_for(record),
             }
         )
     return rows

@@ -22,7 +22,7 @@ from typing import Any
 
 from policies import LiteLLMTarget
 from train.data import QARecord, prompt
-from train.grading import RULE, is_correct
+from train.grading import is_correct, rule_for
 from train.label import write_labels
 
 # litellm fetches its model cost map from the internet at import unless told otherwise; we run offline.
@@ -144,7 +144,7 @@ class RemoteLabeller:
             "consistency": None,
             "sample_accuracy": None,
             "model": self.target.model,
-            "grading": RULE,
+            "grading": rule_for(record),
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "cost": self._upstream.cost(prompt_tokens, completion_tokens),

@@ -9,8 +9,9 @@ from typing import Any
 
 BOUNDS = {"train": (0, 70), "dev": (70, 80), "calibration": (80, 90), "test": (90, 100)}
 RULE = (
-    "bucket = int(sha256(f'{seed}:{id}')[:8], 16) % 100; train [0,70), dev [70,80), calibration [80,90), "
-    "test [90,100); rows of held-out sources are test rows only"
+    "bucket = int(sha256(f'{seed}:{id}')[:8], 16) % 100, a context variant's id being its variant_of; "
+    "train [0,70), dev [70,80), calibration [80,90), test [90,100); rows of held-out sources are test "
+    "rows only"
 )
 
 
@@ -24,5 +25,7 @@ def split_rows(
 ) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in BOUNDS}
     for row in rows:
-        out["test" if row["source"] in held_out else split_of(row["id"], seed)].append(row)
+        # A question's three context variants share its split: none of them judges what another trained.
+        key = row.get("variant_of") or row["id"]
+        out["test" if row["source"] in held_out else split_of(key, seed)].append(row)
     return out

@@ -1,9 +1,18 @@
-"""`kind: local` targets: the scorer's own model answers, in-process, on the router's model thread."""
+"""`kind: local` targets: the scorer's own model answers, in-process, on the router's model thread.
+
+A target with an `answerer` writes with that adapter, loaded into the shared model under a name of its
+own: its rows of a batch run with it and every other row (other targets, the scorer's drafts) with the base
+weights, and the scorer never reads it (each forward pass names the adapters it uses), so a confidence is
+the same with or without an answerer loaded.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from policies import LocalTarget, Target
@@ -18,10 +27,29 @@ if TYPE_CHECKING:
     from router.local_batch import Row
 
 
+ANSWERER_CARD = "answerer.json"
+
+
+def answerer_adapter(model: LocalModel, folder: Path) -> str:
+    """Load the answerer in `folder` into `model` (again, if it was loaded before: a reload sees new
+    weights) and return the adapter's name, one per folder."""
+    card = folder / ANSWERER_CARD
+    base = json.loads(card.read_text(encoding="utf-8")).get("base_model") if card.is_file() else None
+    if base is not None and base != model.ref:
+        raise ValueError(f"{folder}: an answerer for '{base}', not for the scorer's model '{model.ref}'")
+    name = "answerer_" + hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    model.load_adapter(folder, name)
+    return name
+
+
 class LocalAnswerer(Answerer, kind="local"):
     def __init__(self, name: str, target: LocalTarget, local: LocalModelAccess) -> None:
         super().__init__(name, target)
         self.target, self.local = target, local
+        self.adapter = (
+            None if target.answerer is None else answerer_adapter(local.model, Path(target.answerer))
+        )
+        """The answerer's adapter name; None: the base weights write the answer."""
 
     @classmethod
     def build(cls, name: str, spec: Target, local: LocalModelAccess) -> LocalAnswerer:
@@ -35,8 +63,9 @@ class LocalAnswerer(Answerer, kind="local"):
 
     async def complete(self, request: ChatCompletionRequest, asked: Asked) -> Completion:
         # The scored draft is the answer: the confidence is about exactly this text. Sampling parameters
-        # do not apply to it for that reason.
-        draft = asked.draft
+        # do not apply to it for that reason. An answerer writes its own reply (the draft is the base
+        # weights' answer), stating in it whether it answers.
+        draft = asked.draft if self.adapter is None else None
         if draft is None:
             row = await self._write(request, asked)
             try:
@@ -59,7 +88,7 @@ class LocalAnswerer(Answerer, kind="local"):
         """Tokens as they are written; an answer the scorer already drafted is replayed. Returns once the
         first token is written, so that a failure before it (the server closing) is an HTTP error or a
         fallback, not a cut stream."""
-        if asked.draft is not None:
+        if asked.draft is not None or self.adapter is not None:
             return await super().stream(request, asked, on_usage)
         row = await self._write(request, asked)
         try:
@@ -73,7 +102,7 @@ class LocalAnswerer(Answerer, kind="local"):
         messages = request.plain_messages()
         if not asked.prompt_checked:
             await self.local.check_prompt(messages)
-        return await self.local.writer.write(messages, self.max_new_tokens(request))
+        return await self.local.writer.write(messages, self.max_new_tokens(request), self.adapter)
 
 
 async def _overloaded_as_failure(waiting: Awaitable[None]) -> None:
