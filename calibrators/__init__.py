@@ -34,7 +34,15 @@ from calibrators.plots import reliability_diagram, risk_coverage_plot, routing_p
 from calibrators.report import MetricResult, evaluate, write_report
 from calibrators.routing import RoutingCurve, apgr, cpt, routing_curve
 from calibrators.scaling import PlattScaling, TemperatureScaling
-from calibrators.selective import RiskCoverage, alignment, alignment_threshold, aurc, prr, risk_coverage_curve
+from calibrators.selective import (
+    RiskCoverage,
+    alignment,
+    alignment_threshold,
+    aurc,
+    prr,
+    risk_coverage_curve,
+    youden_threshold,
+)
 
 __all__ = [
     "CALIBRATORS",
@@ -85,4 +93,5 @@ __all__ = [
     "threshold_choice",
     "threshold_curve",
     "write_report",
+    "youden_threshold",
 ]

@@ -74,6 +74,20 @@ def alignment_threshold(
     return float(ALIGNMENT_GRID[np.argmax(accuracy)])
 
 
+def youden_threshold(confidences: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
+    """(threshold, J): the cut for which ``confidence >= threshold`` best separates positives from
+    negatives by Youden's J (true-positive rate minus false-positive rate); the lowest of equal cuts."""
+    c = as_scores(confidences, probability=False)
+    y = as_labels(labels, len(c))
+    if not 0 < y.sum() < len(y):
+        raise ValueError(f"choosing a threshold needs positive and negative rows; {int(y.sum())} of {len(y)}")
+    cuts = np.unique(c)
+    above = c[None, :] >= cuts[:, None]
+    j = above[:, y == 1].mean(axis=1) - above[:, y == 0].mean(axis=1)
+    best = int(np.argmax(j))
+    return float(cuts[best]), float(j[best])
+
+
 def alignment(confidences: ArrayLike, labels: ArrayLike, *, calibration_fraction: float = 0.2) -> float:
     """EliCal's Alignment: accuracy of ``confidence >= alignment_threshold(...)`` as a prediction of the
     labels on the items after the first ``calibration_fraction`` (the caller shuffles, if it wants to)."""

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -29,7 +28,7 @@ from train.answerer import (
     reply,
     target,
     train_answerer,
-    youden_threshold,
+    training_sample,
 )
 from train.answerer_eval import evaluate_answerer
 from train.data import QARecord, prompt
@@ -85,13 +84,16 @@ def test_targets_answer_what_is_right_and_refuse_or_hedge_what_is_wrong() -> Non
     assert reply("refuse", None)["justification"] == TEMPLATES["refuse"][0]
 
 
-def test_the_threshold_is_the_cut_that_best_separates_right_from_wrong() -> None:
-    confidences = np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.6, 0.7])
-    correct = np.array([0, 0, 0, 1, 0, 1, 1], dtype=float)
-    threshold, j = youden_threshold(confidences, correct)
-    assert threshold == 0.3 and j == pytest.approx(1 - 1 / 4)
-    with pytest.raises(ValueError, match="right and wrong"):
-        youden_threshold(confidences, np.ones(7))
+def test_the_sample_holds_the_asked_share_of_right_answers() -> None:
+    rows = [json.loads(line) for line in LABELS.read_text().splitlines()[:2000]]
+    right = {r["id"] for r in rows if r["correct"]}
+    assert 0 < len(right) < 0.2 * len(rows)
+    plain = training_sample(rows, 300, None, seed=0)
+    balanced = training_sample(rows, 300, 1 / 3, seed=0)
+    assert len(plain) == len(balanced) == len({r["id"] for r in balanced}) == 300
+    assert sum(r["id"] in right for r in balanced) == 100 > sum(r["id"] in right for r in plain)
+    assert training_sample(rows, 300, 1 / 3, seed=0) == balanced
+    assert sum(r["id"] in right for r in training_sample(rows, 1500, 0.9, seed=0)) == len(right)
 
 
 def test_packing_fills_rows_and_never_splits_an_example() -> None:

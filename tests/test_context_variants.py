@@ -149,6 +149,8 @@ def test_build_dataset_labels_and_records_every_kind(
     assert {k: figures[k]["n"] for k in ("own", "other", "none")} == {"own": 4, "other": 4, "none": 4}
     assert (figures["own_vs_other"]["n"], figures["own_vs_other"]["positives"]) == (8, 4)
     assert figures["own_vs_other"]["auroc"] is not None
+    cut = figures["own_vs_other"]["youden_threshold"]
+    assert 0 <= cut["value"] <= 1 and 0 <= cut["j"] <= 1
 
 
 def test_one_passage_cannot_be_paired(tmp_path: Path) -> None:

@@ -71,6 +71,9 @@ class AnswererSettings:
     epochs: float = 1.0
     train_rows: int | None = None
     """A seeded sample of the training split of this size (None: all of it)."""
+    answer_share: float | None = None
+    """In that sample, this share of rows the base model answers right (None: the split's own share). A
+    model right on a few percent of questions otherwise learns that refusing is nearly always the reply."""
     dev_rows: int = 200
     """Dev rows judged at every evaluation (a seeded sample: each evaluation runs all of them)."""
     bf16: bool | None = None
@@ -101,19 +104,6 @@ def target(row: Row, confidence: float, threshold: float) -> dict[str, Any]:
     return reply("refuse" if confidence < threshold else "uncertain", row["greedy"])
 
 
-def youden_threshold(confidences: np.ndarray, correct: np.ndarray) -> tuple[float, float]:
-    """(threshold, J): the confidence cut that best separates right answers from wrong ones."""
-    if not 0 < correct.sum() < len(correct):
-        raise ValueError(f"choosing the threshold needs right and wrong dev rows; {int(correct.sum())} right")
-    best, best_j = 0.5, -1.0
-    for cut in np.unique(confidences):
-        above = confidences >= cut
-        j = above[correct == 1].mean() - above[correct == 0].mean()
-        if j > best_j:
-            best, best_j = float(cut), float(j)
-    return best, best_j
-
-
 @dataclass(frozen=True)
 class Rows:
     train: list[Row]
@@ -131,7 +121,7 @@ def answerer_rows(
     splits = split_rows(rows, seed, held_out)
     train, dev = splits["train"], splits["dev"]
     if settings.train_rows is not None and settings.train_rows < len(train):
-        train = random.Random(seed).sample(train, settings.train_rows)
+        train = training_sample(train, settings.train_rows, settings.answer_share, seed)
     dev = random.Random(seed + 1).sample(dev, min(settings.dev_rows, len(dev)))
     provenance = {
         "labels": [str(p) for p in label_files],
@@ -144,6 +134,20 @@ def answerer_rows(
         "seed": seed,
     }
     return Rows(train, dev, provenance)
+
+
+def training_sample(train: list[Row], size: int, answer_share: float | None, seed: int) -> list[Row]:
+    """A seeded sample of `size` rows; with `answer_share`, that share of it (as far as there are enough)
+    drawn from the rows the base model answers right, the rest from the others."""
+    draw = random.Random(seed)
+    if answer_share is None:
+        return draw.sample(train, size)
+    right = [r for r in train if r["correct"] and QARecord.of_label(r).answerable]
+    others = [r for r in train if not (r["correct"] and QARecord.of_label(r).answerable)]
+    k = min(len(right), round(size * answer_share))
+    sample = draw.sample(right, k) + draw.sample(others, min(len(others), size - k))
+    draw.shuffle(sample)
+    return sample
 
 
 def scorer_confidences(scorer_folder: Path, base: str, rows: list[Row]) -> np.ndarray:
@@ -340,7 +344,7 @@ def decide_targets(
     scores = scorer_confidences(scorer_folder, base, everything)
     confidence = dict(zip((r["id"] for r in everything), scores, strict=True))
     judged = [r for r in rows.dev if QARecord.of_label(r).answerable]
-    threshold, j = youden_threshold(
+    threshold, j = calibrators.youden_threshold(
         np.array([confidence[r["id"]] for r in judged]), np.array([float(r["correct"]) for r in judged])
     )
     replies = {

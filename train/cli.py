@@ -331,6 +331,12 @@ def train_answerer(
     train_rows: Annotated[
         int | None, typer.Option(min=1, help="Train on a seeded sample of this many training rows.")
     ] = None,
+    answer_share: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="With --train-rows: the share of that sample the base model answers right."
+        ),
+    ] = None,
     dev_rows: Annotated[int, typer.Option(min=1, help="Dev rows judged at each evaluation.")] = 200,
     epochs: float = 1.0,
     lora_r: int = 16,
@@ -368,6 +374,7 @@ def train_answerer(
         pack_tokens=pack_tokens,
         epochs=epochs,
         train_rows=train_rows,
+        answer_share=answer_share,
         dev_rows=dev_rows,
         bf16=bf16,
         eval_every=eval_every,

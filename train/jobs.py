@@ -270,7 +270,8 @@ def evaluate_scorer(
 
 def _by_context_variant(rows: list[Row], confidences: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Per source, the scorer on each kind of passage row (`train.data.context_variants`), and how well its
-    confidence tells a question asked with its own passage (positive) from one asked with another's."""
+    confidence tells a question asked with its own passage (positive) from one asked with another's, with
+    the cut that tells them apart best (Youden's J: on dev rows, a guard's refuse threshold)."""
     out: dict[str, Any] = {}
     kinds = np.array([r.get("context_variant") for r in rows])
     for source in sorted({r["source"] for r in rows if r.get("context_variant")}):
@@ -281,7 +282,11 @@ def _by_context_variant(rows: list[Row], confidences: np.ndarray, labels: np.nda
             if (m := mine & (kinds == k)).any()
         }
         paired = mine & ((kinds == "own") | (kinds == "other"))
-        figures["own_vs_other"] = _summary(confidences[paired], (kinds[paired] == "own").astype(float))
+        own = (kinds[paired] == "own").astype(float)
+        figures["own_vs_other"] = _summary(confidences[paired], own)
+        if 0 < own.sum() < len(own):
+            cut, j = calibrators.youden_threshold(confidences[paired], own)
+            figures["own_vs_other"]["youden_threshold"] = {"value": cut, "j": j}
         out[source] = figures
     return out
 

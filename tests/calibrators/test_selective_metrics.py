@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from calibrators import alignment, alignment_threshold, aurc, prr, risk_coverage_curve
+from calibrators import alignment, alignment_threshold, aurc, prr, risk_coverage_curve, youden_threshold
 
 
 def test_risk_coverage_known_answer() -> None:
@@ -89,3 +89,12 @@ def test_selective_metrics_reject_bad_input(metric) -> None:
         metric([0.1, 2.0], [0, 1])
     with pytest.raises(ValueError, match="items but the scores have"):
         metric([0.1, 0.2], [0, 1, 1])
+
+
+def test_youdens_threshold_is_the_cut_that_best_separates_positives_from_negatives() -> None:
+    confidences = np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.6, 0.7])
+    correct = np.array([0, 0, 0, 1, 0, 1, 1], dtype=float)
+    threshold, j = youden_threshold(confidences, correct)
+    assert threshold == 0.3 and j == pytest.approx(1 - 1 / 4)
+    with pytest.raises(ValueError, match="positive and negative"):
+        youden_threshold(confidences, np.ones(7))
