@@ -87,15 +87,17 @@ labels: install
 	$(BIN)/router build-dataset --out $(PASSAGES) --max-new-tokens 20 --seed 0 --samples 0 --batch-size 32 \
 		--context-variants --limit 300 --data $(DATA)/multiple_choice/boolq.jsonl
 
-# BoolQ is held out: its passages make correctness a matter of reading, not knowing, and training on it cost
+# PubMedQA's passage rows teach the head to notice a passage that cannot answer the question (the RAG
+# guard). BoolQ is held out: a passage domain it never saw, and training on its closed-book rows cost
 # TriviaQA and jeopardy 0.01-0.02 AUROC. The layer stays at 20 (docs/scorer-quality.md).
 scorer: install
-	$(BIN)/router train-scorer --data $(LABELS) --data $(EFFICIENTQA) --data $(GEMMA) --out $(SCORER) \
-		--stage2-size 100000 --layer 20 \
+	$(BIN)/router train-scorer --data $(LABELS) --data $(EFFICIENTQA) --data $(PASSAGES) --data $(GEMMA) \
+		--out $(SCORER) --stage2-size 100000 --layer 20 \
 		--hold-out jeopardy --hold-out nq_open_efficientqa_test --hold-out boolq
 
 scorer-eval: install
 	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(LABELS) --data $(EFFICIENTQA) --out docs/scorer-eval --cross-fit 5
+	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(PASSAGES) --out docs/scorer-eval/passages
 
 # Routing between the scorer's two targets on held-out questions both answered (docs/routing.md).
 routing-eval: install
