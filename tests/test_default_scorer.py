@@ -21,6 +21,7 @@ from train.splits import split_rows
 LABEL_DIR = Path(__file__).parents[1] / "train" / "labels"
 LABELS = LABEL_DIR / "smollm2-135m-instruct.jsonl"
 EFFICIENTQA = LABEL_DIR / "smollm2-135m-instruct-efficientqa.jsonl"
+PASSAGES = LABEL_DIR / "smollm2-135m-instruct-passages.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_the_card_records_its_data_split_and_calibration(folder: Path) -> None:
     assert card.base_model == "smollm2-135m-instruct" and card.layer == 20 and card.pooling == "last+mean"
     assert training["labels"] == [
         {"file": str(path.relative_to(LABEL_DIR.parents[1])), "rows": len(read_labels([path]))}
-        for path in (LABELS, EFFICIENTQA, LABEL_DIR / "gemma-3-270m.jsonl")
+        for path in (LABELS, EFFICIENTQA, PASSAGES, LABEL_DIR / "gemma-3-270m.jsonl")
     ]
     assert [t.model for t in card.targets] == ["smollm2-135m-instruct", "gemma-3-270m"]
     assert training["held_out_sources"] == ["boolq", "jeopardy", "nq_open_efficientqa_test"]
