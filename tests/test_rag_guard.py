@@ -25,7 +25,8 @@ PASSAGES = ROOT / "train" / "labels" / "smollm2-135m-instruct-passages.jsonl"
 QUESTIONS = 8
 
 
-def held_out_pairs() -> list[dict[str, dict[str, Any]]]:
+@pytest.fixture(scope="module")
+def pairs() -> list[dict[str, dict[str, Any]]]:
     """The first PubMedQA questions of the shipped head's test split, each as {own, other} rows."""
     spec = load_policy(POLICY).scorer
     assert spec.adapter is not None
@@ -69,8 +70,9 @@ def ask(
     return float(response.headers["x-router-confidence"]), verdict
 
 
-def test_passages_that_cannot_answer_the_question_are_refused(guard: Served) -> None:
-    pairs = held_out_pairs()
+def test_passages_that_cannot_answer_the_question_are_refused(
+    guard: Served, pairs: list[dict[str, dict[str, Any]]]
+) -> None:
     assert len(pairs) == QUESTIONS
     lower, refused, answered = 0, 0, 0
     for pair in pairs:
@@ -92,8 +94,10 @@ def test_passages_that_cannot_answer_the_question_are_refused(guard: Served) -> 
     assert refused >= QUESTIONS * 3 // 4 and answered >= QUESTIONS * 3 // 4
 
 
-def test_a_passage_in_the_user_turn_reads_the_same(guard: Served) -> None:
-    pair = held_out_pairs()[0]
+def test_a_passage_in_the_user_turn_reads_the_same(
+    guard: Served, pairs: list[dict[str, dict[str, Any]]]
+) -> None:
+    pair = pairs[0]
     question = question_of(pair["own"])
     for row in pair.values():
         in_system, _ = ask(guard, row["context"], question)
