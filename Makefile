@@ -44,7 +44,8 @@ serve: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy router policies calibrators scorers localmodel train tests bench
+	$(BIN)/mypy commands router policies calibrators scorers localmodel train tests bench
+	$(BIN)/lint-imports
 
 test: lint tools
 	$(BIN)/pytest

@@ -5,8 +5,10 @@
    the way the router wrote them before batching (transformers' generate in 16-token segments, the KV cache
    carried, one request after another). The answers must be the same text. Rounds alternate, best of each.
 2. Time to first content chunk over real HTTP (`router serve`, one request at a time): a streamed local
-   answer against the old replay, where the whole answer was written and then sent as chunks (a hedge
-   with the template "{answer}" still takes that path, so both run on the same server).
+   answer against a replay, where the whole answer is written and then sent as chunks (a hedge whose
+   template has text after "{answer}" takes that path, so both run on the same server).
+3. The built-in policy (`router serve` with no --policy: the head scorer, a hedge below 0.5), streamed: when
+   the first content chunk arrives, as a share of the whole answer's time. The headline, last.
 
     python -m bench.local_generation [--rounds 2] [--ttft-rounds 5]
 
@@ -23,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +74,7 @@ rules:
   - when: {{model: replayed}}
     action: hedge
     target: replayed
-    message: "{{answer}}"
+    message: "{{answer}} (replayed)"
   - action: answer_with
     target: local
 """
@@ -113,7 +117,7 @@ async def old_answer(router: Router, messages: list[Message]) -> str:
     while ids.shape[1] - prompt < NEW_TOKENS:
         left = min(SEGMENT_TOKENS, NEW_TOKENS - (ids.shape[1] - prompt))
         before = ids.shape[1]
-        ids, cache = await router._on_model(old_segment, model, ids, cache, left)
+        ids, cache = await router.worker.run(old_segment, model, ids, cache, left)
         if any(token in model.stop_ids for token in ids[0, before:].tolist()):
             break
     written = ids[0, prompt:].tolist()
@@ -165,7 +169,8 @@ async def throughput(router: Router, rounds: int) -> None:
     )
 
 
-def first_content(client: httpx.Client, model: str, messages: list[Message]) -> float:
+def streamed_answer(client: httpx.Client, model: str, messages: list[Message]) -> tuple[float, float, str]:
+    """Seconds to the first content chunk and to the stream's end, and the decision."""
     body = {"model": model, "messages": messages, "max_tokens": NEW_TOKENS, "stream": True}
     started = time.perf_counter()
     first = None
@@ -176,26 +181,56 @@ def first_content(client: httpx.Client, model: str, messages: list[Message]) -> 
             said = first is None and line.startswith("data: ") and data != "[DONE]"
             if said and json.loads(data)["choices"][0]["delta"].get("content"):
                 first = time.perf_counter() - started
+        decision = response.headers["x-router-decision"]
     assert first is not None
-    return first
+    return first, time.perf_counter() - started, decision
 
 
-def time_to_first_token(policy_path: Path, rounds: int) -> float:
+def first_content(client: httpx.Client, model: str, messages: list[Message]) -> float:
+    return streamed_answer(client, model, messages)[0]
+
+
+@contextmanager
+def served(policy_path: Path | None) -> Iterator[httpx.Client]:
     port = free_port()
-    command = [sys.executable, "-m", "router", "serve", "--policy", str(policy_path), "--port", str(port)]
-    server = subprocess.Popen([*command, "--log-level", "warning"])
+    command = [sys.executable, "-m", "router", "serve", "--port", str(port), "--log-level", "warning"]
+    server = subprocess.Popen(command + (["--policy", str(policy_path)] if policy_path else []))
     try:
         wait_ready(f"http://127.0.0.1:{port}")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
-            asked = questions()[0]
-            first_content(client, "local", asked)  # warm-up
-            streamed, replayed = [], []
-            for _ in range(rounds):
-                streamed.append(first_content(client, "local", asked))
-                replayed.append(first_content(client, "replayed", asked))
+            yield client
     finally:
         server.terminate()
         server.wait()
+
+
+def built_in_policy(rounds: int) -> None:
+    """Each question once per round, streamed through the built-in policy: first content chunk against the
+    whole answer's time (a share of it, the median over questions and rounds)."""
+    shares, decisions = [], []
+    with served(None) as client:
+        streamed_answer(client, "router", questions()[0])  # warm-up
+        for _ in range(rounds):
+            for messages in questions()[:4]:
+                first, whole, decision = streamed_answer(client, "router", messages)
+                shares.append(first / whole)
+                decisions.append(decision)
+    hedged = decisions.count("hedge")
+    print(
+        f"built-in policy, streamed ({hedged} of {len(decisions)} hedged, {NEW_TOKENS} tokens at most): "
+        f"first content chunk at {statistics.median(shares):.3f}x the answer's time "
+        f"(worst {max(shares):.3f}x)"
+    )
+
+
+def time_to_first_token(policy_path: Path, rounds: int) -> float:
+    with served(policy_path) as client:
+        asked = questions()[0]
+        first_content(client, "local", asked)  # warm-up
+        streamed, replayed = [], []
+        for _ in range(rounds):
+            streamed.append(first_content(client, "local", asked))
+            replayed.append(first_content(client, "replayed", asked))
     live, old = statistics.median(streamed), statistics.median(replayed)
     print(f"time to first content chunk, {NEW_TOKENS}-token answer over HTTP, median of {rounds}:")
     print(
@@ -223,6 +258,7 @@ def main() -> None:
             await router.close()
 
         asyncio.run(run())
+    built_in_policy(options.ttft_rounds)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,16 @@
 """Post-hoc calibration of a confidence score and the metrics that judge certainty and routing.
 
 Pure: depends on numpy only (matplotlib is imported when a picture is drawn), never on ``router``.
+
+A new calibrator is one module here with a ``Calibrator`` subclass declaring its ``kind``: every module is
+imported below, so it registers (``CALIBRATORS``), loads from ``calibrator.json`` and, unless it says it
+cannot, is one of the methods ``router calibrate --from-feedback`` fits.
 """
 
-from calibrators.base import CALIBRATORS, Calibrator, from_dict, load
+import importlib
+import pkgutil
+
+from calibrators.base import CALIBRATORS, Calibrator, fittable_kinds, from_dict, load
 from calibrators.bootstrap import Estimate, bootstrap, calibrated_band
 from calibrators.cost_quality import (
     CostQualityCurve,
@@ -44,6 +51,9 @@ from calibrators.selective import (
     youden_threshold,
 )
 
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
 __all__ = [
     "CALIBRATORS",
     "BrierDecomposition",
@@ -74,6 +84,7 @@ __all__ = [
     "ece",
     "escalation_curve",
     "evaluate",
+    "fittable_kinds",
     "from_dict",
     "ks_critical_value",
     "ks_statistic",

@@ -31,6 +31,9 @@ class Calibrator(ABC):
     """
 
     kind: ClassVar[str]
+    fits_from_feedback: ClassVar[bool] = True
+    """Fitted from raw scores and outcomes alone, built without arguments: what `router calibrate
+    --from-feedback` has. A calibrator that needs more says False, and that command does not offer it."""
 
     def __init_subclass__(cls, *, kind: str, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -96,6 +99,12 @@ class Calibrator(ABC):
 
     @abstractmethod
     def _set_params(self, params: Mapping[str, Any]) -> None: ...
+
+
+def fittable_kinds() -> list[str]:
+    """The registered kinds that `fits_from_feedback`, in registration order, read when asked (so a
+    calibrator registered after import is offered too)."""
+    return [kind for kind, calibrator in CALIBRATORS.items() if calibrator.fits_from_feedback]
 
 
 def from_dict(data: Mapping[str, Any]) -> Calibrator:

@@ -8,12 +8,10 @@ thread may call into it.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -22,8 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from localmodel.catalog import resolve
+from localmodel.interface import Aborted, Draft, Message, Pooling
 
-Message = dict[str, Any]
 T = TypeVar("T")
 BASE_WEIGHTS = "__base__"
 """PEFT's name, in a mixed batch, for the rows that no adapter touches."""
@@ -36,32 +34,6 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
     if "ROUTER_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["ROUTER_THREADS"]))
     return torch.device("cpu"), torch.float32
-
-
-@dataclass(frozen=True)
-class Draft:
-    """A generated answer with the log-probability of each of its tokens."""
-
-    text: str
-    token_logprobs: tuple[float, ...]
-    prompt_tokens: int
-    finish_reason: Literal["stop", "length"]
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.token_logprobs)
-
-    @property
-    def nprob(self) -> float:
-        """Length-normalised sequence probability: the geometric mean of the token probabilities."""
-        if not self.token_logprobs:
-            return 0.0
-        return math.exp(sum(self.token_logprobs) / len(self.token_logprobs))
-
-
-class Aborted(Exception):
-    """The job's caller went away (a client disconnected, the server is shutting down): the forward pass
-    stopped at the next decoder layer."""
 
 
 class _EarlyExit(Exception):
@@ -274,14 +246,6 @@ class LocalModel:
             raise ValueError(f"layer must be in 1..{self.num_layers}, not {layer}")
         with self.adapter(adapter):
             return prompt_state(self.decoder, self.encode(texts), layer, pooling).float()
-
-
-Pooling = Literal["last", "last+mean"]
-"""What a head reads of the prompt's states: the last token's, or that and the mean over every token.
-
-The mean carries what the whole question is about, not only where it ends; on a data set left out of
-training it transfers better than the last token alone (docs/scorer-quality.md).
-"""
 
 
 def prompt_state(decoder: Any, batch: dict[str, torch.Tensor], layer: int, pooling: Pooling) -> torch.Tensor:

@@ -1,12 +1,17 @@
 """The policy language: a YAML file that turns a certainty score into an action.
 
-Pure: imports nothing from router/, so a policy can be checked and explained anywhere.
+Pure: imports nothing from router/, scorers/, localmodel/ or train/, so a policy can be checked and
+explained anywhere. Actions (policies/actions/) and conditions (policies/conditions/) register
+themselves; layers above add checks through policies/checks.py.
 """
 
-from policies.engine import Confidences, Decision, RequestFacts, decide
+from policies.actions import ACTIONS, Action, Decision, action
+from policies.checks import Location, policy_check
+from policies.conditions import CONDITIONS, Condition, When
+from policies.engine import decide
+from policies.facts import BEST, Confidences, RequestFacts
 from policies.loader import DEFAULT_POLICY_PATH, PolicyError, load_policy
 from policies.schema import (
-    Action,
     Cooldown,
     Cost,
     LiteLLMTarget,
@@ -19,14 +24,19 @@ from policies.schema import (
 )
 
 __all__ = [
+    "ACTIONS",
+    "BEST",
+    "CONDITIONS",
     "DEFAULT_POLICY_PATH",
     "Action",
+    "Condition",
     "Confidences",
     "Cooldown",
     "Cost",
     "Decision",
     "LiteLLMTarget",
     "LocalTarget",
+    "Location",
     "OpenAITarget",
     "Policy",
     "PolicyError",
@@ -34,6 +44,9 @@ __all__ = [
     "RequestFacts",
     "Rule",
     "Target",
+    "When",
+    "action",
     "decide",
     "load_policy",
+    "policy_check",
 ]

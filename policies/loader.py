@@ -7,8 +7,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from policies.schema import LocalTarget, Location, Policy
-from scorers.card import ScorerCard
+from policies.checks import Location, registered_problems
+from policies.schema import LocalTarget, Policy
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default.yaml")
 
@@ -65,29 +65,6 @@ def _resolve_paths(policy: Policy, base: Path) -> Policy:
     return policy.model_copy(update={"scorer": scorer, "targets": {**policy.targets, **targets}})
 
 
-def _mapping_problems(policy: Policy) -> list[tuple[Location, str]]:
-    """Each scorer.targets entry must name a model the scorer predicts (its folder's scorer.json)."""
-    adapter = policy.scorer.adapter
-    if not policy.scorer.targets:
-        return []
-    if adapter is None or not (Path(adapter) / "scorer.json").is_file():  # a scorer of the local model
-        predicted = [policy.scorer.model]
-    else:
-        try:
-            card = ScorerCard.load(Path(adapter))
-        except (OSError, ValueError) as exc:
-            return [(("scorer", "adapter"), str(exc).splitlines()[0])]
-        predicted = [t.model for t in card.predicted(Path(adapter))]
-    return [
-        (
-            ("scorer", "targets", name),
-            f"the scorer predicts no '{model}' (it predicts: {', '.join(predicted)})",
-        )
-        for name, model in policy.scorer.targets.items()
-        if model not in predicted
-    ]
-
-
 def load_policy(path: Path | str) -> Policy:
     path = Path(path)
     try:
@@ -110,12 +87,10 @@ def load_policy(path: Path | str) -> Policy:
         problems = [(tuple(e["loc"]), e["msg"]) for e in exc.errors()]
     else:
         policy = _resolve_paths(policy, path.parent)
-        problems = list(policy.problems())
+        problems = [*policy.problems(), *registered_problems(policy)]
         adapter, calibrator = policy.scorer.adapter, policy.scorer.calibrator
         if adapter is not None and not Path(adapter).is_dir():
             problems.append((("scorer", "adapter"), f"no such folder: {adapter}"))
-        else:
-            problems += _mapping_problems(policy)
         if calibrator is not None and not Path(calibrator).is_file():
             problems.append((("scorer", "calibrator"), f"no such file: {calibrator}"))
         for name, target in policy.targets.items():

@@ -6,15 +6,14 @@ from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic.fields import FieldInfo
 
+from policies.actions import action, registered_action
+from policies.checks import Location
+from policies.conditions import CONDITIONS, When, hold_when, when_model
 from policies.keywords import forwarding_problem
-from scorers import SCORERS
 
-Action = Literal["answer_with", "escalate_to", "hedge", "refuse", "pick"]
-BEST = "best"
-"""`when.confidence_of: best`: the highest confidence among the targets the scorer predicts."""
 VIRTUAL_MODEL = "router"
-Location = tuple[str | int, ...]
 
 
 class _Strict(BaseModel):
@@ -29,15 +28,9 @@ class BatchSpec(_Strict):
     """Requests waiting beyond this get HTTP 503 with Retry-After instead of an unbounded backlog."""
 
 
-def _registered(method: str) -> str:
-    if method not in SCORERS:
-        raise ValueError(f"unknown scorer method '{method}' (known: {', '.join(SCORERS)})")
-    return method
-
-
 class ScorerSpec(_Strict):
-    method: Annotated[str, AfterValidator(_registered)] = "nprob"
-    """A registered scorer (scorers/): head, intrinsic, nprob, consistency."""
+    method: str = "nprob"
+    """A registered scorer (scorers/): head, intrinsic, nprob, consistency. scorers/checks.py checks it."""
     model: str = "smollm2-135m-instruct"
     """The local model that drafts answers and scores them: a catalog name, a folder or a Hugging Face id."""
     adapter: str | None = None
@@ -193,40 +186,15 @@ class MonitoringSpec(_Strict):
     drift: DriftSpec = DriftSpec()
 
 
-class When(_Strict):
-    """Conditions of a rule; all given conditions must hold. Confidence bounds are [at_least, below)."""
-
-    confidence_below: float | None = Field(None, ge=0, le=1)
-    confidence_at_least: float | None = Field(None, ge=0, le=1)
-    confidence_of: str | None = None
-    """Whose confidence the bounds test: a target the scorer predicts, `best` (the highest of them), or
-    by default the scorer's primary target (the local model's answer)."""
-    model: list[str] | None = None
-    user: list[str] | None = None
-    tenant: list[str] | None = None
-    """The API key's name (with `auth: required`); `admin` for the admin key."""
-
-    @field_validator("model", "user", "tenant", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
-
-    @property
-    def needs_confidence(self) -> bool:
-        return self.confidence_below is not None or self.confidence_at_least is not None
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.needs_confidence and self.model is None and self.user is None and self.tenant is None
-
-
 Fallback = Literal["most_likely", "hedge", "refuse"]
 
 
 class Rule(_Strict):
     name: str | None = None
-    when: When = When()
-    action: Action
+    when: When = Field(default_factory=lambda: when_model()())
+    """Validated as the registered conditions' model (see _validate_when_as)."""
+    action: Annotated[str, AfterValidator(registered_action)]
+    """A registered action (policies/actions/)."""
     target: str | None = None
     message: str | None = None
     """Overrides the policy's refusal message (refuse, or pick falling back to refuse) or hedge template."""
@@ -303,9 +271,6 @@ class Policy(_Strict):
         """Mistakes that span fields: dangling targets, rules that can never match, a missing catch-all."""
         if VIRTUAL_MODEL in self.targets:
             yield ("targets", VIRTUAL_MODEL), f"'{VIRTUAL_MODEL}' is the router's own model name"
-        method = SCORERS.get(self.scorer.method)
-        if method is not None and method.needs_adapter and self.scorer.adapter is None:
-            yield ("scorer", "adapter"), f"the {self.scorer.method} scorer needs an adapter folder"
         for name in self.scorer.targets:
             if name not in self.targets:
                 yield (
@@ -315,7 +280,9 @@ class Policy(_Strict):
         if "{answer}" not in self.hedge_template:
             yield ("hedge_template",), "must contain {answer}"
         for i, rule in enumerate(self.rules):
-            yield from _rule_problems(self, i, rule)
+            yield from action(rule.action).problems(self, i, rule)
+            for condition in CONDITIONS.values():
+                yield from condition.problems(self, i, rule)
         yield from _budget_problems(self)
         yield from _fallback_problems(self)
         for name, target in self.targets.items():
@@ -329,62 +296,6 @@ class Policy(_Strict):
                 ("rules", len(self.rules) - 1, "when"),
                 "the last rule must have no conditions, so that every request matches a rule",
             )
-
-
-def _rule_problems(policy: Policy, i: int, rule: Rule) -> Iterator[tuple[Location, str]]:
-    where: Location = ("rules", i)
-    yield from _pick_problems(policy, i, rule)
-    takes_target = rule.action in ("answer_with", "escalate_to", "hedge")
-    if rule.action in ("answer_with", "escalate_to") and rule.target is None:
-        yield (*where, "target"), f"{rule.action} needs a target"
-    if not takes_target and rule.target is not None:
-        yield (*where, "target"), f"{rule.action} takes no target"
-    if rule.target is not None and rule.target not in policy.targets:
-        yield (*where, "target"), f"unknown target '{rule.target}' (targets: {', '.join(policy.targets)})"
-    if rule.action == "hedge" and rule.target is None and policy.default_hedge_target is None:
-        yield (*where, "target"), "hedge needs a target when the policy has no local target"
-    if rule.action == "hedge" and rule.message is not None and "{answer}" not in rule.message:
-        yield (*where, "message"), "a hedge message must contain {answer}"
-    if rule.action in ("answer_with", "escalate_to") and rule.message is not None:
-        yield (*where, "message"), f"{rule.action} takes no message"
-    of = rule.when.confidence_of
-    if of is not None and of != BEST and not policy.scored(of):
-        yield (
-            (*where, "when", "confidence_of"),
-            (f"'{of}' is not a target the scorer predicts (map it in scorer.targets, or use '{BEST}')"),
-        )
-    low, high = rule.when.confidence_at_least, rule.when.confidence_below
-    if low is not None and high is not None and low >= high:
-        yield (*where, "when"), f"confidence_at_least {low} >= confidence_below {high}: never matches"
-    for j, name in enumerate(rule.when.model or []):
-        if name not in policy.model_names:
-            yield (*where, "when", "model", j), f"'{name}' is not a model this policy serves"
-
-
-def _pick_problems(policy: Policy, i: int, rule: Rule) -> Iterator[tuple[Location, str]]:
-    where: Location = ("rules", i)
-    if rule.action != "pick":
-        for field in ("candidates", "min_confidence"):
-            if getattr(rule, field) is not None:
-                yield (*where, field), f"{rule.action} takes no {field} (only pick does)"
-        return
-    if rule.min_confidence is None:
-        yield (*where, "min_confidence"), "pick needs min_confidence"
-    candidates = policy.candidates(rule)
-    if not candidates:
-        yield (*where, "candidates"), "pick needs candidates: no target is predicted by the scorer"
-    for j, name in enumerate(rule.candidates or []):
-        if name not in policy.targets:
-            yield (*where, "candidates", j), f"unknown target '{name}' (targets: {', '.join(policy.targets)})"
-        elif not policy.scored(name):
-            yield (
-                (*where, "candidates", j),
-                (f"the scorer predicts nothing for '{name}': map it to a scorer target in scorer.targets"),
-            )
-    if rule.message is not None and rule.fallback == "most_likely":
-        yield (*where, "message"), "pick takes a message only with fallback hedge or refuse"
-    if rule.message is not None and rule.fallback == "hedge" and "{answer}" not in rule.message:
-        yield (*where, "message"), "a hedge message must contain {answer}"
 
 
 def _fallback_problems(policy: Policy) -> Iterator[tuple[Location, str]]:
@@ -426,3 +337,14 @@ def _budget_problems(policy: Policy) -> Iterator[tuple[Location, str]]:
             f"with target_escalation_rate the escalate_to rule ({policy.rule_label(escalating[0])}) must be "
             "the first rule that looks at confidence, or this rule takes part of its traffic",
         )
+
+
+def _validate_when_as(model: type[When]) -> None:
+    """Rules validate `when:` with `model`, the registered conditions' (Policy holds rules, so it rebuilds
+    too)."""
+    Rule.model_fields["when"] = FieldInfo.from_annotated_attribute(model, Field(default_factory=model))
+    Rule.model_rebuild(force=True)
+    Policy.model_rebuild(force=True)
+
+
+hold_when(_validate_when_as)

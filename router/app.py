@@ -28,7 +28,7 @@ from router.feedback import ConflictingFeedback, UnknownRequest
 from router.metrics import Metrics
 from router.openapi import install_openapi
 from router.schemas import ChatCompletionRequest, FeedbackRequest, ScoreRequest
-from router.service import Routed
+from router.stages.shaping import Routed
 from router.serving import Serving
 from router.state import StateStore, StoreUnavailable, open_store
 
@@ -55,7 +55,7 @@ def create_app(
     gate = Gate(keys, limits, admin_key)
     metrics = Metrics()
     serving = Serving(policy, store, metrics, policy_path, watch_policy_s)
-    metrics.track_queue(lambda: serving.router.batcher.depth if serving.router else 0)
+    metrics.track_queue(lambda: serving.router.scoring.batcher.depth if serving.router else 0)
     metrics.track_store(store)
     windows_failing = False  # so that a store that keeps failing logs once, not at every scrape
 
@@ -80,13 +80,17 @@ def create_app(
                 await keys.close()
         finally:
             # Whatever failed before: the debits still on their way may become writes the store keeps,
-            # and closing the store writes what it keeps to Redis (router/resilient_store.py).
+            # and closing the store writes what it keeps to Redis (router/state/resilient.py).
             await limits.close()
             await store.close()
 
-    app = FastAPI(title="confidence-router", lifespan=lifespan)
+    # install_openapi serves the document and Swagger UI behind the key check (FastAPI's own pages would be
+    # open to anyone); no ReDoc page: it fetches the document from the browser, which sends no key.
+    app = FastAPI(
+        title="confidence-router", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None
+    )
     install_error_handlers(app)
-    install_openapi(app)
+    install_openapi(app, guard=[Depends(_caller)])
 
     app.add_middleware(
         RequestGuard,
@@ -184,7 +188,7 @@ def create_app(
     async def feedback(request: FeedbackRequest, who: Authorized) -> dict[str, str]:
         async with serving.ready().in_use() as router:
             try:
-                recorded = await router.log.feedback(
+                recorded = await router.recording.log.feedback(
                     request.request_id,
                     request.label,
                     None if who is None else who.name,

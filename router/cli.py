@@ -1,4 +1,7 @@
-"""The `router` command."""
+"""The service's commands: serve, calibrate, score, and the `models` and `policy` groups.
+
+commands/ assembles them, with the training commands and `keys`, into the `router` command.
+"""
 
 from __future__ import annotations
 
@@ -10,33 +13,12 @@ from typing import Annotated
 
 import typer
 
+import calibrators
+import scorers  # noqa: F401  (registers scorers/checks.py: the scorer checks load_policy runs)
 from policies import DEFAULT_POLICY_PATH, Policy, PolicyError, RequestFacts, decide, load_policy
-from router.access.cli import keys_app
 
-app = typer.Typer(
-    help="Confidence-based router and guard for LLM applications.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
 models_app = typer.Typer(help="Fetch and list local models.", no_args_is_help=True)
 policy_app = typer.Typer(help="Check and explain policy files.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
-app.add_typer(policy_app, name="policy")
-app.add_typer(keys_app, name="keys")
-
-
-def _mount_training() -> None:
-    from train import cli as training
-
-    app.command("build-dataset")(training.build_dataset)
-    app.command("train-scorer")(training.train_scorer)
-    app.command("eval-scorer")(training.eval_scorer)
-    app.command("eval-routing")(training.eval_routing)
-    app.command("train-answerer")(training.train_answerer)
-    app.command("eval-answerer")(training.eval_answerer)
-
-
-_mount_training()
 
 PolicyFile = Annotated[Path, typer.Argument(help="A policy YAML file.")]
 
@@ -50,7 +32,6 @@ def _load_or_exit(path: Path) -> Policy:
         raise typer.Exit(2) from exc
 
 
-@app.command()
 def serve(
     policy: Annotated[Path | None, typer.Option(help="Policy YAML; the built-in default if omitted.")] = None,
     host: str = "127.0.0.1",
@@ -144,7 +125,6 @@ def _loopback(host: str) -> bool:
         return False
 
 
-@app.command()
 def calibrate(
     out: Annotated[Path, typer.Option(help="Where to write calibrator.json.")],
     from_feedback: Annotated[
@@ -153,7 +133,9 @@ def calibrate(
     redis_url: Annotated[
         str | None, typer.Option(envvar="ROUTER_REDIS_URL", help="The store the servers log feedback to.")
     ] = None,
-    method: Annotated[str, typer.Option(help="platt, isotonic, temperature or histogram.")] = "platt",
+    method: Annotated[
+        str, typer.Option(help=f"A calibrator kind: {', '.join(calibrators.fittable_kinds())}.")
+    ] = "platt",
     min_samples: int = 50,
 ) -> None:
     """Fit a calibrator (raw score -> confidence) and write it; a policy adopts it as scorer.calibrator."""
@@ -174,7 +156,6 @@ def calibrate(
     )
 
 
-@app.command()
 def score(
     question: Annotated[str, typer.Argument(help="The question, as a single user message.")],
     policy: Annotated[Path | None, typer.Option(help="Take the scorer from this policy.")] = None,

@@ -7,7 +7,7 @@
   scorer version (raw scores of two scorers are not comparable): drift, the escalation ratio and the
   budget-targeted threshold read it.
 
-With Redis unreachable and this replica's replay buffer full (router/resilient_store.py), the decision
+With Redis unreachable and this replica's replay buffer full (router/state/resilient.py), the decision
 log drops its writes rather than the client's answer, and feedback raises StoreUnavailable (a 503), so
 that no feedback is acknowledged that could be lost.
 """

@@ -10,15 +10,12 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from localmodel.model import Draft, LocalModel, Message
 from router import generation
 from router.errors import APIError
 from router.generation import Batch, Token
-
-if TYPE_CHECKING:
-    from router.targets.base import OnModel
+from router.model_worker import OnModel
 
 MAX_LENGTH_RATIO = 2.0
 """Prompts read in one prefill differ at most this much in length (bounds the padding read)."""

@@ -9,10 +9,12 @@ post-processes it once, on first use, into what the endpoints return.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, params
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from policies.schema import VIRTUAL_MODEL
 
@@ -281,19 +283,31 @@ _SSE_EVENT = {
     "required": ["data"],
 }
 
-_DECISION_HEADERS = {
+DECISION_HEADERS: dict[str, dict[str, Any]] = {
     "x-router-request-id": {
-        "description": "Unique per request; the id POST /v1/feedback takes",
+        "description": "32 hex digits, unique per request: the id `POST /v1/feedback` takes",
         "required": True,
         "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     },
+    "x-router-confidence": {
+        "description": "The certainty the policy acted on, 0..1; absent when the matching rule needed none",
+        "required": False,
+        "schema": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "x-router-confidences": {
+        "description": "Only after a `pick` rule: each candidate and its confidence, cheapest first "
+        "(`small=0.3120,large=0.7410`)",
+        "required": False,
+        "schema": {"type": "string"},
+    },
     "x-router-decision": {
-        "description": "What the policy did",
+        "description": "What the policy did: `answer`, `escalate`, `hedge` or `refuse`",
         "required": True,
         "schema": {"enum": ["answer", "escalate", "hedge", "refuse"]},
     },
     "x-router-target": {
-        "description": "The target that produced the answer, or `none` for a refusal",
+        "description": "The target that produced the answer (the rule's, or a fallback), or `none` for a "
+        "refusal",
         "required": True,
         "schema": {"type": "string"},
     },
@@ -302,17 +316,15 @@ _DECISION_HEADERS = {
         "required": True,
         "schema": {"type": "string"},
     },
-    "x-router-confidence": {
-        "description": "The certainty the policy acted on; absent when the matching rule needed none",
-        "required": False,
-        "schema": {"type": "number", "minimum": 0, "maximum": 1},
-    },
-    "x-router-confidences": {
-        "description": "A pick rule's candidates and their confidences, cheapest first (`name=0.1234,...`)",
+    "x-router-fallback": {
+        "description": "Only when a fallback answered: each target passed over and why, e.g. "
+        "`large:server,medium:cooling_down` (docs/upstream.md)",
         "required": False,
         "schema": {"type": "string"},
     },
 }
+"""The headers every answer of POST /v1/chat/completions carries, streamed or not: the one list, which
+docs/reference.md's table repeats word for word (tests/test_reference_doc.py holds it to that)."""
 
 # Each operation's 200, as it is really sent.
 SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
@@ -331,7 +343,7 @@ SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("post", "/v1/chat/completions"): {
         "description": "A chat completion, or with `stream: true` its chunks as server-sent events",
-        "headers": _DECISION_HEADERS,
+        "headers": DECISION_HEADERS,
         "content": {
             **_json("ChatCompletion"),
             "text/event-stream": {"schema": _SSE_EVENT},
@@ -420,8 +432,13 @@ def corrected(generated: Document) -> Document:
     return document
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Serve the corrected document at /openapi.json (and in /docs), built once, on first use."""
+def install_openapi(app: FastAPI, guard: Sequence[params.Depends]) -> None:
+    """Serve the corrected document, built once on first use, at /openapi.json and in Swagger UI at /docs,
+    each behind `guard` (the key check of the other endpoints: with `auth: required` the document is no
+    more public than the endpoints it describes). `app` must be made with `openapi_url`, `docs_url` and
+    `redoc_url` None, so that FastAPI serves no unguarded copy."""
+    if app.openapi_url or app.docs_url or app.redoc_url:
+        raise ValueError("make the app with openapi_url=None, docs_url=None, redoc_url=None")
     generate: Callable[[], Document] = app.openapi  # FastAPI's own, which caches in app.openapi_schema
 
     def openapi() -> Document:
@@ -430,3 +447,16 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=list(guard))
+    async def openapi_json() -> JSONResponse:
+        return JSONResponse(openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=list(guard))
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        # The document is in the page: a browser fetching /openapi.json on its own would not send the key.
+        return get_swagger_ui_html(
+            openapi_url=request.scope.get("root_path", "").rstrip("/") + "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_ui_parameters={"spec": openapi()},
+        )

@@ -9,12 +9,6 @@ import calibrators
 from router.feedback import read_feedback
 from router.state import RedisStore
 
-METHODS: dict[str, type[calibrators.Calibrator]] = {
-    "platt": calibrators.PlattScaling,
-    "isotonic": calibrators.IsotonicCalibrator,
-    "temperature": calibrators.TemperatureScaling,
-    "histogram": calibrators.HistogramBinning,
-}
 ALL_RETAINED = 10**9
 
 
@@ -29,7 +23,7 @@ class Fitted:
     """In-sample: the calibrator is judged on the records it was fitted on, so this flatters it."""
 
 
-async def _fit(redis_url: str, method: str, min_samples: int) -> Fitted:
+async def _fit(redis_url: str, method: type[calibrators.Calibrator], min_samples: int) -> Fitted:
     store = RedisStore(redis_url)
     try:
         records = await read_feedback(store, ALL_RETAINED)
@@ -46,7 +40,7 @@ async def _fit(redis_url: str, method: str, min_samples: int) -> Fitted:
         )
     raw = [r.raw for r in mine]
     correct = [r.correct for r in mine]
-    calibrator = METHODS[method]().fit(raw, correct)
+    calibrator = method().fit(raw, correct)
     return Fitted(
         calibrator,
         scorer,
@@ -58,6 +52,8 @@ async def _fit(redis_url: str, method: str, min_samples: int) -> Fitted:
 
 
 def fit_from_feedback(redis_url: str, method: str = "platt", min_samples: int = 50) -> Fitted:
-    if method not in METHODS:
-        raise ValueError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
-    return asyncio.run(_fit(redis_url, method, min_samples))
+    """`method`: any calibrator kind that fits from feedback (calibrators.fittable_kinds)."""
+    methods = calibrators.fittable_kinds()
+    if method not in methods:
+        raise ValueError(f"unknown method '{method}'; choose from {', '.join(methods)}")
+    return asyncio.run(_fit(redis_url, calibrators.CALIBRATORS[method], min_samples))

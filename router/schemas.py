@@ -152,6 +152,11 @@ class ScoreRequest(BaseModel):
         return [{"role": "user", "content": self.question or ""}]
 
 
+def within(asked: int | None, cap: int) -> int:
+    """A client's token cap (None: none given), within `cap`."""
+    return min(asked or cap, cap)
+
+
 class ChatCompletionRequest(BaseModel):
     # strict: "stream": "yes" or "max_tokens": "10" is a client bug worth a 400, not a silent coercion.
     model_config = ConfigDict(extra="allow", strict=True)
@@ -192,6 +197,18 @@ class ChatCompletionRequest(BaseModel):
     @property
     def token_cap(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def tokens_within(self, cap: int) -> int:
+        """The client's token cap, within `cap` (a target's or the scorer's)."""
+        return within(self.token_cap, cap)
+
+    @property
+    def structured(self) -> bool:
+        """The client asked for output a program parses (JSON mode, a JSON schema, tool calls): nothing
+        may be written around the answer."""
+        kind = (self.model_extra or {}).get("response_format")
+        asked_json = isinstance(kind, dict) and kind.get("type") in ("json_object", "json_schema")
+        return asked_json or bool(self.tools) or bool((self.model_extra or {}).get("functions"))
 
     @property
     def include_usage(self) -> bool:

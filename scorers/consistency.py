@@ -1,8 +1,12 @@
 from __future__ import annotations
 
-from localmodel import LocalModel
+from typing import TYPE_CHECKING
+
 from localmodel.answers import same_answer
 from scorers.base import RawScore, ScoreItem, Scorer, ScorerSettings
+
+if TYPE_CHECKING:
+    from localmodel import LocalModel
 
 
 class ConsistencyScorer(Scorer, method="consistency"):

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from safetensors.torch import load_file
 
 import calibrators
-from localmodel import LocalModel, Message
+from localmodel import Message
 from scorers.base import RawScore, ScoreItem, Scorer, ScorerSettings
 from scorers.card import ScorerCard, folder_digest
+
+# torch is imported where a head is loaded or saved, never by importing this module: registering the
+# scorer (`import scorers`, a policy check) must not load it.
+if TYPE_CHECKING:
+    import torch
+
+    from localmodel import LocalModel
 
 ADAPTER_NAME = "certainty_head"
 HEAD_FILE = "head.safetensors"
@@ -57,6 +63,8 @@ class HeadScorer(Scorer, method="head"):
     needs_adapter = True
 
     def __init__(self, model: LocalModel, folder: Path) -> None:
+        from safetensors.torch import load_file
+
         card = ScorerCard.load(folder)
         if card.method != "head":
             raise ValueError(f"{folder}: a '{card.method}' scorer, not a head scorer")
@@ -88,7 +96,7 @@ class HeadScorer(Scorer, method="head"):
         """Rows x targets."""
         texts = [self.model.prompt_text(as_trained(i.messages)) for i in items]
         states = self.model.prompt_states(texts, self.layer, self.pooling, self.adapter)
-        return torch.sigmoid(states @ self.weight.T + self.bias).cpu().numpy().astype(np.float64)
+        return (states @ self.weight.T + self.bias).sigmoid().cpu().numpy().astype(np.float64)
 
     def score_batch(self, items: list[ScoreItem]) -> list[RawScore]:
         return [

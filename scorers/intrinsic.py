@@ -10,16 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import yaml
 
 import calibrators
-from localmodel import LocalModel, Message
+from localmodel import Message
 from scorers.base import RawScore, ScoreItem, Scorer, ScorerSettings
 from scorers.card import CALIBRATOR_FILE, CARD, ScorerCard, folder_digest
+
+# torch is imported where the scorer runs, never by importing this module: registering the scorer
+# (`import scorers`, a policy check) must not load it.
+if TYPE_CHECKING:
+    import torch
+
+    from localmodel import LocalModel
 
 ADAPTER_NAME = "certainty_intrinsic"
 DEFAULT_INVOCATION = "<certainty>"
@@ -115,8 +121,13 @@ class IntrinsicScorer(Scorer, method="intrinsic"):
         raw = self.raw_scores([i.messages for i in items], [d.text for d in drafts])
         return [RawScore({self.primary: float(r)}, d) for r, d in zip(raw, drafts, strict=True)]
 
-    @torch.inference_mode()
     def raw_scores(self, conversations: list[list[Message]], answers: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self._raw_scores(conversations, answers)
+
+    def _raw_scores(self, conversations: list[list[Message]], answers: list[str]) -> np.ndarray:
         parts = [
             certainty_suffix(self.model, m, a, self.io) for m, a in zip(conversations, answers, strict=True)
         ]
@@ -129,7 +140,7 @@ class IntrinsicScorer(Scorer, method="intrinsic"):
             else self._full_logits(prefixes, suffixes)
         )
         ids = list(self.category_ids.values())
-        probs = torch.softmax(logits.float(), dim=-1)[:, ids].cpu().numpy()
+        probs = logits.float().softmax(dim=-1)[:, ids].cpu().numpy()
         names = list(self.category_ids)
         return np.array([self.io.expected_value(dict(zip(names, row, strict=True))) for row in probs])
 
@@ -141,6 +152,8 @@ class IntrinsicScorer(Scorer, method="intrinsic"):
 
     def _suffix_logits(self, prefixes: list[list[int]], suffixes: list[list[int]]) -> torch.Tensor:
         """aLoRA: the base model's cache of the conversation, then only the invocation with the adapter."""
+        import torch
+
         if len({tuple(s) for s in suffixes}) != 1:
             raise ValueError("invocation suffixes differ within a batch")
         prefix = self.model.pad_batch(prefixes)

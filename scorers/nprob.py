@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-from localmodel import LocalModel
+from typing import TYPE_CHECKING
+
 from scorers.base import RawScore, ScoreItem, Scorer, ScorerSettings
+
+if TYPE_CHECKING:
+    from localmodel import LocalModel
 
 
 class NProbScorer(Scorer, method="nprob"):

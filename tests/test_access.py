@@ -20,8 +20,7 @@ from policies import Policy, PolicyError, load_policy
 from router.access.gate import MAX_TENANT_LABELS, Caller, Gate
 from router.access.keys import ApiKey, KeyProblem, KeyRegistry
 from router.access.limits import Limits, duration
-from router.resilient_store import ResilientStore
-from router.state import RedisStore, redis_client
+from router.state import RedisStore, ResilientStore, redis_client
 from tests.conftest import Served, emptied, free_port, head_scorer_yaml, wait_ready
 from tests.faults import USAGE as FAULT_USAGE
 from tests.faults import FaultServer
@@ -110,6 +109,8 @@ def test_a_missing_or_unknown_key_is_a_401_on_every_endpoint(proxy: Served, http
             ("POST", "/v1/feedback", {"request_id": "x", "correct": True}),
             ("GET", "/v1/models", None),
             ("GET", "/metrics", None),
+            ("GET", "/openapi.json", None),
+            ("GET", "/docs", None),
         ):
             response = http.request(method, f"{proxy.base_url}{path}", json=body, headers=headers)
             assert response.status_code == 401, (path, authorization, response.text)
@@ -117,6 +118,21 @@ def test_a_missing_or_unknown_key_is_a_401_on_every_endpoint(proxy: Served, http
             assert response.headers["www-authenticate"] == "Bearer"
     assert http.get(f"{proxy.base_url}/healthz").status_code == 200
     assert http.get(f"{proxy.base_url}/readyz").status_code == 200
+
+
+def test_the_api_document_and_its_page_take_a_key_or_the_admin_key(
+    proxy: Served, http: httpx.Client, backend_url: str
+) -> None:
+    key = create(backend_url, ApiKey("reads-the-docs"))
+    for caller in (key, ADMIN):
+        headers = {"Authorization": f"Bearer {caller}"}
+        document = http.get(f"{proxy.base_url}/openapi.json", headers=headers)
+        assert document.status_code == 200, document.text
+        assert "/v1/chat/completions" in document.json()["paths"]
+        page = http.get(f"{proxy.base_url}/docs", headers=headers)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert '"/v1/chat/completions"' in page.text  # the document is in the page, fetched with the key
+    assert http.get(f"{proxy.base_url}/redoc").status_code == 404  # no page that would fetch it without one
 
 
 def test_a_key_answers_and_its_tenant_is_a_fact_rules_match(

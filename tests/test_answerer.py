@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM
 
 from localmodel import LocalModel
 from policies import Decision
+from policies.failure_aware import DECISIONS, EVIDENCE, read_stated
 from router import completions
-from router.completions import DECISIONS, EVIDENCE, read_stated
 from train.answerer import (
     TEMPLATES,
     AnswererSettings,
@@ -230,7 +230,7 @@ def test_unreadable_replies_are_uncertain() -> None:
 
 
 def decision(action: str) -> Decision:
-    return Decision(action, None if action == "refuse" else "local", "r", 0.5, None, 0)  # type: ignore[arg-type]
+    return Decision(action, None if action == "refuse" else "local", "r", 0.5, None, 0)
 
 
 @pytest.mark.parametrize(

@@ -10,18 +10,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from localmodel import LocalModel
 from policies import PolicyError, load_policy
+from policies.failure_aware import DECISIONS
 from router import generation
-from router.completions import DECISIONS
 from router.targets.local import answerer_adapter
 from scorers import ScoreItem
 from scorers.head import HeadScorer
 from tests.conftest import Served, head_scorer_yaml
 from tests.tiny import lora
+from tests.tolerance import assert_same_drafts, close
 from train.data import QARecord, prompt
 
 QUESTIONS = ["Who wrote Hamlet?", "What is the capital of France?", "How many legs has a spider?"]
@@ -51,9 +51,9 @@ def test_the_scorer_reads_the_same_weights_with_an_answerer_loaded(
     scorer = HeadScorer(model, untied_head)
     name = answerer_adapter(model, answerer)
     model.draft_batch([i.messages for i in items()], 4, adapter=name)  # the answerer was active last
-    assert np.array_equal(scorer.raw_scores(items()), alone)
+    assert scorer.raw_scores(items()) == close(alone)  # within float noise (tests/tolerance.py)
     drafts = LocalModel(str(untied_model)).draft_batch([i.messages for i in items()], 6)
-    assert model.draft_batch([i.messages for i in items()], 6) == drafts  # the base weights' drafts too
+    assert_same_drafts(model.draft_batch([i.messages for i in items()], 6), drafts)  # the base weights' too
 
 
 def written(

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from commands import app
 from localmodel import LocalModel
 from localmodel.answers import first_line, normalise
-from router.cli import app
 from scorers import ScoreItem
 from scorers.head import PASSAGE_CHARS, HeadScorer, as_trained
 from train.data import QARecord, context_variants, load_records, prompt

@@ -336,9 +336,8 @@ def test_a_cooldown_reaches_another_replica_within_a_second(
     """Two routers (replicas) on one real Redis: b has just found `shared` healthy when a cools it down;
     b stops calling it within REFRESH_S (plus a request's time)."""
     from localmodel.model import LocalModel
-    from router.resilient_store import ResilientStore
     from router.service import Router
-    from router.state import RedisStore
+    from router.state import RedisStore, ResilientStore
 
     monkeypatch.setenv("FAULTS_KEY", "sk-faults")
     faults.reset()

@@ -213,14 +213,14 @@ def test_cancelling_a_caller_aborts_its_job_on_the_model_thread(tiny_model: Path
 
     async def run() -> None:
         job = asyncio.create_task(
-            router._on_model(router.model.draft, [{"role": "user", "content": "Go on."}], LONG_ANSWER)
+            router.worker.run(router.model.draft, [{"role": "user", "content": "Go on."}], LONG_ANSWER)
         )
         await asyncio.sleep(0.3)
         job.cancel()
         with pytest.raises(asyncio.CancelledError):
             await job
         # The next job runs only once the cancelled one has left the model's worker.
-        await router._on_model(lambda: None)
+        await router.worker.run(lambda: None)
         assert 0 < len(steps) < LONG_ANSWER / 2
         await router.close()
 

@@ -181,7 +181,7 @@ def test_concurrent_answers_are_written_together_and_as_they_are_alone(
         assert jobs("1.0") == jobs() > 0
         assert await answers(router, together=True) == alone and all(alone)
         assert jobs("1.0") < jobs()  # some jobs wrote several rows
-        assert router.writer.busy == 0
+        assert router.answering.writer.busy == 0
         await router.close()
 
     asyncio.run(run())
@@ -195,10 +195,10 @@ def test_a_router_stream_closed_unread_frees_its_row(
     async def run() -> None:
         router = Router(policy, LocalModel(str(untied_model)))
         routed = await router.route(ChatCompletionRequest.model_validate(body("Go", "long", stream=True)))
-        assert routed.chunks is not None and router.writer.busy == 1
+        assert routed.chunks is not None and router.answering.writer.busy == 1
         await routed.chunks.aclose()  # never read: the response failed before its first byte
         second = await router.route(ChatCompletionRequest.model_validate(body("Go", max_tokens=4)))
-        assert second.body is not None and router.writer.busy == 0
+        assert second.body is not None and router.answering.writer.busy == 0
         await router.close()
 
     asyncio.run(run())
@@ -227,7 +227,7 @@ def test_answers_written_at_once_are_bounded_by_the_turns(
 
         async def watch() -> None:
             while True:
-                seen.append(len(router.writer.rows))
+                seen.append(len(router.answering.writer.rows))
                 await asyncio.sleep(0.001)
 
         watcher = asyncio.create_task(watch())

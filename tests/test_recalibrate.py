@@ -3,16 +3,26 @@ fitted calibrator."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
+from typer.testing import CliRunner
 
 import calibrators
-from policies import load_policy
+from calibrators.validation import FloatArray
+from commands import app
+from policies import Decision, load_policy
+from policies.schema import MonitoringSpec
+from router.feedback import DecisionLog, Judged
+from router.state import RedisStore
 from tests.conftest import Served, head_scorer_yaml
+from tests.tolerance import close
 
 ADMIN_KEY = "admin-key-for-tests"
 # Every request is scored and logged; refusing spares drafting an answer nobody reads.
@@ -78,9 +88,61 @@ def test_a_calibrator_fitted_on_feedback_is_adopted_by_a_reload(
     assert reloaded.status_code == 200, reloaded.text
     assert reloaded.json()["calibrator"] == str(out)
 
-    # The same raw score, recalibrated as it is served; an unseen question's too.
+    # The same raw score (scored afresh: within float noise, tests/tolerance.py), recalibrated as it is
+    # served, exactly as the fitted calibrator maps it; an unseen question's too.
     after = http.post(f"{served.base_url}/v1/score", json={"question": "A new question?"}).json()
-    assert after["raw_score"] == before["raw_score"]
+    assert after["raw_score"] == close(before["raw_score"])
     assert after["confidence"] == float(fitted.transform([after["raw_score"]])[0]) != before["confidence"]
     unseen = http.post(f"{served.base_url}/v1/score", json={"question": "Never asked before?"}).json()
     assert unseen["confidence"] == float(fitted.transform([unseen["raw_score"]])[0])
+
+
+class MeanShift(calibrators.Calibrator, kind="test-mean-shift"):
+    """A calibrator defined here, outside calibrators/: its class statement alone registers it."""
+
+    def _fit(self, x: FloatArray, y: FloatArray) -> None:
+        self.shift = float(y.mean() - x.mean())
+
+    def _transform(self, x: FloatArray) -> FloatArray:
+        return np.clip(x + self.shift, 0.0, 1.0)
+
+    def _get_params(self) -> dict[str, Any]:
+        return {"shift": self.shift}
+
+    def _set_params(self, params: Mapping[str, Any]) -> None:
+        self.shift = float(params["shift"])
+
+
+class NeedsGroups(MeanShift, kind="test-needs-groups"):
+    """One that cannot be fitted from raw scores and outcomes alone."""
+
+    fits_from_feedback = False
+
+
+async def log_feedback(redis_url: str, raws: list[float]) -> None:
+    """Decisions and feedback on them, logged as the server logs them; the upper half is right."""
+    store = RedisStore(redis_url)
+    log = DecisionLog(store, MonitoringSpec(), "scorer-under-test", 100)
+    try:
+        for i, raw in enumerate(raws):
+            decision = Decision("refuse", None, "always", raw, None, 0)
+            await log.record(f"r{i}", decision, raw, Judged("local", raw, raw))
+            await log.feedback(f"r{i}", 1.0 if raw >= 0.5 else 0.0)
+    finally:
+        await store.close()
+
+
+def test_any_registered_calibrator_is_fitted_from_feedback(fresh_redis: str, tmp_path: Path) -> None:
+    asyncio.run(log_feedback(fresh_redis, [i / 40 for i in range(40)]))
+    out = tmp_path / "calibrator.json"
+    command = ["calibrate", "--from-feedback", "--redis-url", fresh_redis, "--min-samples", "40"]
+
+    result = CliRunner().invoke(app, [*command, "--method", "test-mean-shift", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "test-mean-shift on 40 records (20 correct) of scorer scorer-under-test" in result.output
+    assert isinstance(calibrators.load(out), MeanShift)
+
+    refused = CliRunner().invoke(app, [*command, "--method", "test-needs-groups", "--out", str(out)])
+    assert refused.exit_code == 1
+    assert "unknown method 'test-needs-groups'" in refused.output
+    assert "test-mean-shift" in refused.output  # among the methods it names

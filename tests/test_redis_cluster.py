@@ -15,12 +15,12 @@ import pytest
 
 from router.access.keys import KEYS, NAMES, VERSION, ApiKey, KeyRegistry, counter_keys
 from router.access.limits import Limits
-from router.resilient_store import ResilientStore
 from router.state import (
     PROBE_ENV,
     RedisStore,
     RedisTarget,
     RedisUrlError,
+    ResilientStore,
     open_store,
     parse_redis_url,
     redis_client,

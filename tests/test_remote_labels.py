@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
+from commands import app
 from policies import Policy
-from router.cli import app
 from tests.conftest import Served, free_port, policy_from
 from train.grading import RULE
 

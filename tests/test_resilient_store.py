@@ -15,8 +15,7 @@ import redis
 from policies import Decision
 from policies.schema import MonitoringSpec
 from router.feedback import FEEDBACK_WINDOW, DecisionLog, Judged
-from router.resilient_store import ResilientStore
-from router.state import MemoryStore, RedisStore, StoreUnavailable, open_store
+from router.state import MemoryStore, RedisStore, ResilientStore, StoreUnavailable, open_store
 from tests.redis_process import KINDS, Backend, Kind, running_redis
 
 PREFIX = "confidence-router:"

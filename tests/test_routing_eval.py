@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from calibrators import apgr
-from train.routing_eval import evaluate_routing
+from train.routing_eval import evaluate_routing, routing_evaluation
+from train.routing_report import write_report
 
 RESAMPLES = 60
 # Few resamples keep the tests fast; the point values do not depend on them.
@@ -227,14 +228,19 @@ def test_per_source_breakdown() -> None:
 def test_writes_json_report_and_pictures(tmp_path: Path) -> None:
     weak, strong = two_targets(1500, 17)
     notes = ["held-out test rows of split seed 0"]
-    metrics = run_two(
-        weak,
-        strong,
+    evaluation = routing_evaluation(
+        {"local": weak, "cloud": strong},
+        {"local": 0.0, "cloud": 0.002},
         noisy(weak, strong, 18),
+        ["s"] * 1500,
         nprob=np.random.default_rng(19).random(1500),
-        out=tmp_path,
+        n_resamples=RESAMPLES,
+        seed=1,
         notes=notes,
     )
+    assert not list(tmp_path.iterdir())  # evaluating writes nothing; the report does
+    write_report(tmp_path, evaluation)
+    metrics = evaluation.metrics
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     assert len(metrics["strategies"]["scorer"]["cost_quality"]["cost_per_1k"]) == 101
     assert len(metrics["strategies"]["scorer"]["pgr_curve"]["pgr"]) == 101
@@ -244,12 +250,11 @@ def test_writes_json_report_and_pictures(tmp_path: Path) -> None:
         assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rng = np.random.default_rng(20)
     three = {name: (rng.random(200) < p).astype(float) for name, p in (("a", 0.3), ("b", 0.6), ("c", 0.8))}
-    evaluate(
-        three,
-        {"a": 0.0, "b": 1e-3, "c": 3e-3},
-        dict(three),
-        ["s"] * 200,
-        out=tmp_path / "k3",
+    write_report(
+        tmp_path / "k3",
+        routing_evaluation(
+            three, {"a": 0.0, "b": 1e-3, "c": 3e-3}, dict(three), ["s"] * 200, n_resamples=RESAMPLES, seed=1
+        ),
     )
     assert (tmp_path / "k3" / "cost_quality.png").exists() and not (tmp_path / "k3" / "pgr.png").exists()
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from router.cli import app
+from commands import app
 from tests.tiny import make_head_scorer
+from tests.tolerance import close
 from train.jobs import read_labels
 
 LABELS = Path(__file__).parents[1] / "train" / "labels"
@@ -54,7 +55,8 @@ def test_eval_routing_writes_the_report_for_matched_questions(
     costs = ["--cost", f"{SMOLLM2}=0", "--cost", f"{GEMMA}=2.5"]
     assert CliRunner().invoke(app, [*args, "--out", str(priced), "--split", "all", *costs]).exit_code == 0
     again = json.loads((priced / "metrics.json").read_text())
-    assert again["strategies"]["scorer"]["apgr"] == metrics["strategies"]["scorer"]["apgr"]
+    # The scorer scored the questions afresh: the same within float noise (tests/tolerance.py).
+    assert again["strategies"]["scorer"]["apgr"] == close(metrics["strategies"]["scorer"]["apgr"])
     assert again["targets"][GEMMA]["cost_per_1k"] == pytest.approx(2.5)
 
 

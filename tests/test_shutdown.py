@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from router.access.keys import ApiKey, KeyRegistry, counter_keys
-from router.resilient_store import FLUSH_TIMEOUT_S
 from router.state import PROBE_ENV, redis_client
+from router.state.resilient import FLUSH_TIMEOUT_S
 from tests.conftest import free_port, head_scorer_yaml, wait_ready
 from tests.provider import Provider
 from tests.redis_process import RedisProcess, running_redis

@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from policies import load_policy
-from router.resilient_store import ResilientStore
-from router.state import RedisStore
+from router.state import RedisStore, ResilientStore
 from tests.conftest import Served
 from tests.redis_process import RedisProcess
 

@@ -29,7 +29,7 @@ from peft import LoraConfig, get_peft_model
 
 import calibrators
 from localmodel import LocalModel
-from router.completions import DECISIONS
+from policies.failure_aware import DECISIONS
 from train.data import QARecord, prompt
 from train.jobs import read_labels
 from train.loop import Loop, LoopSettings, Objective, Progress, Stage, batches_of, save_adapter

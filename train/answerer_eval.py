@@ -1,11 +1,11 @@
 """The eval-answerer job: what each way of answering states, and how often that statement is wrong.
 
 Four arms on the same held-out rows: the base model (it always answers, with its labelled greedy answer),
-the base model behind a guard policy (its rules on the head scorer's confidence, shaped by the router's
-failure-aware code), the tuned answerer (its own JSON, read as the router reads it), and the answerer
-behind the guard (what a policy serving it returns). Each row's stated decision has a stated confidence
-(answer 1, uncertain 0.5, refuse 0) for the ECE; its outcome is whether its answer is right: the answer
-given, graded by the labels' rule, or for a refusal the base model's labelled answer.
+the base model behind a guard policy (its rules on the head scorer's confidence, shaped into the
+failure-aware JSON as the router shapes it), the tuned answerer (its own JSON, read as the router reads it),
+and the answerer behind the guard (what a policy serving it returns). Each row's stated decision has a
+stated confidence (answer 1, uncertain 0.5, refuse 0) for the ECE; its outcome is whether its answer is
+right: the answer given, graded by the labels' rule, or for a refusal the base model's labelled answer.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import torch
 import calibrators
 from localmodel import LocalModel
 from policies import Confidences, Decision, Policy, RequestFacts, decide, load_policy
-from router import completions
-from router.completions import DECISIONS
+from policies.failure_aware import DECISIONS, failure_aware_text, read_stated, verdict
 from scorers.card import folder_digest
 from train.answerer import CARD, reply_prefix, scorer_confidences
 from train.data import QARecord, prompt
@@ -74,9 +73,9 @@ def evaluate_answerer(
     arms = {
         "base": [_stated("answer", r["greedy"]) for r in rows],
         "guard": [_stated(_verdict(d), r["greedy"]) for d, r in zip(guarded, rows, strict=True)],
-        "answerer": [completions.read_stated(text) for text in replies],
+        "answerer": [read_stated(text) for text in replies],
         "answerer+guard": [
-            json.loads(completions.content_of(_shaped(text, d, stated=True)))
+            json.loads(failure_aware_text(text, d, stated=True))
             for text, d in zip(replies, guarded, strict=True)
         ],
     }
@@ -188,13 +187,8 @@ def _guard(policy: Policy, confidence: float) -> Decision:
     return asyncio.run(decide(policy, RequestFacts("router"), known))
 
 
-def _shaped(content: str, decision: Decision, stated: bool) -> completions.Completion:
-    body = completions.completion("eval", decision.target or "router", content, "stop")
-    return completions.failure_aware(body, decision, stated)
-
-
 def _verdict(decision: Decision) -> str:
-    return completions.verdict(decision.action)
+    return verdict(decision.action)
 
 
 def _stated(decision: str, answer: str) -> dict[str, Any]:

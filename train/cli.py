@@ -1,22 +1,29 @@
-"""The training commands, mounted on the `router` command."""
+"""The training commands; commands/ mounts them on the `router` command (build-dataset, which may label
+with a router target, is assembled there from the labelling steps below)."""
 
 from __future__ import annotations
 
 import random
 from itertools import chain, zip_longest
 from pathlib import Path
-from typing import Annotated, cast, get_args
+from typing import TYPE_CHECKING, Annotated, cast, get_args
 
 import typer
 
 from train.data import DataError, QARecord, load_records
 from train.data import context_variants as with_context_variants
 
+if TYPE_CHECKING:
+    from train.label import LabelSettings
 
-def _interleaved(files: list[Path], limit: int | None, seed: int) -> list[QARecord]:
-    """Up to `limit` shuffled rows per file, interleaved, so a partial run covers every source."""
+DEFAULT_LABELLER = "smollm2-135m-instruct"
+
+
+def records_to_label(data: list[Path], limit: int | None, seed: int, context_variants: bool) -> list[QARecord]:
+    """Up to `limit` shuffled rows per file, interleaved, so a partial run covers every source; with
+    `context_variants`, each question that has a passage asked three ways. A bad file exits with 2."""
     per_file = []
-    for path in files:
+    for path in data:
         try:
             records = load_records(path)
         except DataError as exc:
@@ -24,107 +31,27 @@ def _interleaved(files: list[Path], limit: int | None, seed: int) -> list[QAReco
             raise typer.Exit(2) from exc
         random.Random(f"{seed}:{path.name}").shuffle(records)
         per_file.append(records[:limit])
-    return [r for r in chain.from_iterable(zip_longest(*per_file)) if r is not None]
+    interleaved = [r for r in chain.from_iterable(zip_longest(*per_file)) if r is not None]
+    if not context_variants:
+        return interleaved
+    try:
+        return with_context_variants(interleaved, seed)
+    except DataError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
-def build_dataset(
-    data: Annotated[list[Path], typer.Option("--data", help="QA files (repeat the option).")],
-    out: Annotated[Path, typer.Option(help="labels.jsonl; appended to, so a rerun resumes.")],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="The local model whose answers are labelled (default smollm2-135m-instruct); "
-            "not with --policy."
-        ),
-    ] = None,
-    policy: Annotated[
-        Path | None,
-        typer.Option(help="Label with a litellm target of this policy instead (needs --target)."),
-    ] = None,
-    target: Annotated[
-        str | None,
-        typer.Option(help="The policy's litellm target whose answers are labelled (with --policy)."),
-    ] = None,
-    samples: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            help="Sampled answers per question (self-consistency); default 4. With --policy: greedy "
-            "answers only, so 0 (the default there); more is refused.",
-        ),
-    ] = None,
-    temperature: Annotated[float, typer.Option(help="For the samples (local only).")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="The answer's length cap.")] = 24,
-    batch_size: Annotated[
-        int, typer.Option(min=1, help="Rows labelled, then appended and synced to disk, at a time.")
-    ] = 16,
-    concurrency: Annotated[
-        int,
-        typer.Option(
-            min=1, help="With --policy: requests in flight at once (within a batch, so at most --batch-size)."
-        ),
-    ] = 8,
-    limit: Annotated[int | None, typer.Option(help="At most this many rows per file.")] = None,
-    seed: int = 0,
-    context_variants: Annotated[
-        bool,
-        typer.Option(
-            help="Ask each question that has a passage three ways: with its own passage, with another "
-            "row's (then only abstaining is correct) and with none; each row records which."
-        ),
-    ] = False,
-) -> None:
-    """Answer each question with the model (local, or a policy's litellm target), grade it, and measure
-    self-consistency (local only)."""
-    from train.label import done_ids
+def label_locally(records: list[QARecord], out: Path, model: str | None, settings: LabelSettings) -> int:
+    """Label the records `out` does not hold yet with a local model's answers; returns how many."""
+    from localmodel import LocalModel
+    from train.label import build_dataset, done_ids
 
-    def usage(message: str) -> typer.Exit:
-        typer.echo(f"error: {message}", err=True)
-        return typer.Exit(2)
+    with typer.progressbar(length=len(records), label="labelling") as bar:
+        bar.update(len(done_ids(out) & {r.id for r in records}))
+        return build_dataset(LocalModel(model or DEFAULT_LABELLER), records, out, settings, bar.update)
 
-    remote = None
-    if policy is None and target is not None:
-        raise usage("--target needs --policy (the policy file that defines the target)")
-    if policy is not None:
-        if model is not None:
-            raise usage("--model and --policy are exclusive: --model is a local model, --policy a remote one")
-        if samples:
-            raise usage(
-                f"--samples {samples}: a policy target answers greedily only; drop --samples or pass 0"
-            )
-        from train.remote_label import PolicyTargetError, labeller_for
 
-        try:
-            remote = labeller_for(policy, target, max_new_tokens, concurrency)
-        except PolicyTargetError as exc:
-            for line in exc.lines:
-                typer.echo(line, err=True)
-            raise typer.Exit(2) from None
-    records = _interleaved(data, limit, seed)
-    if context_variants:
-        try:
-            records = with_context_variants(records, seed)
-        except DataError as exc:
-            raise usage(str(exc)) from None
-    if remote is None:
-        from localmodel.model import LocalModel
-        from train.label import LabelSettings
-        from train.label import build_dataset as run
-
-        settings = LabelSettings(4 if samples is None else samples, temperature, max_new_tokens, batch_size)
-        with typer.progressbar(length=len(records), label="labelling") as bar:
-            bar.update(len(done_ids(out) & {r.id for r in records}))
-            written = run(LocalModel(model or "smollm2-135m-instruct"), records, out, settings, bar.update)
-    else:
-        from train.remote_label import RemoteLabelError, build_remote_dataset, quiet_upstream_log
-
-        try:
-            with quiet_upstream_log(), typer.progressbar(length=len(records), label="labelling") as bar:
-                bar.update(len(done_ids(out) & {r.id for r in records}))
-                written = build_remote_dataset(remote, records, out, batch_size, bar.update)
-        except RemoteLabelError as exc:  # rows labelled before it are written; a rerun resumes after them
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+def say_labelled(out: Path, written: int, records: list[QARecord]) -> None:
     typer.echo(f"{out}: {written} rows labelled now, {len(records) - written} were already there")
 
 
@@ -176,7 +103,7 @@ def train_scorer(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
 ) -> None:
     """Train a scorer adapter from labelled data, calibrate it on held-out rows, and write its folder."""
-    from localmodel.model import Pooling
+    from localmodel import Pooling
     from train.head import HeadSettings
     from train.intrinsic import IntrinsicSettings
     from train.jobs import train_head_scorer, train_intrinsic_scorer
@@ -256,8 +183,11 @@ def eval_scorer(
     from train.jobs import evaluate_scorer
 
     if label_with is not None:
+        from train.label import LabelSettings
+
         labels = out / "labels.jsonl"
-        build_dataset(data=data, out=labels, model=label_with)
+        records = records_to_label(data, None, 0, False)
+        say_labelled(labels, label_locally(records, labels, label_with, LabelSettings()), records)
         data, split = [labels], "all"
     if cross_fit == 1:  # one fold would fit on nothing and judge everything
         raise typer.BadParameter("needs at least 2 folds (0 turns it off)", param_hint="--cross-fit")

@@ -1,7 +1,7 @@
 """Label QA records with the target model's own answers: greedy answer, sampled answers, correctness,
 self-consistency and N-Prob. One JSON line per record, appended and flushed batch by batch, so an
-interrupted run resumes where it stopped and never duplicates or half-writes a line. (train/remote_label.py
-labels with a remote model through the same batch-writing loop.)"""
+interrupted run resumes where it stopped and never duplicates or half-writes a line.
+(commands/remote_label.py labels with a remote model through the same batch-writing loop.)"""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 Pure: numpy and ``calibrators``. A strategy picks one target per row; its cost is the picked target's
 price per request, so the price of computing a score (a local answer for N-Prob, say) is not counted. Two
 targets get RouteLLM's PGR metrics with bootstrap intervals; any number of targets gets cost-quality curves
-and the cost at which each reaches 95% of the best single target. train/routing_report.py writes the
-metrics, report.md and the pictures.
+and the cost at which each reaches 95% of the best single target. Nothing here writes a file:
+train/routing_report.py writes an evaluation's metrics, report.md and the pictures.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,19 +84,40 @@ class Strategy:
     routing: tuple[FloatArray, FloatArray, FloatArray] | None  # (weak confidence, weak, strong)
 
 
+@dataclass(frozen=True)
+class RoutingEvaluation:
+    """The metrics, and the curves and rows behind them that the report draws."""
+
+    metrics: dict[str, Any]
+    strategies: dict[str, Strategy]
+    rows: Rows
+
+
 def evaluate_routing(
     correct: dict[str, np.ndarray],
     costs: dict[str, float],
     confidences: dict[str, np.ndarray],
     sources: list[str],
     nprob: np.ndarray | None = None,
-    out: Path | None = None,
     seed: int = 0,
     n_resamples: int = 500,
     notes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Every strategy's metrics (see the module docstring); written to ``out`` as metrics.json, report.md,
-    cost_quality.png and (two targets) pgr.png when ``out`` is given."""
+    """Every strategy's metrics (see the module docstring)."""
+    return routing_evaluation(correct, costs, confidences, sources, nprob, seed, n_resamples, notes).metrics
+
+
+def routing_evaluation(
+    correct: dict[str, np.ndarray],
+    costs: dict[str, float],
+    confidences: dict[str, np.ndarray],
+    sources: list[str],
+    nprob: np.ndarray | None = None,
+    seed: int = 0,
+    n_resamples: int = 500,
+    notes: Sequence[str] = (),
+) -> RoutingEvaluation:
+    """`evaluate_routing`'s metrics with the strategies and rows they were computed from."""
     data, source = _validate(correct, costs, confidences, sources, nprob)
     accuracy = data.correct.mean(axis=0)
     best = int(np.argmax(accuracy))  # the cheapest of the most accurate on ties
@@ -134,12 +154,7 @@ def evaluate_routing(
         name: _source_metrics(data.take(np.flatnonzero(source == name)), best)
         for name in sorted(set(source.tolist()))
     }
-    if out is not None:
-        # Imported here: the report module imports Rows, Strategy and PER from this one.
-        from train.routing_report import write_report
-
-        write_report(Path(out), metrics, strategies, data)
-    return metrics
+    return RoutingEvaluation(metrics, strategies, data)
 
 
 def _validate(

@@ -1,5 +1,6 @@
 """The eval-routing job: each model's labels matched by question id, the scorer's confidence for every
-model on those questions, and the routing evaluation (train/routing_eval.py) on the judged split."""
+model on those questions, the routing evaluation (train/routing_eval.py) on the judged split, and its report
+(train/routing_report.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from localmodel import LocalModel
 from scorers.card import ScorerCard
 from scorers.head import HeadScorer
 from train.jobs import read_labels, target_confidences
-from train.routing_eval import PER, evaluate_routing
+from train.routing_eval import PER, routing_evaluation
+from train.routing_report import write_report
 from train.splits import split_rows
 from train.targets import merged, targets_of
 
@@ -85,12 +87,13 @@ def evaluate_routing_job(
         f"costs: {priced}",
         f"grading: {next((r['grading'] for r in labelled if r.get('grading')), '?')}",
     ]
-    return evaluate_routing(
+    evaluation = routing_evaluation(
         {m: np.array([r["labels"][m] for r in rows]) for m in models},
         price,
         {m: confidences[m] for m in models},
         [r["source"] for r in rows],
         nprob=nprob if not np.isnan(nprob).all() else None,
-        out=out,
         notes=notes,
     )
+    write_report(out, evaluation)
+    return evaluation.metrics

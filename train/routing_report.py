@@ -15,7 +15,7 @@ import numpy as np
 
 from calibrators import routing_curve
 from calibrators.plots import NEUTRAL, OVERCONFIDENT, UNDERCONFIDENT, figure, save
-from train.routing_eval import PER, Rows, Strategy
+from train.routing_eval import PER, RoutingEvaluation, Rows, Strategy
 
 # One style per strategy, shared by both pictures so a strategy looks the same in each.
 STYLES: dict[str, dict[str, Any]] = {
@@ -27,8 +27,10 @@ STYLES: dict[str, dict[str, Any]] = {
 }
 
 
-def write_report(out: Path, metrics: dict[str, Any], strategies: dict[str, Strategy], data: Rows) -> None:
-    """Write metrics.json, report.md and the pictures it links to into ``out``, created if missing."""
+def write_report(out: Path, evaluation: RoutingEvaluation) -> None:
+    """Write metrics.json, report.md and the pictures it links to into ``out``, created if missing:
+    cost_quality.png, and pgr.png for two targets."""
+    metrics, strategies, data = evaluation.metrics, evaluation.strategies, evaluation.rows
     out.mkdir(parents=True, exist_ok=True)
     pictures = []
     if len(data.names) == 2:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from router import completions
 from router.completions import Completion
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from policies import Cooldown, Target
     from router.local_batch import GenerationBatcher
 
-T = TypeVar("T")
 ANSWERERS: dict[str, type[Answerer]] = {}
 Usage = dict[str, int]
 
@@ -51,16 +50,12 @@ class Asked:
     """One request as a target answers it, beyond the request itself."""
 
     request_id: str
+    messages: list[Message]
+    """The conversation as plain text messages, as the local model reads it."""
     draft: Draft | None = None
     """The local model's answer the scorer judged, when it drafted one: a local target answers with it."""
     prompt_checked: bool = False
     """The prompt already fits `limits.max_prompt_tokens` (a score computed for it just now checked)."""
-
-
-class OnModel(Protocol):
-    """Runs `fn(*args)` on the worker thread that owns the model (see Router._on_model)."""
-
-    async def __call__(self, fn: Callable[..., T], *args: object) -> T: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +63,6 @@ class LocalModelAccess:
     """What answering with the in-process model needs from the router that owns it."""
 
     model: LocalModel
-    run: OnModel
     writer: GenerationBatcher
     """Writes local answers, concurrent ones as one batch; it bounds how many are written at once."""
     check_prompt: Callable[[list[Message]], Awaitable[None]]

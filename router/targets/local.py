@@ -56,11 +56,6 @@ class LocalAnswerer(Answerer, kind="local"):
         assert isinstance(spec, LocalTarget)
         return cls(name, spec, local)
 
-    def max_new_tokens(self, request: ChatCompletionRequest) -> int:
-        """The client's token cap, within the target's."""
-        cap = self.target.max_tokens
-        return min(request.token_cap or cap, cap)
-
     async def complete(self, request: ChatCompletionRequest, asked: Asked) -> Completion:
         # The scored draft is the answer: the confidence is about exactly this text. Sampling parameters
         # do not apply to it for that reason. An answerer writes its own reply (the draft is the base
@@ -99,10 +94,9 @@ class LocalAnswerer(Answerer, kind="local"):
         return Streamed(row, self.local.model, asked.request_id, self.name, request.include_usage, on_usage)
 
     async def _write(self, request: ChatCompletionRequest, asked: Asked) -> Row:
-        messages = request.plain_messages()
         if not asked.prompt_checked:
-            await self.local.check_prompt(messages)
-        return await self.local.writer.write(messages, self.max_new_tokens(request), self.adapter)
+            await self.local.check_prompt(asked.messages)
+        return await self.local.writer.write(asked.messages, request.tokens_within(self.target.max_tokens), self.adapter)
 
 
 async def _overloaded_as_failure(waiting: Awaitable[None]) -> None:

@@ -6,7 +6,8 @@ batch, resumed by id.
 The calls go through router/targets/litellm.py's LiteLLMUpstream, so labelling retries and classifies failures
 as the router does (within the target's timeout_s, at most num_retries extra attempts, only where another
 attempt can help). A failure it gives up on stops the run with one line (`RemoteLabelError`): a row is never
-written with a wrong label, and rows written before it stay.
+written with a wrong label, and rows written before it stay. It joins train/'s labelling to router/'s
+targets, so it sits above both, beside the command that runs it.
 """
 
 from __future__ import annotations

@@ -43,16 +43,10 @@ from collections import deque
 
 import redis.exceptions
 
-from router.state import (
-    Applied,
-    MemoryStore,
-    RedisStore,
-    StateStore,
-    StoreHealth,
-    StoreUnavailable,
-    Write,
-    is_outage,
-)
+from router.state.base import StateStore, StoreHealth, StoreUnavailable, Write
+from router.state.memory import MemoryStore
+from router.state.outage import is_outage
+from router.state.redis import Applied, RedisStore
 
 log = logging.getLogger("router")
 

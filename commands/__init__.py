@@ -1,0 +1,37 @@
+"""The `router` command: the service's commands (router/cli.py, router/access/cli.py) and the training
+commands (train/cli.py, commands/dataset.py) on one app.
+
+It sits above router/ and train/, which never import each other, so a command that needs both (labelling
+with a policy's litellm target) lives here. Only the `router` console script and `python -m router` import
+this package.
+"""
+
+import typer
+
+from commands.dataset import build_dataset
+from router import cli as service
+from router.access.cli import keys_app
+from train import cli as training
+
+app = typer.Typer(
+    help="Confidence-based router and guard for LLM applications.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    # Click's plain help for this command and every one under it (they take the top app's setting): rich's
+    # panels cut option names and wrap descriptions a word per line in an 80-column terminal.
+    rich_markup_mode=None,
+)
+app.command("build-dataset")(build_dataset)
+app.command("train-scorer")(training.train_scorer)
+app.command("eval-scorer")(training.eval_scorer)
+app.command("eval-routing")(training.eval_routing)
+app.command("train-answerer")(training.train_answerer)
+app.command("eval-answerer")(training.eval_answerer)
+app.command("serve")(service.serve)
+app.command("calibrate")(service.calibrate)
+app.command("score")(service.score)
+app.add_typer(service.models_app, name="models")
+app.add_typer(service.policy_app, name="policy")
+app.add_typer(keys_app, name="keys")
+
+__all__ = ["app"]

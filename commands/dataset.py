@@ -1,0 +1,103 @@
+"""`router build-dataset`: label QA files with a local model (train/) or with a policy's litellm target
+(commands/remote_label.py, through router/'s target)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from train import cli as training
+
+
+def build_dataset(
+    data: Annotated[list[Path], typer.Option("--data", help="QA files (repeat the option).")],
+    out: Annotated[Path, typer.Option(help="labels.jsonl; appended to, so a rerun resumes.")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The local model whose answers are labelled (default smollm2-135m-instruct); "
+            "not with --policy."
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="Label with a litellm target of this policy instead (needs --target)."),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="The policy's litellm target whose answers are labelled (with --policy)."),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Sampled answers per question (self-consistency); default 4. With --policy: greedy "
+            "answers only, so 0 (the default there); more is refused.",
+        ),
+    ] = None,
+    temperature: Annotated[float, typer.Option(help="For the samples (local only).")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="The answer's length cap.")] = 24,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Rows labelled, then appended and synced to disk, at a time.")
+    ] = 16,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1, help="With --policy: requests in flight at once (within a batch, so at most --batch-size)."
+        ),
+    ] = 8,
+    limit: Annotated[int | None, typer.Option(help="At most this many rows per file.")] = None,
+    seed: int = 0,
+    context_variants: Annotated[
+        bool,
+        typer.Option(
+            help="Ask each question that has a passage three ways: with its own passage, with another "
+            "row's (then only abstaining is correct) and with none; each row records which."
+        ),
+    ] = False,
+) -> None:
+    """Answer each question with the model (local, or a policy's litellm target), grade it, and measure
+    self-consistency (local only)."""
+    from train.label import done_ids
+
+    def usage(message: str) -> typer.Exit:
+        typer.echo(f"error: {message}", err=True)
+        return typer.Exit(2)
+
+    remote = None
+    if policy is None and target is not None:
+        raise usage("--target needs --policy (the policy file that defines the target)")
+    if policy is not None:
+        if model is not None:
+            raise usage("--model and --policy are exclusive: --model is a local model, --policy a remote one")
+        if samples:
+            raise usage(
+                f"--samples {samples}: a policy target answers greedily only; drop --samples or pass 0"
+            )
+        from commands.remote_label import PolicyTargetError, labeller_for
+
+        try:
+            remote = labeller_for(policy, target, max_new_tokens, concurrency)
+        except PolicyTargetError as exc:
+            for line in exc.lines:
+                typer.echo(line, err=True)
+            raise typer.Exit(2) from None
+    records = training.records_to_label(data, limit, seed, context_variants)
+    if remote is None:
+        from train.label import LabelSettings
+
+        settings = LabelSettings(4 if samples is None else samples, temperature, max_new_tokens, batch_size)
+        written = training.label_locally(records, out, model, settings)
+    else:
+        from commands.remote_label import RemoteLabelError, build_remote_dataset, quiet_upstream_log
+
+        try:
+            with quiet_upstream_log(), typer.progressbar(length=len(records), label="labelling") as bar:
+                bar.update(len(done_ids(out) & {r.id for r in records}))
+                written = build_remote_dataset(remote, records, out, batch_size, bar.update)
+        except RemoteLabelError as exc:  # rows labelled before it are written; a rerun resumes after them
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    training.say_labelled(out, written, records)

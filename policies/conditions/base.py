@@ -1,0 +1,139 @@
+"""The condition contract: a `when:` field of a rule, how it matches a request, and its mistakes.
+
+Each class registers itself under its `name` and declares the `when:` fields it adds; `When`, the model
+of `when:`, is built from every registered condition, so a new condition is one module in this folder
+(every module here is imported by the package, so it registers). Conditions are classes of class methods:
+what a rule asks for lives in its `When`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, create_model
+
+from policies.checks import Location
+
+if TYPE_CHECKING:
+    from policies.facts import Confidences, RequestFacts
+    from policies.schema import Policy, Rule
+
+CONDITIONS: dict[str, type[Condition]] = {}
+_holders: list[Callable[[type[When]], None]] = []
+
+
+class When(BaseModel):
+    """What `when_model()` builds on: a rule's conditions; all those it gives must hold."""
+
+    # A typo in a policy must be an error, not a silently ignored key.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    if TYPE_CHECKING:
+        # The fields are the registered conditions', known only once they have registered.
+        def __getattr__(self, name: str) -> Any: ...
+
+    def conditions(self) -> list[type[Condition]]:
+        """The registered conditions this `when:` gives, in registration order."""
+        return [condition for condition in CONDITIONS.values() if condition.given(self)]
+
+    @property
+    def needs_confidence(self) -> bool:
+        return any(condition.needs_confidence for condition in self.conditions())
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.conditions()
+
+
+class Condition:
+    name: ClassVar[str]
+    fields: ClassVar[dict[str, Any]] = {}
+    """The `when:` fields it adds, as pydantic field definitions `(type, default or Field(...))`. Each
+    defaults to None: a rule without it does not ask for this condition."""
+    needs_confidence: ClassVar[bool] = False
+    """Matching reads the request's confidences (the engine scores only for rules that need it)."""
+
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is None:
+            return
+        if name in CONDITIONS:
+            raise TypeError(f"condition {name!r} is already registered by {CONDITIONS[name].__name__}")
+        owners = {field: other.name for other in CONDITIONS.values() for field in other.fields}
+        for field in cls.fields:
+            if field in owners:
+                raise TypeError(f"when.{field} is already a field of the {owners[field]} condition")
+        cls.name = name
+        CONDITIONS[name] = cls
+        refresh_when()
+
+    @classmethod
+    def given(cls, when: When) -> bool:
+        """Whether the rule asks for this condition: it sets one of its fields."""
+        # getattr's default: a `when` validated before this condition registered lacks its fields.
+        return any(getattr(when, field, None) is not None for field in cls.fields)
+
+    @classmethod
+    def matches(
+        cls, when: When, facts: RequestFacts, known: Confidences | None, threshold: float | None
+    ) -> bool:
+        """Whether the request meets it. `known` is given when `needs_confidence`; `threshold` is the
+        budget's confidence_below for this rule, which replaces the one written (docs/monitoring.md)."""
+        raise NotImplementedError
+
+    @classmethod
+    def problems(cls, policy: Policy, index: int, rule: Rule) -> Iterator[tuple[Location, str]]:
+        """Mistakes in rule `index`'s use of this condition's fields that the field types cannot catch."""
+        yield from ()
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+Names = Annotated[list[str] | None, BeforeValidator(_one_or_many)]
+"""A list of accepted values, which a policy may write as one string."""
+
+
+class RequestField(Condition):
+    """The request's field of the condition's name is one of the values listed: `when:` gets one field,
+    of that name, of type `Names`."""
+
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+        if name is not None:
+            cls.fields = {name: (Names, None)}
+        super().__init_subclass__(name=name, **kwargs)
+
+    @classmethod
+    def matches(
+        cls, when: When, facts: RequestFacts, known: Confidences | None, threshold: float | None
+    ) -> bool:
+        return getattr(facts, cls.name) in getattr(when, cls.name)
+
+
+@functools.cache
+def _model(conditions: tuple[type[Condition], ...]) -> type[When]:
+    fields = {field: spec for condition in conditions for field, spec in condition.fields.items()}
+    return create_model("When", __base__=When, __module__=__name__, **fields)
+
+
+def when_model() -> type[When]:
+    """The model of `when:`: every registered condition's fields, and nothing else."""
+    return _model(tuple(CONDITIONS.values()))
+
+
+def hold_when(rebuild: Callable[[type[When]], None]) -> None:
+    """Call `rebuild` with the model of `when:` now and whenever it changes: a model with a `when` field
+    (policies.schema.Rule) must rebuild to validate the conditions registered since."""
+    _holders.append(rebuild)
+    rebuild(when_model())
+
+
+def refresh_when() -> None:
+    """Hand the holders the model of the conditions registered now. A condition registering calls it; so
+    must code that removes one from CONDITIONS (a test's own condition)."""
+    model = when_model()
+    for rebuild in _holders:
+        rebuild(model)

@@ -1,0 +1,33 @@
+"""What a decision is made from: the request's own fields and, when a rule asks, its confidences."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+BEST = "best"
+"""`when.confidence_of: best`: the highest confidence among the targets the scorer predicts."""
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    model: str
+    user: str | None = None
+    tenant: str | None = None
+
+
+@dataclass(frozen=True)
+class Confidences:
+    """One request's calibrated chances of a right answer."""
+
+    primary: float
+    """The scorer's primary target's: the local model's answer, for the scorers shipped."""
+    by_target: Mapping[str, float] = field(default_factory=dict)
+    """Policy target -> its confidence, for every target the scorer predicts."""
+
+    def of(self, name: str | None) -> float:
+        if name is None:
+            return self.primary
+        if name == BEST:
+            return max(self.by_target.values(), default=self.primary)
+        return self.by_target[name]

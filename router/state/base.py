@@ -1,0 +1,69 @@
+"""The store's contract, which every store keeps alike: the in-process one, Redis, and Redis that may go away.
+
+Two kinds of entry: keys with an optional time to live, and bounded lists (rolling windows) that keep only
+their newest `max_len` values, so every structure here has bounded retention.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+
+class StoreUnavailable(RuntimeError):
+    """The shared store is unreachable and this replica cannot keep the write for later: it may be lost."""
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    mode: Literal["ok", "degraded", "memory"]
+    outages: int = 0
+    pending_writes: int = 0
+    dropped_writes: int = 0
+
+    @property
+    def up(self) -> bool:
+        return self.mode != "degraded"
+
+
+@dataclass(frozen=True)
+class Write:
+    """A write kept for replay. `expires_at` is on the monotonic clock, so a replayed TTL is what is left.
+    An `increment` adds `value` (a float) to a counter (INCRBYFLOAT)."""
+
+    op: Literal["set", "set_if_absent", "push", "increment"]
+    key: str
+    value: str
+    expires_at: float | None = None
+    max_len: int = 0
+
+
+class StateStore(ABC):
+    @abstractmethod
+    async def get(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    async def set(self, key: str, value: str, ttl_s: float | None = None) -> None: ...
+
+    @abstractmethod
+    async def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
+        """Set only when the key holds nothing; True when this call set it (one winner across replicas)."""
+
+    @abstractmethod
+    async def push(self, key: str, value: str, max_len: int) -> None:
+        """Append to a rolling window, dropping the oldest values beyond `max_len`."""
+
+    @abstractmethod
+    async def recent(self, key: str, count: int) -> list[str]:
+        """The newest `count` values of a rolling window, oldest first."""
+
+    def health(self) -> StoreHealth:
+        return StoreHealth("memory")
+
+    def check_writable(self, writes: int) -> None:
+        """Raise StoreUnavailable when `writes` more writes could not all be kept (never, for most stores)."""
+        return None
+
+    async def close(self) -> None:
+        return None

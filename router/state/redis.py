@@ -1,0 +1,132 @@
+"""The store on Redis, on whichever topology the URL names: one operation, one key (router/state/__init__.py).
+
+It fails as Redis does; a `ResilientStore` (router/state/resilient.py) keeps a replica serving without it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from router.state.base import StateStore, StoreHealth, Write
+from router.state.client import redis_client
+from router.state.outage import is_outage
+from router.state.url import parse_redis_url
+
+REDIS_CONNECT_TIMEOUT_S = 0.5
+REDIS_SOCKET_TIMEOUT_S = 1.0
+"""A hung (not refused) Redis stalls a command for at most this long; the ResilientStore then stops asking
+it until it answers a probe again."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What `RedisStore.apply` did with a batch of writes."""
+
+    rejected: int
+    """Writes Redis refused as wrong (programming errors): retrying would not help."""
+    unwritten: list[Write]
+    """Writes Redis could not take now (an outage), in order: for the next try."""
+    outage: BaseException | None
+
+
+_PUSH = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+"""
+
+
+class RedisStore(StateStore):
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "confidence-router:",
+        connect_timeout_s: float = REDIS_CONNECT_TIMEOUT_S,
+        timeout_s: float = REDIS_SOCKET_TIMEOUT_S,
+    ) -> None:
+        self.topology = parse_redis_url(url).topology
+        # No retries inside the client: one failed command is the signal to degrade, not to wait.
+        self._redis = redis_client(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=connect_timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        # One script, so that a concurrent reader never sees the window past its bound, on every topology.
+        self._push = self._redis.register_script(_PUSH)
+        self.prefix = prefix
+
+    def health(self) -> StoreHealth:
+        return StoreHealth("ok")
+
+    @property
+    def client(self) -> object:
+        """The redis.asyncio client, for what the store's operations do not cover (scripts)."""
+        return self._redis
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def get(self, key: str) -> str | None:
+        value = await self._redis.get(self.prefix + key)
+        return None if value is None else str(value)
+
+    async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
+        await self._redis.set(self.prefix + key, value, px=None if ttl_s is None else int(ttl_s * 1000))
+
+    async def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
+        px = None if ttl_s is None else int(ttl_s * 1000)
+        return bool(await self._redis.set(self.prefix + key, value, px=px, nx=True))
+
+    async def push(self, key: str, value: str, max_len: int) -> None:
+        await self._push([self.prefix + key], [value, max_len])
+
+    async def recent(self, key: str, count: int) -> list[str]:
+        if count <= 0:
+            return []
+        return [str(v) for v in await self._redis.lrange(self.prefix + key, -count, -1)]
+
+    async def apply(self, writes: Sequence[Write]) -> Applied:
+        """Apply `writes` in order: one MULTI/EXEC on one server; on a cluster, whose keys live on several
+        nodes, one pipeline that keeps each node's commands in order, so that when a node is away the
+        writes the others took are done and only that node's wait for the next try. A write whose time to
+        live ran out while it waited is applied as what it would be now: gone."""
+        now, queued = time.monotonic(), []  # whether each write queued a command
+        try:
+            async with self._redis.pipeline(transaction=self.topology != "cluster") as pipe:
+                for write in writes:
+                    key = self.prefix + write.key
+                    px = None if write.expires_at is None else int((write.expires_at - now) * 1000)
+                    queued.append(True)
+                    if write.op == "push":
+                        pipe.eval(_PUSH, 1, key, write.value, write.max_len)
+                    elif write.op == "increment":
+                        pipe.incrbyfloat(key, float(write.value))
+                    elif px is not None and px <= 0:
+                        if write.op == "set":
+                            pipe.delete(key)
+                        queued[-1] = write.op == "set"
+                    else:
+                        pipe.set(key, write.value, px=px, nx=write.op == "set_if_absent")
+                answers = iter(await pipe.execute(raise_on_error=False))
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return Applied(0, list(writes), exc)
+        rejected, unwritten, outage = 0, [], None
+        for write, sent in zip(writes, queued, strict=True):
+            answer = next(answers) if sent else None
+            if isinstance(answer, Exception) and is_outage(answer):
+                unwritten.append(write)
+                outage = outage or answer
+            elif isinstance(answer, Exception):
+                rejected += 1
+        return Applied(rejected, unwritten, outage)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
