@@ -2,8 +2,8 @@
 commands (train/cli.py, commands/dataset.py) on one app.
 
 It sits above router/ and train/, which never import each other, so a command that needs both (labelling
-with a policy's litellm target) lives here. Only the `router` console script and `python -m router` import
-this package.
+with a policy's litellm target) lives here. The `router` console script and `python -m router` run `app`;
+no package below imports this one (pyproject.toml's import contracts hold that).
 """
 
 import typer

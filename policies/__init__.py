@@ -2,15 +2,15 @@
 
 Pure: imports nothing from router/, scorers/, localmodel/ or train/, so a policy can be checked and
 explained anywhere. Actions (policies/actions/) and conditions (policies/conditions/) register
-themselves; layers above add checks through policies/checks.py.
+themselves; layers above add checks with `policy_check` (policies/loader.py).
 """
 
 from policies.actions import ACTIONS, Action, Decision, action
-from policies.checks import Location, policy_check
+from policies.checks import Location
 from policies.conditions import CONDITIONS, Condition, When
 from policies.engine import decide
 from policies.facts import BEST, Confidences, RequestFacts
-from policies.loader import DEFAULT_POLICY_PATH, PolicyError, load_policy
+from policies.loader import DEFAULT_POLICY_PATH, PolicyError, load_policy, policy_check
 from policies.schema import (
     Cooldown,
     Cost,

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
-from policies.checks import Location, registered_problems
+from policies.checks import Location, Problem
 from policies.schema import LocalTarget, Policy
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default.yaml")
+Check = Callable[[Policy], Iterable[Problem]]
+CHECKS: list[Check] = []
+
+
+def policy_check(check: Check) -> Check:
+    """Register a check of a policy that only a layer above policies can make (scorers/checks.py: the scorer
+    method and its folder), so that policies imports none of those layers and `load_policy` still reports
+    every mistake with its file, line and field. It runs on every policy that passes schema validation (its
+    relative paths resolved), after the policy's own checks."""
+    CHECKS.append(check)
+    return check
+
+
+def registered_problems(policy: Policy) -> Iterator[Problem]:
+    for check in CHECKS:
+        yield from check(policy)
 
 
 class PolicyError(ValueError):

@@ -4,9 +4,11 @@ fitted calibrator."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,8 @@ from typer.testing import CliRunner
 import calibrators
 from calibrators.validation import FloatArray
 from commands import app
-from policies import Decision, load_policy
-from policies.schema import MonitoringSpec
-from router.feedback import DecisionLog, Judged
+from policies import load_policy
+from router.feedback import FEEDBACK_WINDOW, FeedbackRecord
 from router.state import RedisStore
 from tests.conftest import Served, head_scorer_yaml
 from tests.tolerance import close
@@ -64,7 +65,8 @@ def test_a_calibrator_fitted_on_feedback_is_adopted_by_a_reload(
     answered = []
     for i in range(60):
         chat = {"model": "router", "messages": [{"role": "user", "content": f"Fact {i}: true?"}]}
-        response = http.post(f"{served.base_url}/v1/chat/completions", json=chat)
+        keep = {"x-router-feedback": "keep"}
+        response = http.post(f"{served.base_url}/v1/chat/completions", json=chat, headers=keep)
         answered.append(
             (response.headers["x-router-request-id"], float(response.headers["x-router-confidence"]))
         )
@@ -120,14 +122,13 @@ class NeedsGroups(MeanShift, kind="test-needs-groups"):
 
 
 async def log_feedback(redis_url: str, raws: list[float]) -> None:
-    """Decisions and feedback on them, logged as the server logs them; the upper half is right."""
+    """Feedback records in the window `router calibrate` reads, as the server writes them; the upper half
+    is right."""
     store = RedisStore(redis_url)
-    log = DecisionLog(store, MonitoringSpec(), "scorer-under-test", 100)
     try:
-        for i, raw in enumerate(raws):
-            decision = Decision("refuse", None, "always", raw, None, 0)
-            await log.record(f"r{i}", decision, raw, Judged("local", raw, raw))
-            await log.feedback(f"r{i}", 1.0 if raw >= 0.5 else 0.0)
+        for raw in raws:
+            record = FeedbackRecord(raw, raw, 1.0 if raw >= 0.5 else 0.0, "scorer-under-test", "local")
+            await store.push(FEEDBACK_WINDOW, json.dumps(asdict(record)), len(raws))
     finally:
         await store.close()
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from router.openapi import DECISION_HEADERS
 from tests.conftest import Served, head_scorer_yaml, policy_from
 
 JSON_ANSWER = '{"city": "Paris", "country": "France"}'
@@ -124,6 +125,7 @@ def said(events: list[dict[str, Any]]) -> str:
 def test_a_hedge_streams_its_prefix_then_the_targets_own_chunks(served: Served) -> None:
     response = ask(served, stream=True)
     assert response.headers["x-router-decision"] == "hedge"
+    assert {name for name in response.headers if name.startswith("x-router-")} <= set(DECISION_HEADERS)
     events = chunks(response)
     assert said(events) == PREFIX + TEXT_ANSWER
     # The upstream's own chunks (six characters each), the first with the prefix: passed on, not replayed.

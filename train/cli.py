@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 DEFAULT_LABELLER = "smollm2-135m-instruct"
 
 
-def records_to_label(data: list[Path], limit: int | None, seed: int, context_variants: bool) -> list[QARecord]:
+def records_to_label(
+    data: list[Path], limit: int | None, seed: int, context_variants: bool
+) -> list[QARecord]:
     """Up to `limit` shuffled rows per file, interleaved, so a partial run covers every source; with
     `context_variants`, each question that has a passage asked three ways. A bad file exits with 2."""
     per_file = []

@@ -9,7 +9,7 @@ from policies.actions.base import Action
 from policies.checks import Location
 
 if TYPE_CHECKING:
-    from policies.schema import Policy, Rule
+    from policies.views import PolicyView, RuleView
 
 
 class AnswerWith(Action, name="answer_with"):
@@ -17,7 +17,7 @@ class AnswerWith(Action, name="answer_with"):
     takes = frozenset({"target"})
 
     @classmethod
-    def problems(cls, policy: Policy, index: int, rule: Rule) -> Iterator[tuple[Location, str]]:
+    def problems(cls, policy: PolicyView, index: int, rule: RuleView) -> Iterator[tuple[Location, str]]:
         if rule.target is None:
             yield ("rules", index, "target"), f"{cls.name} needs a target"
         yield from super().problems(policy, index, rule)

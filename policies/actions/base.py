@@ -17,7 +17,7 @@ from policies.checks import Location
 
 if TYPE_CHECKING:
     from policies.facts import Confidences
-    from policies.schema import Policy, Rule
+    from policies.views import PolicyView, RuleView
 
 ACTIONS: dict[str, type[Action]] = {}
 OPTIONAL_FIELDS = ("candidates", "min_confidence", "target", "message")
@@ -71,7 +71,7 @@ class Action:
         ACTIONS[name] = cls
 
     @classmethod
-    def problems(cls, policy: Policy, index: int, rule: Rule) -> Iterator[tuple[Location, str]]:
+    def problems(cls, policy: PolicyView, index: int, rule: RuleView) -> Iterator[tuple[Location, str]]:
         """Mistakes in a rule with this action: here, rule fields it does not read and an unknown target;
         subclasses add their own."""
         where: Location = ("rules", index)
@@ -84,16 +84,16 @@ class Action:
             yield (*where, "target"), f"unknown target '{rule.target}' (targets: {', '.join(policy.targets)})"
 
     @classmethod
-    def default_message(cls, policy: Policy) -> str | None:
+    def default_message(cls, policy: PolicyView) -> str | None:
         """The message of a rule that gives none (hedge: the policy's template; refuse: its refusal)."""
         return None
 
     @classmethod
     def decide(
         cls,
-        policy: Policy,
+        policy: PolicyView,
         index: int,
-        rule: Rule,
+        rule: RuleView,
         known: Confidences | None,
         prices: Mapping[str, float],
     ) -> Decision:

@@ -12,7 +12,7 @@ from policies.checks import Location
 
 if TYPE_CHECKING:
     from policies.facts import Confidences
-    from policies.schema import Policy, Rule
+    from policies.views import PolicyView, RuleView
 
 SLOT = "{answer}"
 
@@ -22,7 +22,7 @@ class Hedge(Action, name="hedge"):
     takes = frozenset({"target", "message"})
 
     @classmethod
-    def problems(cls, policy: Policy, index: int, rule: Rule) -> Iterator[tuple[Location, str]]:
+    def problems(cls, policy: PolicyView, index: int, rule: RuleView) -> Iterator[tuple[Location, str]]:
         yield from super().problems(policy, index, rule)
         if rule.target is None and policy.default_hedge_target is None:
             yield ("rules", index, "target"), "hedge needs a target when the policy has no local target"
@@ -30,15 +30,15 @@ class Hedge(Action, name="hedge"):
             yield ("rules", index, "message"), f"a hedge message must contain {SLOT}"
 
     @classmethod
-    def default_message(cls, policy: Policy) -> str:
+    def default_message(cls, policy: PolicyView) -> str:
         return policy.hedge_template
 
     @classmethod
     def decide(
         cls,
-        policy: Policy,
+        policy: PolicyView,
         index: int,
-        rule: Rule,
+        rule: RuleView,
         known: Confidences | None,
         prices: Mapping[str, float],
     ) -> Decision:

@@ -18,7 +18,7 @@ from policies.checks import Location
 
 if TYPE_CHECKING:
     from policies.facts import Confidences
-    from policies.schema import Policy, Rule
+    from policies.views import PolicyView, RuleView
 
 
 class Pick(Action, name="pick"):
@@ -26,7 +26,7 @@ class Pick(Action, name="pick"):
     takes = frozenset({"candidates", "min_confidence", "message"})
 
     @classmethod
-    def problems(cls, policy: Policy, index: int, rule: Rule) -> Iterator[tuple[Location, str]]:
+    def problems(cls, policy: PolicyView, index: int, rule: RuleView) -> Iterator[tuple[Location, str]]:
         where: Location = ("rules", index)
         if rule.min_confidence is None:
             yield (*where, "min_confidence"), "pick needs min_confidence"
@@ -52,9 +52,9 @@ class Pick(Action, name="pick"):
     @classmethod
     def decide(
         cls,
-        policy: Policy,
+        policy: PolicyView,
         index: int,
-        rule: Rule,
+        rule: RuleView,
         known: Confidences | None,
         prices: Mapping[str, float],
     ) -> Decision:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from policies.actions.base import Action, Decision
 
 if TYPE_CHECKING:
-    from policies.schema import Policy
+    from policies.views import PolicyView
 
 
 class Refuse(Action, name="refuse"):
@@ -16,7 +16,7 @@ class Refuse(Action, name="refuse"):
     takes = frozenset({"message"})
 
     @classmethod
-    def default_message(cls, policy: Policy) -> str:
+    def default_message(cls, policy: PolicyView) -> str:
         return policy.refusal_message
 
     @classmethod

@@ -9,8 +9,8 @@ what a rule asks for lives in its `When`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, create_model
 
@@ -18,7 +18,7 @@ from policies.checks import Location
 
 if TYPE_CHECKING:
     from policies.facts import Confidences, RequestFacts
-    from policies.schema import Policy, Rule
+    from policies.views import PolicyView, RuleView
 
 CONDITIONS: dict[str, type[Condition]] = {}
 _holders: list[Callable[[type[When]], None]] = []
@@ -34,17 +34,36 @@ class When(BaseModel):
         # The fields are the registered conditions', known only once they have registered.
         def __getattr__(self, name: str) -> Any: ...
 
-    def conditions(self) -> list[type[Condition]]:
-        """The registered conditions this `when:` gives, in registration order."""
-        return [condition for condition in CONDITIONS.values() if condition.given(self)]
+    @functools.cached_property
+    def conditions(self) -> tuple[type[Condition], ...]:
+        """The registered conditions this `when:` gives, in registration order (kept: rules are frozen and
+        the engine asks on every request)."""
+        return tuple(condition for condition in CONDITIONS.values() if condition.given(self))
+
+    @functools.cached_property
+    def scored_conditions(self) -> tuple[type[Condition], ...]:
+        """Those of `conditions` that read the request's confidences."""
+        return tuple(condition for condition in self.conditions if condition.needs_confidence)
+
+    @functools.cached_property
+    def unscored_conditions(self) -> tuple[type[Condition], ...]:
+        """Those of `conditions` that read the request alone: tested first, so that a rule they rule out
+        costs no scoring."""
+        return tuple(condition for condition in self.conditions if not condition.needs_confidence)
 
     @property
     def needs_confidence(self) -> bool:
-        return any(condition.needs_confidence for condition in self.conditions())
+        return bool(self.scored_conditions)
 
     @property
     def is_empty(self) -> bool:
-        return not self.conditions()
+        return not self.conditions
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        for cached in ("conditions", "scored_conditions", "unscored_conditions"):
+            copied.__dict__.pop(cached, None)  # an update may change which conditions it gives
+        return copied
 
 
 class Condition:
@@ -84,7 +103,7 @@ class Condition:
         raise NotImplementedError
 
     @classmethod
-    def problems(cls, policy: Policy, index: int, rule: Rule) -> Iterator[tuple[Location, str]]:
+    def problems(cls, policy: PolicyView, index: int, rule: RuleView) -> Iterator[tuple[Location, str]]:
         """Mistakes in rule `index`'s use of this condition's fields that the field types cannot catch."""
         yield from ()
 

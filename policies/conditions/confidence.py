@@ -17,7 +17,7 @@ from policies.facts import BEST
 
 if TYPE_CHECKING:
     from policies.facts import Confidences, RequestFacts
-    from policies.schema import Policy, Rule
+    from policies.views import PolicyView, RuleView
 
 
 class ConfidenceBounds(Condition, name="confidence"):
@@ -44,7 +44,7 @@ class ConfidenceBounds(Condition, name="confidence"):
         return when.confidence_at_least is None or confidence >= when.confidence_at_least
 
     @classmethod
-    def problems(cls, policy: Policy, index: int, rule: Rule) -> Iterator[tuple[Location, str]]:
+    def problems(cls, policy: PolicyView, index: int, rule: RuleView) -> Iterator[tuple[Location, str]]:
         where: Location = ("rules", index, "when")
         of = rule.when.confidence_of
         if of is not None and of != BEST and not policy.scored(of):

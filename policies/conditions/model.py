@@ -9,14 +9,14 @@ from policies.checks import Location
 from policies.conditions.base import RequestField
 
 if TYPE_CHECKING:
-    from policies.schema import Policy, Rule
+    from policies.views import PolicyView, RuleView
 
 
 class Model(RequestField, name="model"):
     """A request for a listed model; every name must be one the policy serves."""
 
     @classmethod
-    def problems(cls, policy: Policy, index: int, rule: Rule) -> Iterator[tuple[Location, str]]:
+    def problems(cls, policy: PolicyView, index: int, rule: RuleView) -> Iterator[tuple[Location, str]]:
         for j, name in enumerate(rule.when.model or []):
             if name not in policy.model_names:
                 yield ("rules", index, "when", "model", j), f"'{name}' is not a model this policy serves"
