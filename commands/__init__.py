@@ -21,15 +21,30 @@ app = typer.Typer(
     # panels cut option names and wrap descriptions a word per line in an 80-column terminal.
     rich_markup_mode=None,
 )
-app.command("build-dataset")(build_dataset)
-app.command("train-scorer")(training.train_scorer)
-app.command("eval-scorer")(training.eval_scorer)
-app.command("eval-routing")(training.eval_routing)
-app.command("train-answerer")(training.train_answerer)
-app.command("eval-answerer")(training.eval_answerer)
+# short_help: the command list shows one line each in 80 columns; each docstring says the rest.
+app.command("build-dataset", short_help="Label questions with a model's answers, local or remote.")(
+    build_dataset
+)
+app.command("train-scorer", short_help="Train and calibrate a scorer from labelled rows.")(
+    training.train_scorer
+)
+app.command("eval-scorer", short_help="Judge a scorer on rows it never saw (AUROC, ECE, baselines).")(
+    training.eval_scorer
+)
+app.command("eval-routing", short_help="Judge routing on questions every model labelled (APGR).")(
+    training.eval_routing
+)
+app.command("train-answerer", short_help="Teach the local model to answer, doubt or refuse in JSON.")(
+    training.train_answerer
+)
+app.command("eval-answerer", short_help="Judge an answerer against the base model and the guard.")(
+    training.eval_answerer
+)
 app.command("serve")(service.serve)
-app.command("calibrate")(service.calibrate)
-app.command("score")(service.score)
+app.command("calibrate", short_help="Fit a calibrator (raw score -> confidence) and write it.")(
+    service.calibrate
+)
+app.command("score", short_help="Score one question with a policy's scorer; print JSON.")(service.score)
 app.add_typer(service.models_app, name="models")
 app.add_typer(service.policy_app, name="policy")
 app.add_typer(keys_app, name="keys")

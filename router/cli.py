@@ -192,7 +192,7 @@ def score(
     typer.echo(json.dumps(report))
 
 
-@models_app.command("pull")
+@models_app.command("pull", short_help="Fetch a catalog model; convert it to safetensors once.")
 def models_pull(name: str) -> None:
     """Fetch a catalog model and convert it to a local safetensors folder (idempotent)."""
     from localmodel import catalog as models
@@ -216,7 +216,7 @@ def models_list() -> None:
         typer.echo(f"{name:28} {status}")
 
 
-@policy_app.command("validate")
+@policy_app.command("validate", short_help="Check policy files: one line per problem.")
 def policy_validate(files: Annotated[list[Path], typer.Argument(help="Policy YAML files.")]) -> None:
     """Exit 0 when every file is valid; else print one line per problem and exit 2."""
     failed = False
@@ -233,7 +233,7 @@ def policy_validate(files: Annotated[list[Path], typer.Argument(help="Policy YAM
         raise typer.Exit(2)
 
 
-@policy_app.command("explain")
+@policy_app.command("explain", short_help="Show the rule a request would match, and why.")
 def policy_explain(
     file: PolicyFile,
     confidence: Annotated[

@@ -43,6 +43,8 @@ def test_help_fits_80_columns_and_names_every_option_in_full(path: tuple[str, ..
     too_wide = [line for line in help_text.splitlines() if len(line) > WIDTH]
     assert not too_wide, f"lines over {WIDTH} columns:\n" + "\n".join(too_wide)
     assert "…" not in help_text
+    cut = [line for line in help_text.splitlines() if line.endswith("...") and not line.startswith("Usage:")]
+    assert not cut, "a command's line in the list is cut short:\n" + "\n".join(cut)
     # Descriptions keep at least half the width, so that they do not wrap a word or two per line: no text
     # (within a panel's borders, were there any) starts right of the middle.
     lines = [line for line in help_text.splitlines() if line.strip(" │")]

@@ -51,7 +51,7 @@ def _models(value: str | None) -> tuple[str, ...] | None:
     return models
 
 
-@keys_app.command("create")
+@keys_app.command("create", short_help="Create a key and print it (shown this once).")
 def create(
     name: Annotated[str, typer.Option(help="The tenant: what policy rules and metrics call this caller.")],
     redis_url: RedisUrl,
