@@ -191,7 +191,8 @@ def main() -> None:
     print(
         f"2. 32 concurrent, best of {ROUNDS} alternating rounds: bare batched {bare_throughput:.1f} req/s; "
         f"through the batcher {served_throughput:.1f} req/s (p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
-        f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, batches {list(router.scoring.batcher.batch_sizes)[-6:]}); "
+        f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, "
+        f"batches {list(router.scoring.batcher.batch_sizes)[-6:]}); "
         f"ratio {served_throughput / bare_throughput:.3f}x (target >= 0.9)"
     )
 

@@ -1,8 +1,8 @@
 """The policy language: a YAML file that turns a certainty score into an action.
 
 Pure: imports nothing from router/, scorers/, localmodel/ or train/, so a policy can be checked and
-explained anywhere. Actions (policies/actions/) and conditions (policies/conditions/) register
-themselves; layers above add checks with `policy_check` (policies/loader.py).
+explained anywhere. Actions (policies/actions/), conditions (policies/conditions/) and target kinds
+(policies/targets/) register themselves; layers above add checks with `policy_check` (policies/loader.py).
 """
 
 from policies.actions import ACTIONS, Action, Decision, action
@@ -11,15 +11,15 @@ from policies.conditions import CONDITIONS, Condition, When
 from policies.engine import decide
 from policies.facts import BEST, Confidences, RequestFacts
 from policies.loader import DEFAULT_POLICY_PATH, PolicyError, load_policy, policy_check
-from policies.schema import (
+from policies.schema import Policy, Rule
+from policies.targets import (
+    TARGET_KINDS,
     Cooldown,
     Cost,
     LiteLLMTarget,
     LocalTarget,
     OpenAITarget,
-    Policy,
     RemoteTarget,
-    Rule,
     Target,
 )
 
@@ -28,6 +28,7 @@ __all__ = [
     "BEST",
     "CONDITIONS",
     "DEFAULT_POLICY_PATH",
+    "TARGET_KINDS",
     "Action",
     "Condition",
     "Confidences",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
@@ -11,7 +11,7 @@ from pydantic.fields import FieldInfo
 from policies.actions import action, registered_action
 from policies.checks import Location
 from policies.conditions import CONDITIONS, When, hold_when, when_model
-from policies.keywords import forwarding_problem
+from policies.targets import LocalTarget, Target, hold_targets
 
 VIRTUAL_MODEL = "router"
 
@@ -50,105 +50,6 @@ class ScorerSpec(_Strict):
     scorer.json). A local target left out is predicted by the scorer's primary target."""
 
 
-class Cost(_Strict):
-    """US dollars per million tokens."""
-
-    input_per_million: float = Field(ge=0)
-    output_per_million: float = Field(ge=0)
-
-    @property
-    def blended(self) -> float:
-        """What `pick` orders candidates by: input and output priced alike."""
-        return self.input_per_million + self.output_per_million
-
-    def of(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
-
-
-class _TargetSpec(_Strict):
-    """What every kind of target takes."""
-
-    fallbacks: list[str] = []
-    """Other targets that answer, in this order, when this one times out, is unreachable, answers 5xx or
-    429 (after its own retries), is overloaded (local), or is cooling down; never after the client's own
-    errors (docs/upstream.md). Only this list is followed, not the fallbacks' own."""
-
-
-class LocalTarget(_TargetSpec):
-    """Generation in-process with the scorer's model."""
-
-    kind: Literal["local"]
-    max_tokens: int = Field(256, gt=0)
-    cost: Cost | None = None
-    """None: free (the replica's own cores)."""
-    answerer: str | None = None
-    """A failure-aware answerer folder (`router train-answerer`): the target answers with that adapter on
-    the scorer's model, stating its own decision in the failure-aware JSON (needs `failure_aware: true`).
-    Relative paths are relative to the policy file."""
-
-
-def _forwardable(name: str) -> str:
-    problem = forwarding_problem(name)
-    if problem is not None:
-        raise ValueError(problem)
-    return name
-
-
-class Cooldown(_Strict):
-    """A target that failed `failures` times within `window_s` is not called for `cooldown_s`, by any
-    replica. Only failures a retry could help count: timeouts, connection failures, 5xx, 429."""
-
-    failures: int = Field(3, ge=0)
-    """0 turns the cooldown off."""
-    window_s: float = Field(30.0, gt=0)
-    cooldown_s: float = Field(30.0, gt=0)
-
-
-class RemoteTarget(_TargetSpec):
-    """What every kind of remote target takes: a model behind an HTTP API, called with retries."""
-
-    api_base: str | None = None
-    api_key_env: str | None = None
-    timeout_s: float = Field(60.0, gt=0)
-    """Bounds the whole call, retries and their waits included (for a stream: until its first chunk; after
-    that, each chunk must follow the one before within this time)."""
-    num_retries: int = Field(1, ge=0)
-    """Extra attempts after a timeout, a connection failure, a 5xx or a 429, within `timeout_s`; never
-    after another 4xx (docs/upstream.md)."""
-    max_tokens: int | None = Field(None, gt=0)
-    """A cap on the answer's length: a client's max_tokens or max_completion_tokens above it is lowered to
-    it, and a request giving neither gets max_tokens set to it (as the local target's max_tokens does)."""
-    cost: Cost | None = None
-    """None: litellm's cost map for `model` (0 for a model it does not price)."""
-    extra_fields: tuple[Annotated[str, AfterValidator(_forwardable)], ...] = ()
-    """Request fields beyond the OpenAI ones the router forwards that clients may send to this target
-    (provider-specific extras such as top_k), passed on as they come. litellm's control keywords (api_base,
-    fallbacks, extra_headers, mock_response, ...) are refused here: see policies/keywords.py."""
-    cooldown: Cooldown = Cooldown()
-
-
-class LiteLLMTarget(RemoteTarget):
-    """Any model litellm can call. Keys come from `api_key_env` or litellm's own environment variables."""
-
-    kind: Literal["litellm"]
-    model: str = Field(min_length=1)
-    """litellm's model string: `provider/model`."""
-
-
-class OpenAITarget(RemoteTarget):
-    """An OpenAI-compatible chat-completions API (OpenAI, vLLM, llama.cpp, another router...), called over one
-    pooled HTTP client, its answers passed through as they come: no litellm on the request path."""
-
-    kind: Literal["openai"]
-    model: str = Field(min_length=1)
-    """The upstream's own model name, sent as it is (no provider prefix)."""
-    api_base: str = Field(pattern=r"^https?://\S+$")
-    """The API's base URL, up to and including /v1 (the router POSTs to `{api_base}/chat/completions`)."""
-
-
-Target = Annotated[LocalTarget | LiteLLMTarget | OpenAITarget, Field(discriminator="kind")]
-
-
 class DriftSpec(_Strict):
     """When live confidences stop looking like the reference (docs/monitoring.md, the drift alarm rule)."""
 
@@ -178,11 +79,24 @@ class LimitsSpec(_Strict):
     Each holds its prompt's KV cache, about 100 MB for SmolLM2-135M at 2,048 tokens."""
 
 
+class DecisionsSpec(_Strict):
+    """Which decisions the log keeps for feedback to join, so that what it holds is bounded by this, not by
+    traffic (docs/operations.md, "What Redis holds")."""
+
+    sample: float = Field(0.01, ge=0, le=1)
+    """The share of requests whose decision is kept although their client did not ask for it (a request
+    asks with the header `x-router-feedback: keep`)."""
+    per_tenant: int = Field(100_000, ge=1)
+    """The most decisions kept per tenant (an API key; every request without auth is one tenant): a newer
+    one replaces the tenant's oldest, never another tenant's."""
+
+
 class MonitoringSpec(_Strict):
     decision_ttl_s: float = Field(86400.0, gt=0)
-    """How long a decision stays joinable with feedback."""
+    """How long a kept decision stays joinable with feedback."""
     feedback_retained: int = Field(10000, ge=100)
     """Feedback records kept for rolling calibration and `router calibrate --from-feedback`."""
+    decisions: DecisionsSpec = DecisionsSpec()
     drift: DriftSpec = DriftSpec()
 
 
@@ -212,6 +126,7 @@ class Policy(_Strict):
     name: str = "policy"
     scorer: ScorerSpec = ScorerSpec()
     targets: dict[str, Target] = Field(min_length=1)
+    """Each validated as the registered kind its `kind:` names (see _validate_targets_as)."""
     rules: list[Rule] = Field(min_length=1)
     hedge_template: str = "I am not certain about this, so please double-check it: {answer}"
     refusal_message: str = "I can't answer that reliably, so I won't guess."
@@ -348,3 +263,12 @@ def _validate_when_as(model: type[When]) -> None:
 
 
 hold_when(_validate_when_as)
+
+
+def _validate_targets_as(union: Any) -> None:
+    """Policies validate each target entry with `union`, the registered kinds' (policies/targets/)."""
+    Policy.model_fields["targets"] = FieldInfo.from_annotated_attribute(dict[str, union], Field(min_length=1))
+    Policy.model_rebuild(force=True)
+
+
+hold_targets(_validate_targets_as)

@@ -1,5 +1,6 @@
-"""Actions and conditions are extension points: a class defined here registers itself and a policy file can
-use it at once; unknown names are located errors; the shipped actions shape text as the router needs."""
+"""Actions, conditions and target kinds are extension points: a class defined here registers itself and a
+policy file can use it at once; unknown names are located errors; the shipped actions shape text as the
+router needs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pytest
 from pydantic import Field
@@ -16,21 +17,25 @@ from pydantic import Field
 from policies import (
     ACTIONS,
     CONDITIONS,
+    TARGET_KINDS,
     Action,
     Condition,
     Confidences,
+    Cost,
     Decision,
     Location,
     Policy,
     PolicyError,
     RequestFacts,
     Rule,
+    Target,
     When,
     action,
     decide,
     load_policy,
 )
 from policies.conditions import refresh_when
+from policies.targets import refresh_targets
 
 TEAMS = """\
 targets:
@@ -93,6 +98,33 @@ def user_prefix() -> Iterator[type[Condition]]:
     yield UserPrefix
     del CONDITIONS["user_prefix"]
     refresh_when()
+
+
+@pytest.fixture
+def echo_kind() -> Iterator[type[Target]]:
+    """A target kind's spec (its answerer would be one module of router/targets/)."""
+
+    class EchoTarget(Target):
+        kind: Literal["echo"]
+        prefix: str = Field("", max_length=8)
+        cost: Cost | None = None
+
+    yield EchoTarget
+    del TARGET_KINDS["echo"]
+    refresh_targets()
+
+
+ECHO = """\
+targets:
+  local: {kind: local}
+  echo:
+    kind: echo
+    prefix: "> "
+    fallbacks: [local]
+rules:
+  - action: answer_with
+    target: echo
+"""
 
 
 def decided(policy: Policy, user: str | None) -> tuple[Decision, int]:
@@ -173,6 +205,30 @@ def test_a_registered_action_is_listed_among_the_known(write_policy: Callable[[s
     ]
 
 
+def test_a_new_target_kind_loads_with_its_own_fields(
+    write_policy: Callable[..., Path], echo_kind: type[Target]
+) -> None:
+    echo = load_policy(write_policy(ECHO)).targets["echo"]
+    assert isinstance(echo, echo_kind)
+    assert echo.model_dump() == {"fallbacks": ["local"], "kind": "echo", "prefix": "> ", "cost": None}
+    long = write_policy(ECHO.replace('prefix: "> "', "prefix: ten-chars!"), "long.yaml")
+    assert problems_of(long) == ["5: targets.echo.prefix: String should have at most 8 characters"]
+    unknown = write_policy(ECHO.replace("kind: echo", "kind: nope"), "unknown.yaml")
+    assert problems_of(unknown) == [
+        "3: targets.echo: Input tag 'nope' found using 'kind' does not match any of the expected tags: "
+        "'local', 'echo', 'litellm', 'openai'"
+    ]
+
+
+def test_an_unregistered_target_kind_is_a_located_error(write_policy: Callable[[str], Path]) -> None:
+    """Also once the kind above is removed: the policy using it is rejected again."""
+    assert "echo" not in TARGET_KINDS
+    assert problems_of(write_policy(ECHO)) == [
+        "3: targets.echo: Input tag 'echo' found using 'kind' does not match any of the expected tags: "
+        "'local', 'litellm', 'openai'"
+    ]
+
+
 def test_unknown_actions_and_conditions_are_located_errors(write_policy: Callable[[str], Path]) -> None:
     path = write_policy(
         """\
@@ -205,8 +261,21 @@ def test_names_and_when_fields_register_once(user_prefix: type[Condition]) -> No
         class Prefix(Condition, name="prefix"):
             fields: ClassVar[dict[str, Any]] = {"user_prefix": (str | None, None)}
 
+    with pytest.raises(TypeError, match="target kind 'local' is already registered by LocalTarget"):
+
+        class Local(Target):
+            kind: Literal["local"]
+            cost: Cost | None = None
+
+    with pytest.raises(TypeError, match="target kind 'free' declares no cost"):
+
+        class Free(Target):
+            kind: Literal["free"]
+
     assert ACTIONS["hedge"].__module__ == "policies.actions.hedge"
     assert "prefix" not in CONDITIONS
+    assert TARGET_KINDS["local"].__module__ == "policies.targets.local"
+    assert "free" not in TARGET_KINDS
 
 
 def hedged(template: str) -> Decision:

@@ -1,8 +1,10 @@
 """The target contract: whatever answers a request, the in-process model or a remote one, answers through
 `Answerer`, so that fallbacks, cooldowns, pick's prices and metrics treat every kind alike.
 
-Each class registers itself under its `kind`, the name a policy's target entry uses for it; a new kind is
-one module in this folder (every module here is imported by the package, so it registers).
+Each class registers itself under its `kind`, the name a policy's target entry uses for it. A new kind is
+two modules: its spec, what a policy's entry of that kind takes, in policies/targets/ (policies/ imports
+nothing of router/), and its answerer in this folder (every module here is imported by the package, so it
+registers).
 """
 
 from __future__ import annotations

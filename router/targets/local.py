@@ -96,7 +96,8 @@ class LocalAnswerer(Answerer, kind="local"):
     async def _write(self, request: ChatCompletionRequest, asked: Asked) -> Row:
         if not asked.prompt_checked:
             await self.local.check_prompt(asked.messages)
-        return await self.local.writer.write(asked.messages, request.tokens_within(self.target.max_tokens), self.adapter)
+        tokens = request.tokens_within(self.target.max_tokens)
+        return await self.local.writer.write(asked.messages, tokens, self.adapter)
 
 
 async def _overloaded_as_failure(waiting: Awaitable[None]) -> None:
