@@ -11,7 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -28,9 +28,9 @@ from router.feedback import ConflictingFeedback, UnknownRequest
 from router.metrics import Metrics
 from router.openapi import install_openapi
 from router.schemas import ChatCompletionRequest, FeedbackRequest, ScoreRequest
-from router.stages.shaping import Routed
 from router.serving import Serving
-from router.state import StateStore, StoreUnavailable, open_store
+from router.stages.shaping import Routed
+from router.state import Eviction, StateStore, StoreUnavailable, open_store, read_eviction
 
 log = logging.getLogger("router")
 
@@ -58,14 +58,19 @@ def create_app(
     metrics.track_queue(lambda: serving.router.scoring.batcher.depth if serving.router else 0)
     metrics.track_store(store)
     windows_failing = False  # so that a store that keeps failing logs once, not at every scrape
+    eviction: Eviction | None = None  # whether Redis may evict what must not vanish, read at start-up
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        nonlocal eviction
         # Load in the background so /healthz answers at once and /readyz tells when the model is in.
         loading = asyncio.create_task(asyncio.to_thread(serving.load))
         serving.watch_policy()
         if keys is not None:
             await keys.start()
+        if client is not None:
+            eviction = await read_eviction(client)
+            eviction.report()
         # Signal handlers can only be installed from the main thread (not so for servers run in tests).
         on_main_thread = threading.current_thread() is threading.main_thread()
         if on_main_thread:
@@ -136,7 +141,10 @@ def create_app(
     async def readyz() -> JSONResponse:
         # A replica whose Redis is away keeps serving (from its local state): it stays in.
         if serving.router is not None:
-            return JSONResponse({"status": "ready", "store": store.health().mode})
+            ready: dict[str, object] = {"status": "ready", "store": store.health().mode}
+            if eviction is not None:
+                ready["eviction"] = eviction.readiness()
+            return JSONResponse(ready)
         body = {"status": "failed", "error": serving.failure} if serving.failure else {"status": "loading"}
         return JSONResponse(body, status_code=503)
 
@@ -149,10 +157,13 @@ def create_app(
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: ChatCompletionRequest, who: Authorized) -> Response:
+    async def chat_completions(
+        request: ChatCompletionRequest, who: Authorized, x_router_feedback: FeedbackAsked = None
+    ) -> Response:
         async with serving.ready().in_use() as router:
             verdict = await admitted(who, request.model)
-            routed = await router.route(request, None if who is None else who.name, spent(who))
+            tenant, asked = None if who is None else who.name, x_router_feedback == "keep"
+            routed = await router.route(request, tenant, spent(who), feedback=asked)
         headers = routed.headers() | (verdict.headers() if verdict else {})
         if routed.chunks is None:
             return JSONResponse(routed.body, headers=headers)
@@ -196,10 +207,13 @@ def create_app(
                 )
             except UnknownRequest as exc:
                 metrics.feedback.labels("unknown").inc()
-                retention = router.policy.monitoring.decision_ttl_s
+                monitoring = router.policy.monitoring
                 message = (
-                    f"No decision is logged for request id {request.request_id}: it is unknown, or older "
-                    f"than the decision log keeps decisions ({retention:g} s)"
+                    f"No decision is logged for request id {request.request_id}: it was not kept (its "
+                    "answer said x-router-decision-kept: false; send x-router-feedback: keep with a request "
+                    "to keep its decision), newer decisions of its key replaced it (at most "
+                    f"{monitoring.decisions.per_tenant} are kept), or it is unknown, or older than the "
+                    f"decision log keeps decisions ({monitoring.decision_ttl_s:g} s)"
                 )
                 raise APIError(
                     404, message, type="not_found_error", param="request_id", code="request_not_found"
@@ -272,6 +286,13 @@ async def _caller(request: Request, authorization: Annotated[str | None, Header(
 
 
 Authorized = Annotated[Caller | None, Depends(_caller)]
+FeedbackAsked = Annotated[
+    Literal["keep"] | None,
+    Header(
+        description="`keep`: the client will give feedback on this answer (POST /v1/feedback), so its "
+        "decision is kept whatever the policy's sample (x-router-decision-kept says whether it was)"
+    ),
+]
 
 
 class _Stream(StreamingResponse):

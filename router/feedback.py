@@ -1,15 +1,20 @@
 """The decision log and feedback, kept in the state store so that every replica sees the same windows.
 
-- `decision:<request id>`: what was decided, for `monitoring.decision_ttl_s`; feedback joins with it.
-- `feedback:<request id>`: the feedback given, for as long; it makes a repeated POST a no-op.
+- `decision:<request id>`: what was decided, for `monitoring.decision_ttl_s`; feedback joins with it. Kept
+  only for requests whose client asks (`x-router-feedback: keep`) and a sampled share of the others
+  (`monitoring.decisions.sample`), so that what the log holds is bounded by the policy, not by traffic.
+- `decisions:<tenant>`: the tenant's index of its kept decisions, the newest
+  `monitoring.decisions.per_tenant`; a decision pushed out of it is deleted with its feedback marker, so
+  one tenant's decisions never push out another's.
+- `feedback:<request id>`: the feedback given, for as long as its decision; it makes a repeated POST a no-op.
 - `window:feedback`: joined (confidence, raw score, label) records, the newest `feedback_retained`.
 - `window:traffic:<scorer>`: each decision's outcome and raw score, the newest `traffic_retained`, per
   scorer version (raw scores of two scorers are not comparable): drift, the escalation ratio and the
-  budget-targeted threshold read it.
+  budget-targeted threshold read it. Every request enters it, kept or not.
 
 With Redis unreachable and this replica's replay buffer full (router/state/resilient.py), the decision
-log drops its writes rather than the client's answer, and feedback raises StoreUnavailable (a 503), so
-that no feedback is acknowledged that could be lost.
+log drops its writes rather than the client's answer (the answer then says its decision was not kept), and
+feedback raises StoreUnavailable (a 503), so that no feedback is acknowledged that could be lost.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import math
+import random
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -34,7 +40,8 @@ MIN_CALIBRATION_SAMPLES = 10
 
 
 class UnknownRequest(LookupError):
-    """No decision is logged under this id: it never existed, or it is older than the decision TTL."""
+    """No decision is logged under this id: it was not kept, newer ones of its tenant replaced it, it is
+    older than the decision TTL, or it never existed."""
 
 
 class ConflictingFeedback(ValueError):
@@ -111,6 +118,11 @@ def scorer_key(version: str) -> str:
     return hashlib.sha256(version.encode()).hexdigest()[:16]
 
 
+def decisions_index(tenant: str | None) -> str:
+    """The tenant's index of kept decisions; `-` (which no key name starts with) for requests without auth."""
+    return f"decisions:{tenant or '-'}"
+
+
 class DecisionLog:
     def __init__(self, store: StateStore, spec: MonitoringSpec, scorer_version: str, retained: int) -> None:
         self.store, self.spec, self.scorer_version = store, spec, scorer_version
@@ -124,28 +136,42 @@ class DecisionLog:
         traffic_raw: float | None,
         judged: Judged | None = None,
         tenant: str | None = None,
-    ) -> None:
+        *,
+        asked: bool = False,
+    ) -> bool:
         """`traffic_raw`: the primary target's raw score, for the traffic window; `judged`: the score that
-        feedback on this answer joins with (None: feedback is accepted but joins with nothing).
+        feedback on this answer joins with (None: feedback is accepted but joins with nothing); `asked`: the
+        client asked to give feedback, so the decision is kept whatever the sample.
 
-        Never fails for the store's sake: the answer is already made, and the client gets it."""
-        logged = LoggedDecision(
-            decision.outcome,
-            decision.target,
-            decision.rule,
-            None if judged is None else judged.confidence,
-            None if judged is None else judged.raw,
-            self.scorer_version,
-            None if judged is None else judged.predicted,
-            tenant,
-        )
-        with contextlib.suppress(StoreUnavailable):  # kept locally; the store logged that it dropped it
-            await self.store.set(
-                f"decision:{request_id}", json.dumps(asdict(logged)), self.spec.decision_ttl_s
+        Whether the decision is kept for feedback. Never fails for the store's sake: the answer is already
+        made, and the client gets it."""
+        kept = asked or random.random() < self.spec.decisions.sample
+        if kept:
+            logged = LoggedDecision(
+                decision.outcome,
+                decision.target,
+                decision.rule,
+                None if judged is None else judged.confidence,
+                None if judged is None else judged.raw,
+                self.scorer_version,
+                None if judged is None else judged.predicted,
+                tenant,
             )
+            try:
+                await self.store.set_indexed(
+                    f"decision:{request_id}",
+                    json.dumps(asdict(logged)),
+                    self.spec.decision_ttl_s,
+                    decisions_index(tenant),
+                    self.spec.decisions.per_tenant,
+                    owns=(f"feedback:{request_id}",),
+                )
+            except StoreUnavailable:  # kept locally; the store logged that it dropped it
+                kept = False
         entry = f"{decision.outcome} {'-' if traffic_raw is None else repr(traffic_raw)}"
         with contextlib.suppress(StoreUnavailable):
             await self.store.push(self.traffic_key, entry, self.traffic_retained)
+        return kept
 
     async def feedback(
         self, request_id: str, label: float, tenant: str | None = None, *, any_tenant: bool = True

@@ -48,7 +48,8 @@ ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("post", "/v1/feedback"): {
         400: "Invalid request: give request_id and either correct or score",
         401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
-        404: "No decision is logged for this request id (unknown, older than the decision log keeps, or "
+        404: "No decision is logged for this request id (not kept: its answer said x-router-decision-kept: "
+        "false; replaced by newer decisions of its key, older than the decision log keeps, unknown, or "
         "made with another key)",
         409: "Feedback with a different label was already recorded for this request id",
         413: "The request body is larger than the policy's limits.max_body_bytes",
@@ -107,6 +108,19 @@ SCHEMAS: dict[str, Any] = {
                 "enum": ["ok", "degraded", "memory"],
                 "description": "The state store (status `ready` only): Redis answering, Redis unreachable "
                 "(served from this replica's local state, writes kept for replay), or in-process only.",
+            },
+            "eviction": {
+                "type": "object",
+                "description": "With Redis (status `ready` only), its eviction settings as read at start-up: "
+                "`safe` is false when its maxmemory-policy (allkeys-*) may evict API keys and budgets, null "
+                "when Redis would not say (`warning` says why and what to set).",
+                "properties": {
+                    "policy": _NULLABLE_STRING,
+                    "maxmemory_bytes": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+                    "safe": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+                    "warning": {"type": "string"},
+                },
+                "required": ["policy", "maxmemory_bytes", "safe"],
             },
         },
         "required": ["status"],
@@ -315,6 +329,13 @@ DECISION_HEADERS: dict[str, dict[str, Any]] = {
         "description": "The name (or `rules[i]`) of the rule that matched",
         "required": True,
         "schema": {"type": "string"},
+    },
+    "x-router-decision-kept": {
+        "description": "`true` when the decision log keeps this decision for `POST /v1/feedback` (the "
+        "request sent `x-router-feedback: keep`, or the policy's `monitoring.decisions.sample` picked it), "
+        "else `false`",
+        "required": True,
+        "schema": {"enum": ["true", "false"]},
     },
     "x-router-fallback": {
         "description": "Only when a fallback answered: each target passed over and why, e.g. "

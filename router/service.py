@@ -51,10 +51,16 @@ class Router:
         self._idle.set()
 
     async def route(
-        self, request: ChatCompletionRequest, tenant: str | None = None, spent: Spent | None = None
+        self,
+        request: ChatCompletionRequest,
+        tenant: str | None = None,
+        spent: Spent | None = None,
+        *,
+        feedback: bool = False,
     ) -> Routed:
         """`tenant`: the caller's key name (None without auth); `spent(tokens, dollars)` is told what the
-        answer cost once its usage is known (for a stream, at its end)."""
+        answer cost once its usage is known (for a stream, at its end); `feedback`: the client asks to give
+        feedback on this answer (x-router-feedback: keep), so its decision is kept."""
         self.admission.admit(request)
         request_id, messages = uuid.uuid4().hex, request.plain_messages()
         score = Lazily(self.scoring, messages, request.token_cap, tenant)
@@ -63,8 +69,7 @@ class Router:
         streams = self.shaping.streams(request, decision)
         answer = await self.answering.answer(request, asked, decision, spent, streams)
         routed = self.shaping.shape(request, request_id, answer)
-        await self.recording.record(routed, score.result, tenant, started)
-        return routed
+        return await self.recording.record(routed, score.result, tenant, started, asked=feedback)
 
     async def score(
         self, messages: list[Message], max_new_tokens: int | None = None, *, cached: bool = True

@@ -83,9 +83,18 @@ def create(backend_url: str, spec: ApiKey) -> str:
 
 
 def chat(
-    http: httpx.Client, proxy: Served, key: str | None, question: str = "Hi?", **body: object
+    http: httpx.Client,
+    proxy: Served,
+    key: str | None,
+    question: str = "Hi?",
+    *,
+    keep: bool = False,
+    **body: object,
 ) -> httpx.Response:
+    """`keep`: ask for the decision to be kept, so that feedback can join it."""
     headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    if keep:
+        headers["x-router-feedback"] = "keep"
     payload = {"model": "router", "messages": [{"role": "user", "content": question}], **body}
     return http.post(f"{proxy.base_url}/v1/chat/completions", json=payload, headers=headers)
 
@@ -206,7 +215,7 @@ def test_feedback_is_taken_only_from_the_key_that_asked(
     proxy: Served, http: httpx.Client, backend_url: str
 ) -> None:
     owner, other = create(backend_url, ApiKey("owner")), create(backend_url, ApiKey("other"))
-    request_id = chat(http, proxy, owner).headers["x-router-request-id"]
+    request_id = chat(http, proxy, owner, keep=True).headers["x-router-request-id"]
     url = f"{proxy.base_url}/v1/feedback"
     body = {"request_id": request_id, "correct": True}
     stranger = http.post(url, json=body, headers={"Authorization": f"Bearer {other}"})
@@ -214,7 +223,7 @@ def test_feedback_is_taken_only_from_the_key_that_asked(
     assert (
         http.post(url, json=body, headers={"Authorization": f"Bearer {owner}"}).json()["status"] == "recorded"
     )
-    second_id = chat(http, proxy, owner).headers["x-router-request-id"]
+    second_id = chat(http, proxy, owner, keep=True).headers["x-router-request-id"]
     by_admin = http.post(
         url, json={**body, "request_id": second_id}, headers={"Authorization": f"Bearer {ADMIN}"}
     )

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from localmodel import LocalModel
-from policies import PolicyError, load_policy
+from policies import LocalTarget, PolicyError, load_policy
 from policies.failure_aware import DECISIONS
 from router import generation
 from router.targets.local import answerer_adapter
@@ -103,7 +103,8 @@ def test_a_policy_names_its_answerer_relative_to_the_policy_file(
 ) -> None:
     path = answerer.parent / "policy.yaml"
     path.write_text(policy_text(untied_model, untied_head, answerer.name))
-    assert load_policy(path).targets["tuned"].answerer == str(answerer)  # type: ignore[union-attr]
+    tuned = load_policy(path).targets["tuned"]
+    assert isinstance(tuned, LocalTarget) and tuned.answerer == str(answerer)
     path.write_text(policy_text(untied_model, untied_head, "missing"))
     with pytest.raises(PolicyError) as missing:
         load_policy(path)

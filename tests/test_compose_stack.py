@@ -242,6 +242,15 @@ def test_feedback_to_one_replica_moves_the_calibration_both_report(
     )
 
 
+def test_the_stacks_redis_is_bounded_and_never_evicts_keys_or_spend(stack: list[Replica]) -> None:
+    for replica in stack:  # docs/operations.md, "Redis settings"
+        eviction = httpx.get(f"{replica.url}/readyz").json()["eviction"]
+        assert eviction["policy"] == "volatile-lru" and eviction["safe"] is True
+        assert eviction["maxmemory_bytes"] == 1024**3
+    command = services()["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+
+
 def test_the_mounted_policy_loads_as_the_image_lays_it_out(tmp_path: Path) -> None:
     """The image keeps its policy beside a link to the shipped scorers (deploy/docker/Dockerfile)."""
     for service in router_services().values():

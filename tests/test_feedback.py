@@ -1,6 +1,6 @@
 """POST /v1/feedback over real HTTP with Redis (one server, a Cluster, a master behind a Sentinel): the join
-with the decision log, idempotence, expiry, and OpenAI-shaped errors for everything a client can get
-wrong."""
+with the decision log, idempotence, expiry, decisions kept only when the client asks, and OpenAI-shaped
+errors for everything a client can get wrong."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Served:
     path = tmp_path_factory.mktemp("feedback") / "policy.yaml"
-    path.write_text(head_scorer_yaml(tiny_model, tiny_head) + RULES)
+    # No sample: a decision is kept only when its client asks.
+    monitoring = "monitoring: {decisions: {sample: 0}}\n"
+    path.write_text(head_scorer_yaml(tiny_model, tiny_head) + monitoring + RULES)
     return serve(load_policy(path), backend_url)
 
 
@@ -53,10 +55,15 @@ def forgetful(
     return serve(load_policy(path), backend_url)
 
 
-def ask(http: httpx.Client, served: Served, question: str, user: str | None = None) -> str:
+def ask(
+    http: httpx.Client, served: Served, question: str, user: str | None = None, *, keep: bool = True
+) -> str:
+    """The request id of an answer; `keep`: it asks for its decision to be kept (x-router-feedback)."""
     body = {"model": "router", "messages": [{"role": "user", "content": question}], "user": user}
-    response = http.post(f"{served.base_url}/v1/chat/completions", json=body)
+    headers = {"x-router-feedback": "keep"} if keep else {}
+    response = http.post(f"{served.base_url}/v1/chat/completions", json=body, headers=headers)
     assert response.status_code == 200
+    assert response.headers["x-router-decision-kept"] == ("true" if keep else "false")
     return response.headers["x-router-request-id"]
 
 
@@ -114,6 +121,28 @@ def test_unknown_and_expired_ids_are_a_clear_404(
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert feedback(http, forgetful, {"request_id": request_id, "correct": True}).status_code == 404
+
+
+def test_feedback_on_a_decision_not_kept_is_a_404_that_says_so(
+    served: Served, backend_url: str, http: httpx.Client
+) -> None:
+    request_id = ask(http, served, "Nobody will grade this.", keep=False)
+    assert not direct_client(backend_url).exists(f"confidence-router:decision:{request_id}")
+    response = feedback(http, served, {"request_id": request_id, "correct": True})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "request_not_found" and error["param"] == "request_id"
+    said = "it was not kept (its answer said x-router-decision-kept: false; send x-router-feedback: keep"
+    assert said in error["message"]
+
+
+def test_only_keep_asks_for_a_decision_to_be_kept(served: Served, http: httpx.Client) -> None:
+    body = {"model": "router", "messages": [{"role": "user", "content": "Keep?"}]}
+    url = f"{served.base_url}/v1/chat/completions"
+    response = http.post(url, json=body, headers={"x-router-feedback": "yes"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_value"
+    assert "x-router-feedback" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

@@ -224,6 +224,40 @@ def test_the_in_chart_redis_is_wired_to_the_router_and_kept_apart_from_it() -> N
     assert not router_selector.items() <= redis_pod.items()
 
 
+def redis_settings(manifests: list[Manifest]) -> tuple[dict[str, str], Manifest]:
+    """The in-chart Redis's command-line settings (--name value) and its pod."""
+    pod = one(manifests, "Deployment", "r-confidence-router-redis")["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    args = container["args"]
+    return {args[i].removeprefix("--"): args[i + 1] for i in range(0, len(args), 2)}, pod
+
+
+def test_the_in_chart_redis_has_a_bound_a_safe_eviction_policy_and_keeps_keys_on_disk() -> None:
+    settings, pod = redis_settings(render("--set", "redis.inChart.enabled=true"))
+    # docs/operations.md, "Redis settings": evicts only keys with a TTL, never API keys or spend.
+    assert settings["maxmemory-policy"] == "volatile-lru"
+    assert settings["maxmemory"] == "192mb"  # 3/4 of its 256Mi limit
+    assert settings["appendonly"] == "yes" and settings["appendfsync"] == "everysec"
+    assert settings["dir"] == "/data" and settings["save"] == ""
+    assert pod["volumes"] == [{"name": "data", "emptyDir": {}}]
+
+    settings, pod = redis_settings(
+        render(
+            "--set", "redis.inChart.enabled=true",
+            "--set", "redis.inChart.persistence.existingClaim=redis-data",
+            "--set", "redis.inChart.maxmemory=1gb",
+            "--set", "redis.inChart.maxmemoryPolicy=volatile-lfu",
+        )
+    )  # fmt: skip
+    assert settings["maxmemory"] == "1gb" and settings["maxmemory-policy"] == "volatile-lfu"
+    assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "redis-data"}}]
+    assert pod["securityContext"]["fsGroup"] == 999
+    settings, _ = redis_settings(
+        render("--set", "redis.inChart.enabled=true", "--set", "redis.inChart.persistence.enabled=false")
+    )
+    assert settings["appendonly"] == "no"
+
+
 def test_the_queue_depth_metric_joins_cpu_in_the_autoscaler() -> None:
     manifests = render("--set", "autoscaling.queueDepth.enabled=true")
     metrics = one(manifests, "HorizontalPodAutoscaler")["spec"]["metrics"]
@@ -274,6 +308,11 @@ def test_the_service_monitor_scrapes_metrics_with_the_admin_key_when_asked() -> 
         ("shutdown.graceSeconds=-1", "at '/shutdown/graceSeconds': minimum: got -1, want 0"),
         ("watchPolicySeconds=-5", "at '/watchPolicySeconds': minimum: got -5, want 0"),
         ("redis.url=http://cache:6379", "at '/redis/url': 'http://cache:6379' does not match pattern"),
+        (
+            "redis.inChart.maxmemoryPolicy=allkeys-lru",
+            "at '/redis/inChart/maxmemoryPolicy': value must be one of",
+        ),
+        ("redis.inChart.maxmemory=lots", "at '/redis/inChart/maxmemory': 'lots' does not match pattern"),
         ("secret.upstreamKeys.bad-name=x", "'bad-name' does not match pattern"),
         ("replicas=3", "additional properties 'replicas' not allowed"),
         ("gpu.enabeld=true", "additional properties 'enabeld' not allowed"),

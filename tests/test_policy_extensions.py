@@ -27,7 +27,6 @@ from policies import (
     Policy,
     PolicyError,
     RequestFacts,
-    Rule,
     Target,
     When,
     action,
@@ -36,6 +35,7 @@ from policies import (
 )
 from policies.conditions import refresh_when
 from policies.targets import refresh_targets
+from policies.views import PolicyView, RuleView
 
 TEAMS = """\
 targets:
@@ -59,7 +59,7 @@ def shout() -> Iterator[type[Action]]:
         takes = frozenset({"target"})
 
         @classmethod
-        def problems(cls, policy: Policy, index: int, rule: Rule) -> Iterator[tuple[Location, str]]:
+        def problems(cls, policy: PolicyView, index: int, rule: RuleView) -> Iterator[tuple[Location, str]]:
             if rule.target is None:
                 yield ("rules", index, "target"), "shout needs a target"
             yield from super().problems(policy, index, rule)
@@ -90,7 +90,7 @@ def user_prefix() -> Iterator[type[Condition]]:
             return facts.user is not None and facts.user.startswith(when.user_prefix)
 
         @classmethod
-        def problems(cls, policy: Policy, index: int, rule: Rule) -> Iterator[tuple[Location, str]]:
+        def problems(cls, policy: PolicyView, index: int, rule: RuleView) -> Iterator[tuple[Location, str]]:
             prefix, users = rule.when.user_prefix, rule.when.user
             if prefix is not None and users is not None and not any(u.startswith(prefix) for u in users):
                 yield ("rules", index, "when"), f"no listed user starts with '{prefix}': never matches"

@@ -76,7 +76,10 @@ def ask(
     replica: Replica, question: str, user: str = "anyone", http: httpx.Client | None = None
 ) -> httpx.Response:
     body = {"model": "router", "user": user, "messages": [{"role": "user", "content": question}]}
-    response = (http or httpx).post(f"{replica.url}/v1/chat/completions", json=body, timeout=120)
+    keep = {"x-router-feedback": "keep"}  # feedback on any answer may follow
+    response = (http or httpx).post(
+        f"{replica.url}/v1/chat/completions", json=body, headers=keep, timeout=120
+    )
     assert response.status_code == 200, response.text
     return response
 

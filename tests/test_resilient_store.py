@@ -167,16 +167,19 @@ def test_feedback_is_refused_rather_than_lost_and_the_decision_log_never_fails(
         store = resilient(server, max_pending=3)
         log = DecisionLog(store, MonitoringSpec(), "scorer-v1", retained=100)
         try:
-            await log.record("a" * 32, decision, 0.4, Judged("scorer-model", 0.4, 0.7))
+            assert await log.record("a" * 32, decision, 0.4, Judged("scorer-model", 0.4, 0.7), asked=True)
             server.kill()
-            await log.record(
-                "b" * 32, decision, 0.5, Judged("scorer-model", 0.5, 0.7)
+            assert await log.record(
+                "b" * 32, decision, 0.5, Judged("scorer-model", 0.5, 0.7), asked=True
             )  # two writes buffered: one slot left
             with pytest.raises(StoreUnavailable):
                 await log.feedback("a" * 32, 1.0)  # needs two (marker and record): refused, nothing kept
-            await log.record(
-                "c" * 32, decision, 0.6, Judged("scorer-model", 0.6, 0.7)
-            )  # beyond the bound: dropped, and no error
+            assert await log.record(
+                "c" * 32, decision, 0.6, Judged("scorer-model", 0.6, 0.7), asked=True
+            )  # the last slot: its decision is kept, its traffic entry dropped, and no error
+            assert not await log.record(
+                "d" * 32, decision, 0.6, Judged("scorer-model", 0.6, 0.7), asked=True
+            )  # beyond the bound: dropped (its answer says it was not kept), and no error
             assert store.health().pending_writes == 3
             server.start()
             await recovered(store)

@@ -1,9 +1,11 @@
-"""Recording: what a routed request leaves behind. Its decision in the log that feedback joins later, the
-decision and latency metrics, and the gauges computed from the shared windows (rolling calibration, drift,
-the escalation ratio and the budget's threshold)."""
+"""Recording: what a routed request leaves behind. Its decision in the log that feedback joins later (when
+its client asks for that, or the policy's sample picks it: router/feedback.py), the decision and latency
+metrics, and the gauges computed from the shared windows (rolling calibration, drift, the escalation ratio
+and the budget's threshold)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -30,16 +32,25 @@ class Recording:
         self.budget = EscalationBudget(policy, self.log, scoring.calibrate)
         self.metrics, self.predicts, self.primary = metrics, scoring.predicts, scorer.primary
 
-    async def record(self, routed: Routed, scored: Scored | None, tenant: str | None, started: float) -> None:
-        """`started`: when the target was first asked (perf_counter). If recording fails or is cancelled (the
-        client left), an opened stream is closed: it must not linger."""
+    async def record(
+        self,
+        routed: Routed,
+        scored: Scored | None,
+        tenant: str | None,
+        started: float,
+        *,
+        asked: bool = False,
+    ) -> Routed:
+        """`started`: when the target was first asked (perf_counter); `asked`: the client asked to give
+        feedback (x-router-feedback: keep). `routed`, saying whether its decision was kept. If recording
+        fails or is cancelled (the client left), an opened stream is closed: it must not linger."""
         decision = routed.decision
         try:
             if decision.target is not None:
                 elapsed = time.perf_counter() - started
                 self.metrics.upstream_seconds.labels(decision.target).observe(elapsed)
             self.metrics.decided(decision)
-            await self._logged(routed.request_id, decision, scored, tenant)
+            kept = await self._logged(routed.request_id, decision, scored, tenant, asked)
         except BaseException:
             if routed.chunks is not None:
                 await routed.chunks.aclose()
@@ -53,18 +64,20 @@ class Recording:
             decision.target,
             "-" if decision.confidence is None else f"{decision.confidence:.3f}",
         )
+        return dataclasses.replace(routed, decision_kept=kept)
 
     async def _logged(
-        self, request_id: str, decision: Decision, scored: Scored | None, tenant: str | None
-    ) -> None:
+        self, request_id: str, decision: Decision, scored: Scored | None, tenant: str | None, asked: bool
+    ) -> bool:
         """Feedback joins with the answering target's score where the scorer predicts that target, else with
         the primary's; the traffic window keeps the primary's raw score (drift and the budget)."""
         if scored is None:
-            await self.log.record(request_id, decision, None, tenant=tenant)
-            return
+            return await self.log.record(request_id, decision, None, tenant=tenant, asked=asked)
         model = self.predicts.get(decision.target or "", self.primary)
         judged = Judged(model, scored.raw[model], scored.confidence[model])
-        await self.log.record(request_id, decision, scored.raw[self.primary], judged, tenant)
+        return await self.log.record(
+            request_id, decision, scored.raw[self.primary], judged, tenant, asked=asked
+        )
 
     async def observe(self) -> None:
         """The gauges computed from the shared windows."""

@@ -30,6 +30,9 @@ class Routed:
     chunks: Chunks | None = None
     fallback: str | None = None
     """The targets passed over and why (x-router-fallback), when a fallback answered."""
+    decision_kept: bool = False
+    """Whether the decision log keeps this decision, so that feedback can join it (x-router-decision-kept);
+    set by recording."""
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -37,6 +40,7 @@ class Routed:
             "x-router-decision": self.decision.outcome,
             "x-router-target": self.decision.target or "none",
             "x-router-rule": self.decision.rule,
+            "x-router-decision-kept": "true" if self.decision_kept else "false",
         }
         if self.decision.confidence is not None:
             headers["x-router-confidence"] = f"{self.decision.confidence:.4f}"

@@ -8,11 +8,13 @@ docs/operations.md). Every operation of the store touches one key, and a multi-k
 (router/access/) hash-tags its keys into one slot, so the same commands run on every topology.
 
 `open_store` wraps Redis in a `ResilientStore` (router/state/resilient.py), so that Redis going away
-degrades a replica to its local state instead of failing its requests.
+degrades a replica to its local state instead of failing its requests. `read_eviction` tells whether Redis
+may evict what must not vanish (router/state/eviction.py).
 """
 
 from router.state.base import StateStore, StoreHealth, StoreUnavailable, Write
 from router.state.client import redis_client
+from router.state.eviction import Eviction, read_eviction
 from router.state.memory import MemoryStore
 from router.state.open import PROBE_ENV, open_store
 from router.state.outage import CONNECTION_ERRORS, is_outage
@@ -27,6 +29,7 @@ __all__ = [
     "REDIS_SOCKET_TIMEOUT_S",
     "REDIS_URL_FORMS",
     "Applied",
+    "Eviction",
     "MemoryStore",
     "RedisStore",
     "RedisTarget",
@@ -39,5 +42,6 @@ __all__ = [
     "is_outage",
     "open_store",
     "parse_redis_url",
+    "read_eviction",
     "redis_client",
 ]

@@ -1,7 +1,8 @@
 """The store's contract, which every store keeps alike: the in-process one, Redis, and Redis that may go away.
 
 Two kinds of entry: keys with an optional time to live, and bounded lists (rolling windows) that keep only
-their newest `max_len` values, so every structure here has bounded retention.
+their newest `max_len` values, so every structure here has bounded retention. An index (`set_indexed`) is a
+bounded list of keys: a key pushed out of it is deleted, so it bounds how many such keys exist.
 """
 
 from __future__ import annotations
@@ -30,13 +31,21 @@ class StoreHealth:
 @dataclass(frozen=True)
 class Write:
     """A write kept for replay. `expires_at` is on the monotonic clock, so a replayed TTL is what is left.
-    An `increment` adds `value` (a float) to a counter (INCRBYFLOAT)."""
+    An `increment` adds `value` (a float) to a counter (INCRBYFLOAT); a `set_indexed` also enters `entry` in
+    `index`."""
 
-    op: Literal["set", "set_if_absent", "push", "increment"]
+    op: Literal["set", "set_if_absent", "push", "increment", "set_indexed"]
     key: str
     value: str
     expires_at: float | None = None
     max_len: int = 0
+    index: str = ""
+    entry: str = ""
+
+
+def index_entry(key: str, owns: tuple[str, ...]) -> str:
+    """An index's entry: the keys it deletes when it is pushed out, space-separated (keys hold none)."""
+    return " ".join((key, *owns))
 
 
 class StateStore(ABC):
@@ -53,6 +62,14 @@ class StateStore(ABC):
     @abstractmethod
     async def push(self, key: str, value: str, max_len: int) -> None:
         """Append to a rolling window, dropping the oldest values beyond `max_len`."""
+
+    @abstractmethod
+    async def set_indexed(
+        self, key: str, value: str, ttl_s: float, index: str, max_len: int, owns: tuple[str, ...] = ()
+    ) -> None:
+        """Set `key` for `ttl_s` and enter it in `index`, a list of the newest `max_len` entries: an entry
+        pushed out takes its key with it, and the keys it `owns` (written later, if at all). The index
+        itself expires `ttl_s` after its newest entry. One write: replayed whole after an outage."""
 
     @abstractmethod
     async def recent(self, key: str, count: int) -> list[str]:

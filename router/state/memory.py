@@ -5,15 +5,17 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 
-from router.state.base import StateStore
+from router.state.base import StateStore, index_entry
 
 
 class MemoryStore(StateStore):
-    """Least-recently-used eviction beyond `max_entries`, so memory stays bounded."""
+    """Least-recently-used eviction beyond `max_entries`, so memory stays bounded; an index holds at most as
+    many entries (its keys beyond that are gone anyway)."""
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._data: OrderedDict[str, tuple[str, float | None]] = OrderedDict()
         self._windows: dict[str, deque[str]] = {}
+        self._indexes: dict[str, deque[str]] = {}
         self.max_entries = max_entries
 
     async def get(self, key: str) -> str | None:
@@ -44,6 +46,16 @@ class MemoryStore(StateStore):
         if window is None or window.maxlen != max_len:
             window = self._windows[key] = deque(window or (), maxlen=max_len)
         window.append(value)
+
+    async def set_indexed(
+        self, key: str, value: str, ttl_s: float, index: str, max_len: int, owns: tuple[str, ...] = ()
+    ) -> None:
+        await self.set(key, value, ttl_s)
+        entries = self._indexes.setdefault(index, deque())
+        entries.append(index_entry(key, owns))
+        while len(entries) > min(max_len, self.max_entries):
+            for gone in entries.popleft().split():
+                self._data.pop(gone, None)
 
     async def recent(self, key: str, count: int) -> list[str]:
         window = self._windows.get(key, deque())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from router.state.base import StateStore, StoreHealth, Write
+from router.state.base import StateStore, StoreHealth, Write, index_entry
 from router.state.client import redis_client
 from router.state.outage import is_outage
 from router.state.url import parse_redis_url
@@ -38,6 +38,18 @@ _PUSH = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
 """
+_ENTER = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local over = redis.call('LLEN', KEYS[1]) - tonumber(ARGV[2])
+if over <= 0 then return {} end
+local gone = redis.call('LRANGE', KEYS[1], 0, over - 1)
+redis.call('LTRIM', KEYS[1], over, -1)
+return gone
+"""
+"""An index's entry in, and the entries pushed out returned: their keys are in other slots of a cluster, so
+they are deleted by a command of their own (`_forget`). Sent with EVAL in a pipeline beside its key's SET
+(only kept decisions take this path: a few hundred bytes of script each)."""
 
 
 class RedisStore(StateStore):
@@ -86,6 +98,27 @@ class RedisStore(StateStore):
     async def push(self, key: str, value: str, max_len: int) -> None:
         await self._push([self.prefix + key], [value, max_len])
 
+    async def set_indexed(
+        self, key: str, value: str, ttl_s: float, index: str, max_len: int, owns: tuple[str, ...] = ()
+    ) -> None:
+        px, entry = int(ttl_s * 1000), index_entry(key, owns)
+        async with self._redis.pipeline(transaction=self.topology != "cluster") as pipe:
+            pipe.set(self.prefix + key, value, px=px)
+            pipe.eval(_ENTER, 1, self.prefix + index, entry, max_len, px)
+            _, gone = await pipe.execute()
+        await self._forget(gone)
+
+    async def _forget(self, entries: Sequence[str]) -> None:
+        """Delete the keys of index entries that were pushed out. Best effort: a failure leaves them to
+        their own TTL, and the write that pushed them out is done (a replay would enter it twice)."""
+        keys = [self.prefix + key for entry in entries for key in str(entry).split()]
+        if keys:
+            try:
+                await self._redis.delete(*keys)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+
     async def recent(self, key: str, count: int) -> list[str]:
         if count <= 0:
             return []
@@ -96,13 +129,13 @@ class RedisStore(StateStore):
         nodes, one pipeline that keeps each node's commands in order, so that when a node is away the
         writes the others took are done and only that node's wait for the next try. A write whose time to
         live ran out while it waited is applied as what it would be now: gone."""
-        now, queued = time.monotonic(), []  # whether each write queued a command
+        now, queued = time.monotonic(), []  # how many commands each write queued
         try:
             async with self._redis.pipeline(transaction=self.topology != "cluster") as pipe:
                 for write in writes:
                     key = self.prefix + write.key
                     px = None if write.expires_at is None else int((write.expires_at - now) * 1000)
-                    queued.append(True)
+                    queued.append(1)
                     if write.op == "push":
                         pipe.eval(_PUSH, 1, key, write.value, write.max_len)
                     elif write.op == "increment":
@@ -110,7 +143,11 @@ class RedisStore(StateStore):
                     elif px is not None and px <= 0:
                         if write.op == "set":
                             pipe.delete(key)
-                        queued[-1] = write.op == "set"
+                        queued[-1] = int(write.op == "set")
+                    elif write.op == "set_indexed":
+                        pipe.set(key, write.value, px=px)
+                        pipe.eval(_ENTER, 1, self.prefix + write.index, write.entry, write.max_len, px)
+                        queued[-1] = 2
                     else:
                         pipe.set(key, write.value, px=px, nx=write.op == "set_if_absent")
                 answers = iter(await pipe.execute(raise_on_error=False))
@@ -118,14 +155,18 @@ class RedisStore(StateStore):
             if not is_outage(exc):
                 raise
             return Applied(0, list(writes), exc)
-        rejected, unwritten, outage = 0, [], None
+        rejected, unwritten, outage, gone = 0, [], None, []
         for write, sent in zip(writes, queued, strict=True):
-            answer = next(answers) if sent else None
-            if isinstance(answer, Exception) and is_outage(answer):
+            replies = [next(answers) for _ in range(sent)]
+            failed = [reply for reply in replies if isinstance(reply, Exception)]
+            if any(is_outage(reply) for reply in failed):
                 unwritten.append(write)
-                outage = outage or answer
-            elif isinstance(answer, Exception):
+                outage = outage or next(reply for reply in failed if is_outage(reply))
+            elif failed:
                 rejected += 1
+            elif write.op == "set_indexed":
+                gone += replies[1]
+        await self._forget(gone)
         return Applied(rejected, unwritten, outage)
 
     async def close(self) -> None:

@@ -43,7 +43,7 @@ from collections import deque
 
 import redis.exceptions
 
-from router.state.base import StateStore, StoreHealth, StoreUnavailable, Write
+from router.state.base import StateStore, StoreHealth, StoreUnavailable, Write, index_entry
 from router.state.memory import MemoryStore
 from router.state.outage import is_outage
 from router.state.redis import Applied, RedisStore
@@ -51,8 +51,9 @@ from router.state.redis import Applied, RedisStore
 log = logging.getLogger("router")
 
 MAX_PENDING = 10_000
-"""Writes kept for replay during an outage (each a few hundred bytes): a request costs two or three (its
-decision, its traffic entry, a cached score), so about ten minutes of a replica serving 5 requests/s."""
+"""Writes kept for replay during an outage (each a few hundred bytes): a request costs one to three (its
+traffic entry, a cached score, its decision when it is kept), so ten minutes or more of a replica serving 5
+requests/s."""
 MIRROR_ENTRIES = 20_000
 PROBE_INTERVAL_S = 0.5
 REPLAY_CHUNK = 500
@@ -148,6 +149,22 @@ class ResilientStore(StateStore):
                 return
         await self.mirror.push(key, value, max_len)
         self._keep(Write("push", key, value, max_len=max_len))
+
+    async def set_indexed(
+        self, key: str, value: str, ttl_s: float, index: str, max_len: int, owns: tuple[str, ...] = ()
+    ) -> None:
+        # The mirror keeps the key alone: its own LRU bounds it, and an index per tenant would not be.
+        if self._up:
+            try:
+                await self.remote.set_indexed(key, value, ttl_s, index, max_len, owns)
+            except Exception as exc:
+                self._went_down(exc)
+            else:
+                await self.mirror.set(key, value, ttl_s)
+                return
+        await self.mirror.set(key, value, ttl_s)
+        entry = index_entry(key, owns)
+        self._keep(Write("set_indexed", key, value, _expiry(ttl_s), max_len, index, entry))
 
     def keep_increment(self, key: str, amount: float) -> None:
         """For callers that change a counter through the Redis client directly and could not, Redis being
