@@ -57,6 +57,14 @@ def build_dataset(
             "row's (then only abstaining is correct) and with none; each row records which."
         ),
     ] = False,
+    grader: Annotated[
+        str | None,
+        typer.Option(
+            help="The grader of rows that neither name one (`grader`) nor call for one by their fields "
+            "(`task: math`, `choices`, another question's passage); default alias. Each row records the "
+            "rule that graded it."
+        ),
+    ] = None,
 ) -> None:
     """Answer each question with the model (local, or a policy's litellm target), grade it, and measure
     self-consistency (local only)."""
@@ -85,18 +93,19 @@ def build_dataset(
                 typer.echo(line, err=True)
             raise typer.Exit(2) from None
     records = training.records_to_label(data, limit, seed, context_variants)
+    grading = training.grading_for(records, grader)
     if remote is None:
         from train.label import LabelSettings
 
         settings = LabelSettings(4 if samples is None else samples, temperature, max_new_tokens, batch_size)
-        written = training.label_locally(records, out, model, settings)
+        written = training.label_locally(records, out, model, settings, grading)
     else:
         from commands.remote_label import RemoteLabelError, build_remote_dataset, quiet_upstream_log
 
         try:
             with quiet_upstream_log(), typer.progressbar(length=len(records), label="labelling") as bar:
                 bar.update(len(done_ids(out) & {r.id for r in records}))
-                written = build_remote_dataset(remote, records, out, batch_size, bar.update)
+                written = build_remote_dataset(remote, records, out, batch_size, grading, bar.update)
         except RemoteLabelError as exc:  # rows labelled before it are written; a rerun resumes after them
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None

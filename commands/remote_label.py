@@ -23,8 +23,7 @@ from typing import Any
 
 from policies import LiteLLMTarget
 from train.data import QARecord, prompt
-from train.grading import is_correct, rule_for
-from train.label import write_labels
+from train.label import Grading, write_labels
 
 # litellm fetches its model cost map from the internet at import unless told otherwise; we run offline.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -94,7 +93,7 @@ class RemoteLabeller:
         base = f" at {self.target.api_base}" if self.target.api_base else ""
         return f"{self.target.model}{base}"
 
-    async def label_batch(self, records: list[QARecord]) -> list[dict[str, Any]]:
+    async def label_batch(self, records: list[QARecord], grading: Grading) -> list[dict[str, Any]]:
         """The batch's rows, in its order, `concurrency` requests at a time. The first failure starts no
         further request and is raised once those in flight have finished: cancelling them would cut calls
         off mid-way (litellm then leaves a coroutine of its own never awaited, which Python warns about)."""
@@ -106,7 +105,7 @@ class RemoteLabeller:
                 if failures:
                     return None
                 try:
-                    return await self._label(record)
+                    return await self._label(record, grading)
                 except Exception as exc:
                     failures.append(exc)  # before the gate opens for the next one
                     return None
@@ -116,7 +115,7 @@ class RemoteLabeller:
             raise failures[0]
         return [row for row in rows if row is not None]
 
-    async def _label(self, record: QARecord) -> dict[str, Any]:
+    async def _label(self, record: QARecord, grading: Grading) -> dict[str, Any]:
         from router.errors import APIError
         from router.schemas import ChatCompletionRequest
 
@@ -139,13 +138,12 @@ class RemoteLabeller:
         return {
             **record.model_dump(exclude_none=True),
             "greedy": text,
-            "correct": is_correct(text, record),
             "nprob": None,  # no logprobs from a remote target
             "samples": [],
             "consistency": None,
             "sample_accuracy": None,
             "model": self.target.model,
-            "grading": rule_for(record),
+            **grading.fields(text, record),
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "cost": self._upstream.cost(prompt_tokens, completion_tokens),
@@ -191,6 +189,7 @@ def build_remote_dataset(
     records: Iterable[QARecord],
     out: Path,
     batch_size: int,
+    grading: Grading,
     progress: Callable[[int], None] = lambda _: None,
 ) -> int:
     """Label every record whose id is not in `out` yet; returns how many were labelled now. One event loop
@@ -198,7 +197,7 @@ def build_remote_dataset(
     (and trip over clients bound to a closed loop)."""
     with asyncio.Runner() as runner:
         return write_labels(
-            lambda batch: runner.run(labeller.label_batch(batch)), records, out, batch_size, progress
+            lambda batch: runner.run(labeller.label_batch(batch, grading)), records, out, batch_size, progress
         )
 
 

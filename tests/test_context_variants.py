@@ -17,7 +17,8 @@ from localmodel.answers import first_line, normalise
 from scorers import ScoreItem
 from scorers.head import PASSAGE_CHARS, HeadScorer, as_trained
 from train.data import QARecord, context_variants, load_records, prompt
-from train.grading import ABSTAIN_RULE, RULE, abstains, is_correct
+from train.graders import grader_for
+from train.graders.abstain import AbstainGrader, abstention
 from train.jobs import evaluate_scorer
 from train.splits import split_rows
 
@@ -112,10 +113,12 @@ def test_the_abstention_rule(answer: str, abstained: bool) -> None:
         id="q#other", question="Is it?", answers=["yes"], choices=["no", "yes"], context=NILE, source="s",
         variant_of="q", context_variant="other", context_from="r",
     )  # fmt: skip
-    assert abstains(answer) is abstained
-    assert is_correct(answer, mismatched) is abstained  # with another passage, only abstaining is right
+    assert (abstention(answer) is not None) is abstained
+    assert grader_for(mismatched) is AbstainGrader
+    # With another passage, only abstaining is right.
+    assert grader_for(mismatched)().grade(answer, mismatched).correct is abstained
     own = mismatched.model_copy(update={"context_variant": "own", "context_from": None})
-    assert is_correct(answer, own) is (
+    assert grader_for(own)().grade(answer, own).correct is (
         normalise(first_line(answer)) == "yes"
     )  # with its own: the gold option
 
@@ -136,8 +139,14 @@ def test_build_dataset_labels_and_records_every_kind(
     assert len(rows) == 13
     for row in rows.values():
         record = QARecord.of_label(row)
-        assert row["correct"] is is_correct(row["greedy"], record)
-        assert row["grading"] == (ABSTAIN_RULE if row.get("context_variant") == "other" else RULE)
+        grade = grader_for(record)().grade(row["greedy"], record)
+        kind = row.get("context_variant")
+        assert row["grader"] == ("abstain" if kind == "other" else "choice" if kind else "alias")
+        assert (row["correct"], row["grading"], row["grade_details"]) == (
+            grade.correct,
+            grade.rule,
+            grade.details,
+        )
     assert rows["q3#other"]["context_from"] in {"q1", "q2", "q4"} and rows["q3#other"]["variant_of"] == "q3"
     assert "context" not in rows["q3#none"] and rows["q3#own"]["context"] == NILE
     assert rows["q5"].keys().isdisjoint({"variant_of", "context_variant", "context_from"})

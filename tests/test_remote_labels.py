@@ -22,7 +22,10 @@ from typer.testing import CliRunner, Result
 from commands import app
 from policies import Policy
 from tests.conftest import Served, free_port, policy_from
-from train.grading import RULE
+from train.data import shared_data_dir
+from train.graders.alias import AliasGrader
+from train.graders.math import MathGrader
+from train.jobs import read_labels
 
 KEY_VAR = "REMOTE_LABELS_KEY"
 KEY = "sk-remote-labels-secret"
@@ -107,7 +110,10 @@ def test_labels_every_question_with_the_target(proxy: Served, qa: Path, tmp_path
     assert sorted(str(r["question"]) for r in labelled) == sorted(q for q, _ in QUESTIONS)
     assert len({r["id"] for r in labelled}) == 6
     for row in labelled:
-        assert row["model"] == "openai/local" and row["grading"] == RULE
+        assert (
+            row["model"] == "openai/local" and row["grader"] == "alias" and row["grading"] == AliasGrader.rule
+        )
+        assert set(row["grade_details"]) == {"matched"}
         assert isinstance(row["greedy"], str) and isinstance(row["correct"], bool)
         assert isinstance(row["prompt_tokens"], int) and row["prompt_tokens"] > 0
         assert isinstance(row["completion_tokens"], int) and 0 < row["completion_tokens"] <= 6
@@ -271,6 +277,29 @@ def test_a_failure_after_retries_stops_and_keeps_the_rows_written(
     assert len({r["id"] for r in rows(out)}) == 6
 
 
+def test_each_row_is_graded_by_its_grader_and_ungraded_rows_train_nothing(
+    scripted: Callable[..., Scripted], qa: Path, tmp_path: Path
+) -> None:
+    """GSM8K rows call for the math grader by their fields; `--grader` grades the rest, here with a grader
+    that cannot grade them (choice, and they have no options): written with `correct: null`."""
+    server = scripted()  # answers "Paris" to everything
+    policy = labelling_policy(tmp_path, server.base_url)
+    out = tmp_path / "labels.jsonl"
+    gsm8k = shared_data_dir() / "gsm8k" / "test.jsonl"
+    options = ["--data", str(gsm8k), "--limit", "3", "--policy", str(policy), "--target", "remote"]
+    result = label(qa, out, *options, "--grader", "choice")
+    assert result.exit_code == 0, result.output
+    labelled = {r["source"]: r for r in rows(out)}
+    math, plain = labelled["gsm8k_test"], labelled["qa"]
+    assert (math["task"], math["grader"], math["grading"]) == ("math", "math", MathGrader.rule)
+    assert math["correct"] is False and math["grade_details"] == {
+        "extracted": None,
+        "gold": math["answers"][0],
+    }
+    assert (plain["grader"], plain["correct"]) == ("choice", None) and "ungraded" in plain["grade_details"]
+    assert {r["source"] for r in read_labels([out])} == {"gsm8k_test"}
+
+
 def test_a_model_the_endpoint_does_not_have_is_one_line(proxy: Served, qa: Path, tmp_path: Path) -> None:
     policy = labelling_policy(tmp_path, f"{proxy.base_url}/v1", model="openai/no-such-model")
     result = label(qa, tmp_path / "labels.jsonl", "--policy", str(policy), "--target", "remote")
@@ -304,6 +333,7 @@ def test_an_unreachable_endpoint_is_one_line_and_exit_1(qa: Path, tmp_path: Path
         (["--policy", "{policy}", "--target", "here"], "{policy}: target 'here' is local, not litellm"),
         (["--policy", "{policy}", "--target", "nowhere"], "{policy}: no target 'nowhere'"),
         (["--policy", "{policy}", "--target", "remote", "--samples", "2"], "greedily only"),
+        (["--grader", "nope"], "error: --grader: unknown grader 'nope' (known: abstain, alias, choice, "),
     ],
 )
 def test_option_mistakes_are_one_line_and_exit_2(
@@ -313,6 +343,16 @@ def test_option_mistakes_are_one_line_and_exit_2(
     result = label(qa, tmp_path / "labels.jsonl", *(o.format(policy=policy) for o in options))
     assert result.exit_code == 2, result.output
     assert expected.format(policy=policy) in error_line(result)
+    assert not (tmp_path / "labels.jsonl").exists()
+
+
+def test_a_row_naming_an_unknown_grader_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "Capital of Peru?", "answers": ["Lima"], "grader": "nope"}) + "\n")
+    result = label(qa, tmp_path / "labels.jsonl", "--limit", "1")
+    assert result.exit_code == 2, result.output
+    line = error_line(result)
+    assert line.startswith("error: row qa:0: unknown grader 'nope' (known: ") and "alias" in line
     assert not (tmp_path / "labels.jsonl").exists()
 
 

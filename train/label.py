@@ -1,13 +1,14 @@
-"""Label QA records with the target model's own answers: greedy answer, sampled answers, correctness,
-self-consistency and N-Prob. One JSON line per record, appended and flushed batch by batch, so an
-interrupted run resumes where it stopped and never duplicates or half-writes a line.
+"""Label QA records with the target model's own answers: greedy answer, sampled answers, correctness (by
+each record's grader, train/graders/), self-consistency and N-Prob. One JSON line per record, appended and
+flushed batch by batch, so an interrupted run resumes where it stopped and never duplicates or half-writes a
+line.
 (commands/remote_label.py labels with a remote model through the same batch-writing loop.)"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from localmodel.answers import same_answer
 from localmodel.model import LocalModel
 from train.data import QARecord, prompt
-from train.grading import is_correct, rule_for
+from train.graders import Grade, Grader, grader_for
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,42 @@ class LabelSettings:
     temperature: float = 1.0
     max_new_tokens: int = 24
     batch_size: int = 16
+
+
+class Grading:
+    """Grades answers as labels record them: each record by `grader_for(record, default)`, one instance of
+    each grader for the whole run. `graders`: instances built by the caller, for graders that need settings
+    (a judge's target); the others are built on first use."""
+
+    def __init__(self, default: str | None = None, graders: Mapping[str, Grader] | None = None) -> None:
+        self.default = default
+        self._graders = dict(graders or {})
+
+    def grader(self, record: QARecord) -> Grader:
+        """Raises ValueError (one line) for a grader name nobody registered."""
+        chosen = grader_for(record, self.default)
+        if chosen.name not in self._graders:
+            self._graders[chosen.name] = chosen()
+        return self._graders[chosen.name]
+
+    def grade(self, answer: str, record: QARecord) -> Grade:
+        return self.grader(record).grade(answer, record)
+
+    def fields(self, answer: str, record: QARecord) -> dict[str, Any]:
+        """A labels row's grade of its greedy answer: `correct` (None: ungraded, which training skips),
+        `grader`, its rule (`grading`) and what the rule measured (`grade_details`)."""
+        grade = self.grade(answer, record)
+        return {
+            "correct": grade.correct,
+            "grader": self.grader(record).name,
+            "grading": grade.rule,
+            "grade_details": dict(grade.details),
+        }
+
+    def accuracy(self, answers: list[str], record: QARecord) -> float | None:
+        """The share of `answers` graded right, among those graded; None when none was."""
+        graded = [g.correct for g in (self.grade(a, record) for a in answers) if g.correct is not None]
+        return sum(graded) / len(graded) if graded else None
 
 
 def done_ids(out: Path) -> set[str]:
@@ -39,7 +76,9 @@ def done_ids(out: Path) -> set[str]:
     return {json.loads(line)["id"] for line in complete.decode("utf-8").split("\n") if line.strip()}
 
 
-def label_batch(model: LocalModel, records: list[QARecord], settings: LabelSettings) -> list[dict[str, Any]]:
+def label_batch(
+    model: LocalModel, records: list[QARecord], settings: LabelSettings, grading: Grading
+) -> list[dict[str, Any]]:
     conversations = [prompt(r) for r in records]
     greedy = model.draft_batch(conversations, settings.max_new_tokens)
     sampled = (
@@ -56,13 +95,12 @@ def label_batch(model: LocalModel, records: list[QARecord], settings: LabelSetti
             {
                 **record.model_dump(exclude_none=True),
                 "greedy": answer.text,
-                "correct": is_correct(answer.text, record),
                 "nprob": answer.nprob,
                 "samples": mine,
                 "consistency": sum(same_answer(answer.text, s) for s in mine) / len(mine) if mine else None,
-                "sample_accuracy": sum(is_correct(s, record) for s in mine) / len(mine) if mine else None,
+                "sample_accuracy": grading.accuracy(mine, record),
                 "model": model.ref,
-                "grading": rule_for(record),
+                **grading.fields(answer.text, record),
             }
         )
     return rows
@@ -78,10 +116,16 @@ def build_dataset(
     out: Path,
     settings: LabelSettings,
     progress: Callable[[int], None] = lambda _: None,
+    grading: Grading | None = None,
 ) -> int:
     """Label every record whose id is not in `out` yet; returns how many were labelled now."""
+    grading = grading or Grading()
     return write_labels(
-        lambda batch: label_batch(model, batch, settings), records, out, settings.batch_size, progress
+        lambda batch: label_batch(model, batch, settings, grading),
+        records,
+        out,
+        settings.batch_size,
+        progress,
     )
 
 
