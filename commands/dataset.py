@@ -1,8 +1,10 @@
 """`router build-dataset`: label QA files with a local model (train/) or with a policy's litellm target
-(commands/remote_label.py, through router/'s target)."""
+(commands/remote_label.py, through router/'s target), graded by each row's grader; the `judge` grader's
+verdicts come from another policy target (commands/judge.py)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -62,9 +64,29 @@ def build_dataset(
         typer.Option(
             help="The grader of rows that neither name one (`grader`) nor call for one by their fields "
             "(`task: math`, `choices`, another question's passage); default alias. Each row records the "
-            "rule that graded it."
+            "rule that graded it. `judge` (needs --judge-policy) judges every row, gold-graded ones too, "
+            "and records their gold grade beside the verdict."
         ),
     ] = None,
+    judge_policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Judge the rows whose grader is `judge` (chat rows, rows naming it, every row with --grader "
+            "judge) with a litellm target of this policy (needs --judge-target)."
+        ),
+    ] = None,
+    judge_target: Annotated[
+        str | None,
+        typer.Option(help="The policy's litellm target that judges (with --judge-policy)."),
+    ] = None,
+    judge_self: Annotated[
+        bool,
+        typer.Option(
+            "--judge-self",
+            help="Let the judge be the model being labelled (refused otherwise: a model may not judge its "
+            "own answers).",
+        ),
+    ] = False,
 ) -> None:
     """Answer each question with the model (local, or a policy's litellm target), grade it, and measure
     self-consistency (local only)."""
@@ -77,6 +99,10 @@ def build_dataset(
     remote = None
     if policy is None and target is not None:
         raise usage("--target needs --policy (the policy file that defines the target)")
+    if judge_policy is None and judge_target is not None:
+        raise usage("--judge-target needs --judge-policy (the policy file that defines the judge)")
+    if judge_policy is None and grader == "judge":
+        raise usage("--grader judge needs a judge: --judge-policy FILE --judge-target NAME")
     if policy is not None:
         if model is not None:
             raise usage("--model and --policy are exclusive: --model is a local model, --policy a remote one")
@@ -92,20 +118,49 @@ def build_dataset(
             for line in exc.lines:
                 typer.echo(line, err=True)
             raise typer.Exit(2) from None
+    judge = None
+    if judge_policy is not None:
+        from commands.judge import judge_for
+        from commands.remote_label import PolicyTargetError
+
+        labelled = remote.target.model if remote is not None else model or training.DEFAULT_LABELLER
+        try:
+            judge = judge_for(judge_policy, judge_target, concurrency, labelled, judge_self)
+        except PolicyTargetError as exc:
+            for line in exc.lines:
+                typer.echo(line, err=True)
+            raise typer.Exit(2) from None
     records = training.records_to_label(data, limit, seed, context_variants)
     grading = training.grading_for(records, grader)
-    if remote is None:
-        from train.label import LabelSettings
+    if judge is not None and grader == "judge":
+        from commands.judge import JudgingEveryRow
 
-        settings = LabelSettings(4 if samples is None else samples, temperature, max_new_tokens, batch_size)
+        grading = JudgingEveryRow()
+    from train.label import LabelSettings
+
+    settings = LabelSettings(4 if samples is None else samples, temperature, max_new_tokens, batch_size)
+    if remote is None and judge is None:
         written = training.label_locally(records, out, model, settings, grading)
     else:
-        from commands.remote_label import RemoteLabelError, build_remote_dataset, quiet_upstream_log
+        from commands.judge import local_labeller
+        from commands.remote_label import (
+            AsyncLabeller,
+            RemoteLabelError,
+            label_on_one_loop,
+            quiet_upstream_log,
+        )
 
+        label: AsyncLabeller
+        if remote is not None:
+            label = partial(remote.label_batch, grading=grading)
+        else:
+            label = local_labeller(model or training.DEFAULT_LABELLER, settings, grading)
+        if judge is not None:
+            label = judge.after(label)
         try:
             with quiet_upstream_log(), typer.progressbar(length=len(records), label="labelling") as bar:
                 bar.update(len(done_ids(out) & {r.id for r in records}))
-                written = build_remote_dataset(remote, records, out, batch_size, grading, bar.update)
+                written = label_on_one_loop(label, records, out, batch_size, bar.update)
         except RemoteLabelError as exc:  # rows labelled before it are written; a rerun resumes after them
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None

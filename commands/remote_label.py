@@ -7,7 +7,8 @@ The calls go through router/targets/litellm.py's LiteLLMUpstream, so labelling r
 as the router does (within the target's timeout_s, at most num_retries extra attempts, only where another
 attempt can help). A failure it gives up on stops the run with one line (`RemoteLabelError`): a row is never
 written with a wrong label, and rows written before it stay. It joins train/'s labelling to router/'s
-targets, so it sits above both, beside the command that runs it.
+targets, so it sits above both, beside the command that runs it. The judge grader (commands/judge.py)
+asks its judge through the same labeller (`RemoteLabeller.ask`, `bounded`, `label_on_one_loop`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from policies import LiteLLMTarget
 from train.data import QARecord, prompt
@@ -27,6 +29,20 @@ from train.label import Grading, write_labels
 
 # litellm fetches its model cost map from the internet at import unless told otherwise; we run offline.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A target's reply, and what it cost."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
 
 
 class RemoteLabelError(Exception):
@@ -41,10 +57,19 @@ class PolicyTargetError(Exception):
         self.lines = lines
 
 
-def labeller_for(policy: Path, target: str | None, max_new_tokens: int, concurrency: int) -> RemoteLabeller:
-    """The labeller for the litellm target `target` of the policy file `policy`."""
+def labeller_for(
+    policy: Path,
+    target: str | None,
+    max_new_tokens: int,
+    concurrency: int,
+    flags: tuple[str, str] = ("--policy", "--target"),
+    local_hint: str = "a local model is --model",
+) -> RemoteLabeller:
+    """The labeller for the litellm target `target` of the policy file `policy`; `flags` name the options
+    that gave them, `local_hint` what to do instead with a local target, as the one-line errors say."""
     from policies import PolicyError, load_policy
 
+    policy_flag, target_flag = flags
     try:
         loaded = load_policy(policy)
     except PolicyError as exc:
@@ -52,12 +77,12 @@ def labeller_for(policy: Path, target: str | None, max_new_tokens: int, concurre
     remote = sorted(name for name, t in loaded.targets.items() if isinstance(t, LiteLLMTarget))
     choices = f"its litellm targets: {', '.join(remote)}" if remote else "it has no litellm target"
     if target is None:
-        raise PolicyTargetError([f"error: --policy {policy} needs --target; {choices}"])
+        raise PolicyTargetError([f"error: {policy_flag} {policy} needs {target_flag}; {choices}"])
     chosen = loaded.targets.get(target)
     if chosen is None:
         raise PolicyTargetError([f"error: {policy}: no target '{target}'; {choices}"])
     if not isinstance(chosen, LiteLLMTarget):
-        kind = f"target '{target}' is {chosen.kind}, not litellm (a local model is --model)"
+        kind = f"target '{target}' is {chosen.kind}, not litellm ({local_hint})"
         raise PolicyTargetError([f"error: {policy}: {kind}; {choices}"])
     try:
         return RemoteLabeller(target, chosen, max_new_tokens, concurrency)
@@ -94,38 +119,17 @@ class RemoteLabeller:
         return f"{self.target.model}{base}"
 
     async def label_batch(self, records: list[QARecord], grading: Grading) -> list[dict[str, Any]]:
-        """The batch's rows, in its order, `concurrency` requests at a time. The first failure starts no
-        further request and is raised once those in flight have finished: cancelling them would cut calls
-        off mid-way (litellm then leaves a coroutine of its own never awaited, which Python warns about)."""
-        gate = asyncio.Semaphore(self.concurrency)
-        failures: list[Exception] = []
+        """The batch's rows, in its order, `concurrency` requests at a time."""
+        return await bounded(records, self.concurrency, lambda record: self._label(record, grading))
 
-        async def one(record: QARecord) -> dict[str, Any] | None:
-            async with gate:
-                if failures:
-                    return None
-                try:
-                    return await self._label(record, grading)
-                except Exception as exc:
-                    failures.append(exc)  # before the gate opens for the next one
-                    return None
-
-        rows = await asyncio.gather(*(one(r) for r in records))
-        if failures:
-            raise failures[0]
-        return [row for row in rows if row is not None]
-
-    async def _label(self, record: QARecord, grading: Grading) -> dict[str, Any]:
+    async def ask(self, messages: list[dict[str, str]]) -> Answered:
+        """The target's greedy reply to `messages`, at most `max_new_tokens` long (lowered to the target's
+        max_tokens where it has one); a failure it gives up on is a RemoteLabelError."""
         from router.errors import APIError
         from router.schemas import ChatCompletionRequest
 
         request = ChatCompletionRequest.model_validate(
-            {
-                "model": self.name,
-                "messages": prompt(record),
-                "temperature": 0.0,
-                "max_tokens": self.max_new_tokens,  # lowered to the target's max_tokens where it has one
-            }
+            {"model": self.name, "messages": messages, "temperature": 0.0, "max_tokens": self.max_new_tokens}
         )
         try:
             body = await self._upstream.complete(request)
@@ -135,18 +139,23 @@ class RemoteLabeller:
         usage = body.get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)
+        cost = self._upstream.cost(prompt_tokens, completion_tokens)
+        return Answered(text, prompt_tokens, completion_tokens, cost)
+
+    async def _label(self, record: QARecord, grading: Grading) -> dict[str, Any]:
+        answered = await self.ask(prompt(record))
         return {
             **record.model_dump(exclude_none=True),
-            "greedy": text,
+            "greedy": answered.text,
             "nprob": None,  # no logprobs from a remote target
             "samples": [],
             "consistency": None,
             "sample_accuracy": None,
             "model": self.target.model,
-            **grading.fields(text, record),
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "cost": self._upstream.cost(prompt_tokens, completion_tokens),
+            **grading.fields(answered.text, record),
+            "prompt_tokens": answered.prompt_tokens,
+            "completion_tokens": answered.completion_tokens,
+            "cost": answered.cost,
         }
 
     def _describe(self, error: Exception) -> str:
@@ -184,21 +193,45 @@ class RemoteLabeller:
         return f"{head}: {what}"
 
 
-def build_remote_dataset(
-    labeller: RemoteLabeller,
+async def bounded(items: Sequence[T], concurrency: int, work: Callable[[T], Awaitable[R]]) -> list[R]:
+    """`work` on every item, `concurrency` at a time; the results in the items' order. The first failure
+    starts no further work and is raised once the work in flight has finished: cancelling it would cut
+    calls off mid-way (litellm then leaves a coroutine of its own never awaited, which Python warns about)."""
+    gate = asyncio.Semaphore(concurrency)
+    failures: list[Exception] = []
+
+    async def one(item: T) -> R | None:
+        async with gate:
+            if failures:
+                return None
+            try:
+                return await work(item)
+            except Exception as exc:
+                failures.append(exc)  # before the gate opens for the next one
+                return None
+
+    results = await asyncio.gather(*(one(item) for item in items))
+    if failures:
+        raise failures[0]
+    return [result for result in results if result is not None]
+
+
+AsyncLabeller = Callable[[list[QARecord]], Coroutine[Any, Any, list[dict[str, Any]]]]
+"""One labelled row per record of a batch, in the batch's order, on the run's event loop."""
+
+
+def label_on_one_loop(
+    label: AsyncLabeller,
     records: Iterable[QARecord],
     out: Path,
     batch_size: int,
-    grading: Grading,
     progress: Callable[[int], None] = lambda _: None,
 ) -> int:
-    """Label every record whose id is not in `out` yet; returns how many were labelled now. One event loop
-    for the whole run: litellm keeps its HTTP clients per loop, so a loop per batch would reconnect each time
-    (and trip over clients bound to a closed loop)."""
+    """Label every record whose id is not in `out` yet through train/label.py's `write_labels`; returns how
+    many were labelled now. One event loop for the whole run: litellm keeps its HTTP clients per loop, so a
+    loop per batch would reconnect each time (and trip over clients bound to a closed loop)."""
     with asyncio.Runner() as runner:
-        return write_labels(
-            lambda batch: runner.run(labeller.label_batch(batch, grading)), records, out, batch_size, progress
-        )
+        return write_labels(lambda batch: runner.run(label(batch)), records, out, batch_size, progress)
 
 
 def _innermost(exc: BaseException) -> str:
