@@ -7,13 +7,14 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 import calibrators
@@ -99,26 +100,30 @@ def test_a_calibrator_fitted_on_feedback_is_adopted_by_a_reload(
     assert unseen["confidence"] == float(fitted.transform([unseen["raw_score"]])[0])
 
 
-class MeanShift(calibrators.Calibrator, kind="test-mean-shift"):
-    """A calibrator defined here, outside calibrators/: its class statement alone registers it."""
+@pytest.fixture
+def mean_shift() -> Iterator[type[calibrators.Calibrator]]:
+    """A calibrator defined here, outside calibrators/ (its class statement alone registers it), and one that
+    cannot be fitted from raw scores and outcomes alone; both unregistered afterwards."""
 
-    def _fit(self, x: FloatArray, y: FloatArray) -> None:
-        self.shift = float(y.mean() - x.mean())
+    class MeanShift(calibrators.Calibrator, kind="test-mean-shift"):
+        def _fit(self, x: FloatArray, y: FloatArray) -> None:
+            self.shift = float(y.mean() - x.mean())
 
-    def _transform(self, x: FloatArray) -> FloatArray:
-        return np.clip(x + self.shift, 0.0, 1.0)
+        def _transform(self, x: FloatArray) -> FloatArray:
+            return np.clip(x + self.shift, 0.0, 1.0)
 
-    def _get_params(self) -> dict[str, Any]:
-        return {"shift": self.shift}
+        def _get_params(self) -> dict[str, Any]:
+            return {"shift": self.shift}
 
-    def _set_params(self, params: Mapping[str, Any]) -> None:
-        self.shift = float(params["shift"])
+        def _set_params(self, params: Mapping[str, Any]) -> None:
+            self.shift = float(params["shift"])
 
+    class NeedsGroups(MeanShift, kind="test-needs-groups"):
+        fits_from_feedback = False
 
-class NeedsGroups(MeanShift, kind="test-needs-groups"):
-    """One that cannot be fitted from raw scores and outcomes alone."""
-
-    fits_from_feedback = False
+    yield MeanShift
+    for kind in ("test-mean-shift", "test-needs-groups"):
+        del calibrators.CALIBRATORS[kind]
 
 
 async def log_feedback(redis_url: str, raws: list[float]) -> None:
@@ -133,7 +138,9 @@ async def log_feedback(redis_url: str, raws: list[float]) -> None:
         await store.close()
 
 
-def test_any_registered_calibrator_is_fitted_from_feedback(fresh_redis: str, tmp_path: Path) -> None:
+def test_any_registered_calibrator_is_fitted_from_feedback(
+    fresh_redis: str, tmp_path: Path, mean_shift: type[calibrators.Calibrator]
+) -> None:
     asyncio.run(log_feedback(fresh_redis, [i / 40 for i in range(40)]))
     out = tmp_path / "calibrator.json"
     command = ["calibrate", "--from-feedback", "--redis-url", fresh_redis, "--min-samples", "40"]
@@ -141,7 +148,7 @@ def test_any_registered_calibrator_is_fitted_from_feedback(fresh_redis: str, tmp
     result = CliRunner().invoke(app, [*command, "--method", "test-mean-shift", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "test-mean-shift on 40 records (20 correct) of scorer scorer-under-test" in result.output
-    assert isinstance(calibrators.load(out), MeanShift)
+    assert isinstance(calibrators.load(out), mean_shift)
 
     refused = CliRunner().invoke(app, [*command, "--method", "test-needs-groups", "--out", str(out)])
     assert refused.exit_code == 1
