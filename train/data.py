@@ -262,9 +262,21 @@ def load_records(path: Path | str, source: str | None = None) -> list[QARecord]:
     return records
 
 
+AS_ASKED = frozenset({"math", "instructions", "chat"})
+"""Families whose requests the model reads as written: the scorer must learn on prompts like the ones users
+send, and their graders read a free-form reply (the final number, the constraints, a judge)."""
+
+
 def prompt(record: QARecord) -> list[dict[str, str]]:
-    """The conversation the model answers (and the scorer reads): the question, options, a brevity cue."""
+    """The conversation the model answers (and the scorer reads): for short-answer questions the question,
+    options and a brevity cue; a math, instruction or chat request as written; a function to complete in a
+    fenced block, as one would ask for it."""
+    if record.task == "code":
+        content = f"Complete this Python function.\n\n```python\n{record.question.rstrip()}\n```"
+        return [{"role": "user", "content": content}]
     parts = [f"{record.context}\n" if record.context else "", record.question]
+    if record.task in AS_ASKED:
+        return [{"role": "user", "content": "".join(parts)}]
     if record.choices and all(
         len(c) == 1 for c in record.choices
     ):  # the lettered options are in the question
