@@ -19,7 +19,7 @@ from router.stages.admission import Admission, PromptLimit
 from router.stages.answering import Answering, Spent
 from router.stages.deciding import Deciding
 from router.stages.recording import Recording
-from router.stages.scoring import Lazily, Scored, Scoring
+from router.stages.scoring import LazyScore, Scored, Scoring
 from router.stages.shaping import Routed, Shaping
 from router.state import MemoryStore, StateStore
 
@@ -63,7 +63,7 @@ class Router:
         feedback on this answer (x-router-feedback: keep), so its decision is kept."""
         self.admission.admit(request)
         request_id, messages = uuid.uuid4().hex, request.plain_messages()
-        score = Lazily(self.scoring, messages, request.token_cap, tenant)
+        score = LazyScore(self.scoring, messages, request.token_cap, tenant)
         decision = await self.deciding.decide(request, tenant, score.confidences)
         started, asked = time.perf_counter(), answering.asked(request_id, messages, score.result)
         streams = self.shaping.streams(request, decision)

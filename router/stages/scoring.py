@@ -124,7 +124,7 @@ class Scoring:
         await self.batcher.close()
 
 
-class Lazily:
+class LazyScore:
     """One request's score, computed the first time a rule asks for it (a rule on request fields alone
     costs no scoring)."""
 
