@@ -64,7 +64,7 @@ MC_SETS := $(addprefix --data $(DATA)/multiple_choice/,arc_easy.jsonl boolq.json
 	arc_challenge.jsonl openbook_qa.jsonl)
 LABEL := $(BIN)/router build-dataset --out $(LABELS) --max-new-tokens 20 --seed 0
 
-.PHONY: labels scorer scorer-eval routing-eval
+.PHONY: labels scorer task-head scorer-eval routing-eval
 labels: install
 	# 167 questions per set with 4 sampled answers each: the self-consistency targets of EliCal's stage 1.
 	$(LABEL) --samples 4 --batch-size 16 --limit 167 $(QA_SETS) $(MC_SETS)
@@ -95,6 +95,15 @@ scorer: install
 	$(BIN)/router train-scorer --data $(LABELS) --data $(EFFICIENTQA) --data $(PASSAGES) --data $(GEMMA) \
 		--out $(SCORER) --stage2-size 100000 --layer 20 \
 		--hold-out jeopardy --hold-out nq_open_efficientqa_test --hold-out boolq
+
+# The kind-of-request head, on the scorer's own states (its certainty heads stay as they are): 300 rows of
+# each source, every family; one source per family that has several judges only (docs/default-scorer.md).
+TASK_SETS := $(QA_SETS) $(MC_SETS) $(addprefix --data $(DATA)/,nq_open/NQ-open.efficientqa.dev.1.1.jsonl \
+	nq_open/NQ-open.efficientqa.test.1.1.jsonl pubmedqa/pubmed_qa_labeled.jsonl gsm8k/test.jsonl) \
+	--data humaneval --data ifeval --data chatterbot --data arena_creative
+task-head: install
+	$(BIN)/router train-task-head --scorer $(SCORER) --per-source 300 $(TASK_SETS) \
+		--hold-out jeopardy --hold-out nq_open_efficientqa_test --hold-out openbook_qa --hold-out boolq
 
 scorer-eval: install
 	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(LABELS) --data $(EFFICIENTQA) --out docs/scorer-eval --cross-fit 5

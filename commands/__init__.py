@@ -28,6 +28,9 @@ app.command("build-dataset", short_help="Label questions with a model's answers,
 app.command("train-scorer", short_help="Train and calibrate a scorer from labelled rows.")(
     training.train_scorer
 )
+app.command("train-task-head", short_help="Fit the scorer's kind-of-request head (task families).")(
+    training.train_task_head
+)
 app.command("eval-scorer", short_help="Judge a scorer on rows it never saw (AUROC, ECE, baselines).")(
     training.eval_scorer
 )

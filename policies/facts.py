@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+TASK_FAMILIES = ("qa", "choice", "passage", "math", "code", "instructions", "chat")
+"""The kinds of request a scorer's task head tells apart (`when.task`; docs/default-scorer.md says what each
+holds)."""
+
 BEST = "best"
 """`when.confidence_of: best`: the highest confidence among the targets the scorer predicts."""
 
@@ -24,6 +28,8 @@ class Confidences:
     """The scorer's primary target's: the local model's answer, for the scorers shipped."""
     by_target: Mapping[str, float] = field(default_factory=dict)
     """Policy target -> its confidence, for every target the scorer predicts."""
+    task: str | None = None
+    """The likeliest task family (one of TASK_FAMILIES), from a scorer with a task head; else None."""
 
     def of(self, name: str | None) -> float:
         if name is None:

@@ -269,6 +269,8 @@ def create_app(
             "raw_score": scored.raw[router.scorer.primary],
             "confidences": scored.confidence,
             "raw_scores": scored.raw,
+            "task": scored.family,
+            "task_probabilities": scored.task,
             "scorer": router.scorer.method,
             "scorer_version": router.scorer.version,
             "latency_ms": round(scored.latency_ms, 3),

@@ -155,6 +155,7 @@ ROUTING_HEADERS = {
     b"x-router-decision": "decision",
     b"x-router-target": "target",
     b"x-router-confidence": "confidence",
+    b"x-router-task": "task",
     b"x-router-fallback": "fallback",
 }
 """The response headers that say how a request was routed, and their names in its log line."""

@@ -57,6 +57,13 @@ class Metrics:
             ["decision", "target"],
             registry=r,
         )
+        self.task_requests = Counter(
+            "router_task_requests",
+            "Scored requests by the task family the scorer's task head saw (one of its few families) and "
+            "decision.",
+            ["task", "decision"],
+            registry=r,
+        )
         self.confidence = Histogram(
             "router_confidence", "Confidence the policy acted on.", buckets=CONFIDENCE_BUCKETS, registry=r
         )
@@ -220,8 +227,11 @@ class Metrics:
         for gauge in (self.drift_psi, self.drift_ks, self.drift_ks_critical, self.escalation_ratio):
             gauge.set(math.nan)
 
-    def decided(self, decision: Decision) -> None:
+    def decided(self, decision: Decision, family: str | None = None) -> None:
+        """`family`: the task family the scorer's task head saw, for a request it scored."""
         self.requests.labels(decision.outcome, decision.target or "none").inc()
+        if family is not None:
+            self.task_requests.labels(family, decision.outcome).inc()
         if decision.confidence is not None:
             self.confidence.observe(decision.confidence)
 

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request, params
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from policies.facts import TASK_FAMILIES
 from policies.schema import VIRTUAL_MODEL
 
 Document = dict[str, Any]
@@ -74,6 +75,7 @@ ERRORS: dict[tuple[str, str], dict[int, str]] = {
 SERVER_ERROR = "An unexpected failure of the router (the server's log has the traceback)"
 
 _NULLABLE_STRING = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -244,6 +246,16 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
             },
             "raw_scores": {"type": "object", "additionalProperties": {"type": "number"}},
+            "task": {
+                "description": "The likeliest kind of request (see x-router-task); null when the scorer "
+                "has no task head",
+                "anyOf": [{"enum": list(TASK_FAMILIES)}, {"type": "null"}],
+            },
+            "task_probabilities": {
+                "description": "Each task family -> its probability (they sum to 1); null without a task "
+                "head",
+                "anyOf": [{"type": "object", "additionalProperties": _PROBABILITY}, {"type": "null"}],
+            },
             "scorer": {"type": "string"},
             "scorer_version": {"type": "string"},
             "latency_ms": {"type": "number", "minimum": 0},
@@ -253,6 +265,8 @@ SCHEMAS: dict[str, Any] = {
             "raw_score",
             "confidences",
             "raw_scores",
+            "task",
+            "task_probabilities",
             "scorer",
             "scorer_version",
             "latency_ms",
@@ -313,6 +327,12 @@ DECISION_HEADERS: dict[str, dict[str, Any]] = {
         "(`small=0.3120,large=0.7410`)",
         "required": False,
         "schema": {"type": "string"},
+    },
+    "x-router-task": {
+        "description": "The kind of request the scorer's task head saw (its likeliest task family); absent "
+        "when the request was not scored or the scorer has no task head",
+        "required": False,
+        "schema": {"enum": list(TASK_FAMILIES)},
     },
     "x-router-decision": {
         "description": "What the policy did: `answer`, `escalate`, `hedge` or `refuse`",

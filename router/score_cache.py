@@ -37,7 +37,7 @@ class ScoreCache:
         draft = data.pop("draft")
         if draft is not None:
             draft["token_logprobs"] = tuple(draft["token_logprobs"])
-        return RawScore(data["raw"], None if draft is None else Draft(**draft))
+        return RawScore(data["raw"], None if draft is None else Draft(**draft), data.get("task"))
 
     async def put(
         self, messages: list[Message], max_new_tokens: int, score: RawScore, tenant: str | None = None

@@ -37,6 +37,13 @@ class RawScore:
     raw: dict[str, float]
     """The model whose answer is judged -> the scorer's own output for it."""
     draft: Draft | None = None
+    task: dict[str, float] | None = None
+    """The kind of request: task family -> probability, from scorers with a task head (else None)."""
+
+    @property
+    def family(self) -> str | None:
+        """The likeliest task family, or None without a task head."""
+        return max(self.task, key=self.task.__getitem__) if self.task else None
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ class Scorer(ABC):
     """The scorer folder's calibrator per target; a target without one has raw scores as confidences."""
     reference_scores: list[float] | None = None
     """The primary target's raw scores on the scorer's evaluation set, the default reference for drift."""
+    tasks: tuple[str, ...] = ()
+    """The task families its task head tells apart; empty without one (every `RawScore.task` is None)."""
 
     def __init_subclass__(cls, *, method: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -28,6 +28,16 @@ class TargetCard(BaseModel):
     """Labelled training rows for this model."""
 
 
+class TaskHeadCard(BaseModel):
+    """The kind-of-request head: a softmax over task families on the states the certainty heads read."""
+
+    model_config = ConfigDict(extra="allow")
+
+    families: list[str]
+    """In the order of the head's outputs."""
+    file: str = "task_head.safetensors"
+
+
 class ScorerCard(BaseModel):
     # Training writes data provenance and metrics beside these fields; keep them when re-saving.
     model_config = ConfigDict(extra="allow")
@@ -42,6 +52,8 @@ class ScorerCard(BaseModel):
     targets: list[TargetCard] = []
     """The models it predicts, in the order of the head's outputs; a folder written before scorers predicted
     several models has none and predicts `base_model`, calibrated by calibrator.json."""
+    task_head: TaskHeadCard | None = None
+    """For `head`: the kind-of-request head beside the certainty heads, if one was fitted."""
 
     def predicted(self, folder: Path) -> list[TargetCard]:
         if self.targets:

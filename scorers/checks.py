@@ -46,3 +46,19 @@ def mapping_problems(policy: Policy) -> Iterator[Problem]:
                 ("scorer", "targets", name),
                 f"the scorer predicts no '{model}' (it predicts: {', '.join(predicted)})",
             )
+
+
+@policy_check
+def task_problems(policy: Policy) -> Iterator[Problem]:
+    """A rule testing `task` needs a scorer with a task head (its folder's scorer.json names one)."""
+    testing = [i for i, rule in enumerate(policy.rules) if rule.when.task is not None]
+    adapter = policy.scorer.adapter
+    if not testing or (adapter is not None and not Path(adapter).is_dir()):
+        return  # no rule asks, or no folder to read (load_policy reports that one)
+    try:
+        card = ScorerCard.load(Path(adapter)) if adapter is not None else None
+    except (OSError, ValueError):
+        return  # mapping_problems reports an unreadable card
+    if card is None or card.task_head is None:
+        for index in testing:
+            yield ("rules", index, "when", "task"), "the scorer has no task head, so no request has a task"

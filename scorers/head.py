@@ -83,8 +83,16 @@ class HeadScorer(Scorer, method="head"):
             t.model: calibrators.load(folder / t.calibrator) for t in predicted if t.calibrator
         }
         self.reference_scores = card.extra().get("reference_scores")
+        self.task_weight: torch.Tensor | None = None
+        self.task_bias: torch.Tensor | None = None
+        if card.task_head:
+            tasks = load_file(str(folder / card.task_head.file))
+            self.task_weight = tasks["weight"].float().to(model.device)
+            self.task_bias = tasks["bias"].float().to(model.device)
+            self.tasks = tuple(card.task_head.families)
         files = [HEAD_FILE, "adapter_model.safetensors", "adapter_config.json"]
         files += [t.calibrator for t in predicted if t.calibrator]
+        files += [card.task_head.file] if card.task_head else []
         self.version = f"head:{folder_digest(folder, files)}:layer{self.layer}:{self.pooling}"
 
     @classmethod
@@ -92,17 +100,35 @@ class HeadScorer(Scorer, method="head"):
         assert settings.adapter is not None
         return cls(model, settings.adapter)
 
+    def states(self, items: list[ScoreItem]) -> torch.Tensor:
+        """The pooled prompt states every head reads: rows x features."""
+        texts = [self.model.prompt_text(as_trained(i.messages)) for i in items]
+        return self.model.prompt_states(texts, self.layer, self.pooling, self.adapter)
+
     def raw_scores(self, items: list[ScoreItem]) -> np.ndarray:
         """Rows x targets."""
-        texts = [self.model.prompt_text(as_trained(i.messages)) for i in items]
-        states = self.model.prompt_states(texts, self.layer, self.pooling, self.adapter)
-        return (states @ self.weight.T + self.bias).sigmoid().cpu().numpy().astype(np.float64)
+        return self._certainty(self.states(items))
 
     def score_batch(self, items: list[ScoreItem]) -> list[RawScore]:
+        states = self.states(items)
+        tasks = self._tasks(states)
         return [
-            RawScore({t: float(v) for t, v in zip(self.targets, row, strict=True)})
-            for row in self.raw_scores(items)
+            RawScore(
+                {t: float(v) for t, v in zip(self.targets, row, strict=True)},
+                task=None if tasks is None else dict(zip(self.tasks, map(float, tasks[i]), strict=True)),
+            )
+            for i, row in enumerate(self._certainty(states))
         ]
+
+    def _certainty(self, states: torch.Tensor) -> np.ndarray:
+        return (states @ self.weight.T + self.bias).sigmoid().cpu().numpy().astype(np.float64)
+
+    def _tasks(self, states: torch.Tensor) -> np.ndarray | None:
+        """Rows x task families, each row a probability distribution; None without a task head."""
+        if self.task_weight is None or self.task_bias is None:
+            return None
+        logits = states @ self.task_weight.T + self.task_bias
+        return logits.softmax(dim=-1).cpu().numpy().astype(np.float64)
 
 
 def save_head(folder: Path, weight: torch.Tensor, bias: torch.Tensor, card: ScorerCard) -> None:

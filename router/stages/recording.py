@@ -49,7 +49,7 @@ class Recording:
             if decision.target is not None:
                 elapsed = time.perf_counter() - started
                 self.metrics.upstream_seconds.labels(decision.target).observe(elapsed)
-            self.metrics.decided(decision)
+            self.metrics.decided(decision, scored.family if scored else None)
             kept = await self._logged(routed.request_id, decision, scored, tenant, asked)
         except BaseException:
             if routed.chunks is not None:
@@ -64,7 +64,7 @@ class Recording:
             decision.target,
             "-" if decision.confidence is None else f"{decision.confidence:.3f}",
         )
-        return dataclasses.replace(routed, decision_kept=kept)
+        return dataclasses.replace(routed, decision_kept=kept, task=scored.family if scored else None)
 
     async def _logged(
         self, request_id: str, decision: Decision, scored: Scored | None, tenant: str | None, asked: bool

@@ -36,6 +36,10 @@ class Scored:
     draft: Draft | None
     cached: bool
     latency_ms: float
+    task: dict[str, float] | None = None
+    """Task family -> probability, from a scorer with a task head."""
+    family: str | None = None
+    """The likeliest task family (None without a task head)."""
 
 
 class Scoring:
@@ -109,7 +113,7 @@ class Scoring:
         by_target = {name: scored.confidence[model] for name, model in self.predicts.items()}
         for name, confidence in by_target.items():
             self.metrics.target_confidence.labels(name).observe(confidence)
-        return Confidences(scored.confidence[self.scorer.primary], by_target)
+        return Confidences(scored.confidence[self.scorer.primary], by_target, scored.family)
 
     def _scored(self, score: RawScore, cached: bool, started: float) -> Scored:
         elapsed = time.perf_counter() - started
@@ -118,7 +122,7 @@ class Scoring:
             target: float(calibrate(target, [value], self.calibrators)[0])
             for target, value in score.raw.items()
         }
-        return Scored(score.raw, confidence, score.draft, cached, 1000 * elapsed)
+        return Scored(score.raw, confidence, score.draft, cached, 1000 * elapsed, score.task, score.family)
 
     async def close(self) -> None:
         await self.batcher.close()

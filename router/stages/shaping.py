@@ -33,6 +33,9 @@ class Routed:
     decision_kept: bool = False
     """Whether the decision log keeps this decision, so that feedback can join it (x-router-decision-kept);
     set by recording."""
+    task: str | None = None
+    """The likeliest task family, when the request was scored by a scorer with a task head (x-router-task);
+    set by recording."""
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -47,6 +50,8 @@ class Routed:
         if self.decision.confidences is not None:
             listed = self.decision.confidences.items()
             headers["x-router-confidences"] = ",".join(f"{name}={value:.4f}" for name, value in listed)
+        if self.task is not None:
+            headers["x-router-task"] = self.task
         if self.fallback is not None:
             headers["x-router-fallback"] = self.fallback
         return headers

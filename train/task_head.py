@@ -1,0 +1,248 @@
+"""The kind-of-request head: which task family a request is, read off the scorer's own prompt states.
+
+A softmax over task families on the pooled states the certainty heads read (the same layer, pooling and
+adapter), so it costs one small matrix product on the forward pass the scorer runs anyway. It is fitted on
+the scorer as it is, the adapter frozen, so adding it leaves every certainty head bit-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from localmodel import LocalModel, Message
+from policies.facts import TASK_FAMILIES
+from scorers import ScoreItem
+from scorers.card import ScorerCard, TaskHeadCard, folder_digest
+from scorers.head import HeadScorer
+from train.data import QARecord, prompt
+from train.splits import RULE, split_of
+
+C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
+"""scikit-learn's inverse L2 strength on standardised states, chosen on dev rows."""
+BATCH_CHARS = 24_000
+"""At most this many prompt characters in a batch of states (about 6,000 tokens)."""
+BRIEF_FAMILIES = frozenset({"qa", "choice", "passage"})
+"""Families the labels ask with a brevity cue ("Answer in a few words.") that clients do not write."""
+
+
+def as_sent(record: QARecord) -> list[Message]:
+    """The request as a client would send it. Short-answer, choice and passage questions go half the time as
+    the labels asked them (with a brevity cue) and half the time bare, a hash of the id deciding: the head
+    must learn the question, not the cue."""
+    if record.family not in BRIEF_FAMILIES or _coin(record.id):
+        return prompt(record)
+    parts = [record.context or "", record.question]
+    if record.choices and not all(len(c) == 1 for c in record.choices):
+        parts += [f"{letter}. {choice}" for letter, choice in zip("ABCDEFGHIJ", record.choices, strict=False)]
+    return [{"role": "user", "content": "\n".join(p for p in parts if p)}]
+
+
+def _coin(row_id: str) -> bool:
+    return int(hashlib.sha256(f"cue:{row_id}".encode()).hexdigest()[:8], 16) % 2 == 0
+
+
+def sampled(records: list[QARecord], per_source: int, seed: int) -> list[QARecord]:
+    """At most `per_source` records of each source (a seeded shuffle): no source outvotes a family."""
+    by_source: dict[str, list[QARecord]] = defaultdict(list)
+    for record in records:
+        by_source[record.source].append(record)
+    kept: list[QARecord] = []
+    for source, group in sorted(by_source.items()):
+        order = sorted(group, key=lambda r: r.id)
+        random.Random(f"{seed}:{source}").shuffle(order)
+        kept += order[:per_source]
+    return kept
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[QARecord]
+    dev: list[QARecord]
+    test: list[QARecord]
+
+
+def split(records: list[QARecord], seed: int, held_out: frozenset[str]) -> Split:
+    """The scorers' split rule (train/splits.py); calibration rows are not needed and join none."""
+    parts: dict[str, list[QARecord]] = defaultdict(list)
+    for record in records:
+        parts["test" if record.source in held_out else split_of(record.variant_of or record.id, seed)].append(
+            record
+        )
+    return Split(parts["train"], parts["dev"], parts["test"])
+
+
+class TaskHeadFitter:
+    def __init__(self, scorer: HeadScorer, cache: Path | None = None, batch_size: int = 16) -> None:
+        """`cache`: an .npz of states by request and scorer version, read and extended, so that a refit
+        (other sources, another sample) computes only the states it has not seen."""
+        self.scorer, self.cache, self.batch_size = scorer, cache, batch_size
+        self.known: dict[str, np.ndarray] = {}
+        if cache and cache.is_file():
+            stored = np.load(cache)
+            self.known = dict(zip(stored["keys"].tolist(), stored["states"], strict=True))
+        # What the states depend on: the adapter, the layer and the pooling (not the heads on top).
+        adapter = folder_digest(scorer.folder, ["adapter_model.safetensors", "adapter_config.json"])
+        self.reads = f"{ScorerCard.load(scorer.folder).base_model}:{adapter}:{scorer.layer}:{scorer.pooling}"
+
+    def states(self, records: list[QARecord]) -> np.ndarray:
+        """The pooled states the scorer's heads read, batched by length (padding is what a batch costs)."""
+        keys = [self._key(r) for r in records]
+        missing = sorted({k: r for k, r in zip(keys, records, strict=True) if k not in self.known}.items())
+        missing.sort(key=lambda pair: pair[1].prompt_chars)
+        for number, part in enumerate(self._batches(missing)):
+            states = self.scorer.states([ScoreItem(as_sent(r)) for _, r in part]).cpu().numpy()
+            self.known.update(zip([k for k, _ in part], states.astype(np.float64), strict=True))
+            if number % 20 == 19:
+                self._save()  # an interrupted run keeps what it computed
+        if missing:
+            self._save()
+        return np.stack([self.known[k] for k in keys])
+
+    def _batches(self, pairs: list[tuple[str, QARecord]]) -> Iterator[list[tuple[str, QARecord]]]:
+        """Up to `batch_size` rows and `BATCH_CHARS` characters: a batch of long prompts is its rows times
+        its longest prompt squared in attention memory."""
+        batch: list[tuple[str, QARecord]] = []
+        for pair in pairs:  # in length order, so the last one added is the longest
+            if batch and (
+                len(batch) == self.batch_size or (len(batch) + 1) * pair[1].prompt_chars > BATCH_CHARS
+            ):
+                yield batch
+                batch = []
+            batch.append(pair)
+        if batch:
+            yield batch
+
+    def _save(self) -> None:
+        if self.cache is not None and self.known:
+            np.savez(self.cache, keys=np.array(list(self.known)), states=np.stack(list(self.known.values())))
+
+    def _key(self, record: QARecord) -> str:
+        text = repr(as_sent(record))
+        return hashlib.sha256(f"{self.reads}:{text}".encode()).hexdigest()[:24]
+
+    def fit(self, data: Split) -> TaskHead:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        families = [f for f in TASK_FAMILIES if any(r.family == f for r in data.train)]
+        x_train, y_train = self.states(data.train), _labels(data.train, families)
+        x_dev, y_dev = self.states(data.dev), _labels(data.dev, families)
+        scaler = StandardScaler().fit(x_train)
+        fitted, on_dev = {}, {}
+        for c in C_GRID:
+            model = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
+            fitted[c] = model.fit(scaler.transform(x_train), y_train)
+            on_dev[c] = balanced_accuracy(y_dev, model.predict(scaler.transform(x_dev)))
+        c = max(C_GRID, key=lambda value: (on_dev[value], -value))  # ties: the stronger regularisation
+        # Standardisation folded in, so the head applies to raw states as the certainty heads do.
+        coef, scale = fitted[c].coef_, np.asarray(scaler.scale_)
+        weight = coef / scale
+        bias = fitted[c].intercept_ - (coef * scaler.mean_ / scale).sum(axis=1)
+        return TaskHead(families, weight, bias, c, on_dev)
+
+
+def _labels(records: list[QARecord], families: list[str]) -> np.ndarray:
+    return np.array([families.index(r.family) if r.family in families else -1 for r in records])
+
+
+def balanced_accuracy(truth: np.ndarray, guess: np.ndarray) -> float:
+    """The mean of each family's accuracy: a family's share of rows does not weigh on it."""
+    return float(np.mean([np.mean(guess[truth == label] == label) for label in np.unique(truth)]))
+
+
+@dataclass
+class TaskHead:
+    families: list[str]
+    weight: np.ndarray
+    """families x state features"""
+    bias: np.ndarray
+    c: float
+    dev_balanced_accuracy: dict[float, float]
+
+    def predict(self, states: np.ndarray) -> np.ndarray:
+        """The likeliest family's index per row."""
+        return np.argmax(states @ self.weight.T + self.bias, axis=1)
+
+    def save(self, folder: Path, card: ScorerCard, report: dict[str, Any]) -> None:
+        """Beside the certainty heads; the card names it (the scorer's version changes with it)."""
+        import torch
+        from safetensors.torch import save_file
+
+        head = TaskHeadCard(families=self.families, **report)
+        partial = folder / f".{head.file}.partial"
+        tensors = {"weight": self.weight, "bias": self.bias}
+        save_file(
+            {k: torch.from_numpy(np.ascontiguousarray(v)).float() for k, v in tensors.items()}, str(partial)
+        )
+        partial.replace(folder / head.file)
+        card.task_head = head
+        card.save(folder)
+
+
+def accuracy_by(records: list[QARecord], guessed: list[str], key: str) -> dict[str, dict[str, Any]]:
+    """Per family (or source): rows, those whose family was guessed right, and the share with its 95% Wilson
+    interval; and which families the misses were taken for."""
+    groups: dict[str, list[tuple[QARecord, str]]] = defaultdict(list)
+    for record, guess in zip(records, guessed, strict=True):
+        groups[getattr(record, key)].append((record, guess))
+    report = {}
+    for name, pairs in sorted(groups.items()):
+        right = sum(r.family == g for r, g in pairs)
+        missed = Counter(g for r, g in pairs if r.family != g)
+        report[name] = {
+            "n": len(pairs),
+            "correct": right,
+            "accuracy": round(right / len(pairs), 4),
+            "interval": [round(v, 4) for v in wilson(right, len(pairs))],
+            "taken_for": dict(missed.most_common()),
+        }
+    return report
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    share = successes / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def train_task_head(
+    folder: Path,
+    records: list[QARecord],
+    held_out: frozenset[str],
+    per_source: int,
+    seed: int,
+    cache: Path | None = None,
+) -> dict[str, Any]:
+    """Fit the task head of the scorer in `folder` on `records`' families, judge it on the test rows (the
+    held-out sources' and the others' test split), and write it into the folder. Returns the report."""
+    card = ScorerCard.load(folder)
+    fitter = TaskHeadFitter(HeadScorer(LocalModel(card.base_model), folder), cache)
+    data = split(sampled(records, per_source, seed), seed, held_out)
+    head = fitter.fit(data)
+    guessed = [head.families[i] for i in head.predict(fitter.states(data.test))]
+    report = {
+        "c": head.c,
+        "c_grid": list(C_GRID),
+        "dev_balanced_accuracy": {str(c): round(v, 4) for c, v in head.dev_balanced_accuracy.items()},
+        "split_rule": RULE,
+        "seed": seed,
+        "per_source": per_source,
+        "held_out_sources": sorted(held_out),
+        "rows": {
+            name: dict(Counter(r.family for r in rows))
+            for name, rows in (("train", data.train), ("dev", data.dev), ("test", data.test))
+        },
+        "test_accuracy": accuracy_by(data.test, guessed, "family"),
+        "test_accuracy_by_source": accuracy_by(data.test, guessed, "source"),
+    }
+    head.save(folder, card, report)
+    return report
