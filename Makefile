@@ -100,10 +100,10 @@ scorer: install
 # each source, every family; one source per family that has several judges only (docs/default-scorer.md).
 TASK_SETS := $(QA_SETS) $(MC_SETS) $(addprefix --data $(DATA)/,nq_open/NQ-open.efficientqa.dev.1.1.jsonl \
 	nq_open/NQ-open.efficientqa.test.1.1.jsonl pubmedqa/pubmed_qa_labeled.jsonl gsm8k/test.jsonl) \
-	--data humaneval --data ifeval --data chatterbot --data arena_creative
+	--data humaneval --data arena_code --data ifeval --data chatterbot --data arena_creative
 task-head: install
 	$(BIN)/router train-task-head --scorer $(SCORER) --per-source 300 $(TASK_SETS) \
-		--hold-out jeopardy --hold-out nq_open_efficientqa_test --hold-out openbook_qa --hold-out boolq
+		--hold-out jeopardy --hold-out nq_open_efficientqa_test --hold-out openbook_qa
 
 scorer-eval: install
 	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(LABELS) --data $(EFFICIENTQA) --out docs/scorer-eval --cross-fit 5

@@ -9,10 +9,12 @@
 4. Peak memory of a serving process vs the model's weights.
 5. A head scorer predicting K targets (one head per model, one forward pass) vs the same scorer with one
    head, at batch 1 and batch 32.
+6. The same scorer with a kind-of-request head (a softmax over the seven task families on the same states)
+   vs without, at batch 1 and batch 32.
 
 Speed does not depend on what the adapters learned, so they are freshly initialised here.
 
-    python -m bench.scorer [--layer 20] [--prompts 40] [--sections 1,2,3,4,5] [--targets 2]
+    python -m bench.scorer [--layer 20] [--prompts 40] [--sections 1,2,3,4,5,6] [--targets 2]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,14 +34,16 @@ from pathlib import Path
 import httpx
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from localmodel import catalog as models
 from localmodel.model import LocalModel
 from policies import load_policy
+from policies.facts import TASK_FAMILIES
 from router.service import Router
 from scorers import ScoreItem
-from scorers.card import ScorerCard, TargetCard
+from scorers.card import ScorerCard, TargetCard, TaskHeadCard
 from scorers.head import HeadScorer, save_head
 from scorers.intrinsic import IntrinsicScorer, IOConfig, certainty_suffix
 from train.data import shared_data_dir
@@ -114,6 +119,18 @@ def with_targets(head: Path, out: Path, targets: int) -> Path:
     return out
 
 
+def with_task_head(head: Path, out: Path) -> Path:
+    """The same scorer with a task head over the seven families beside its certainty head."""
+    shutil.copytree(head, out)
+    families = list(TASK_FAMILIES)
+    save_file(
+        {"weight": torch.randn(len(families), 2 * 576), "bias": torch.zeros(len(families))}, str(out / "t")
+    )
+    (out / "t").rename(out / TaskHeadCard(families=families).file)
+    ScorerCard.load(out).model_copy(update={"task_head": TaskHeadCard(families=families)}).save(out)
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -123,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layer", type=int, default=20)  # the shipped scorer's
     parser.add_argument("--prompts", type=int, default=40)
-    parser.add_argument("--sections", default="1,2,3,4,5", help="Which figures to measure.")
+    parser.add_argument("--sections", default="1,2,3,4,5,6", help="Which figures to measure.")
     parser.add_argument("--targets", type=int, default=2, help="Section 5: heads in the multi-target scorer.")
     args = parser.parse_args()
     sections = {int(x) for x in args.sections.split(",")}
@@ -150,9 +167,21 @@ def main() -> None:
     full = median_time(bare, prompts)
     pre = median_time(pre_generation, prompts)
     if 5 in sections:
-        k, ratio = multi_target(model, head, with_targets(head_dir, work / "targets", args.targets), prompts)
-    if sections == {5}:
-        print(f"headline: scoring {k} targets costs {ratio:.3f}x scoring one")
+        many = HeadScorer(model, with_targets(head_dir, work / "targets", args.targets))
+        k = len(many.targets)
+        ratio = compare(f"5. {k} targets vs 1", head, many, prompts)
+    if 6 in sections:
+        tasks = compare(
+            "6. with a task head vs without",
+            head,
+            HeadScorer(model, with_task_head(head_dir, work / "t")),
+            prompts,
+        )
+    if sections <= {5, 6}:
+        if 6 in sections:
+            print(f"headline: scoring with a task head costs {tasks:.3f}x scoring without")
+        else:
+            print(f"headline: scoring {k} targets costs {ratio:.3f}x scoring one")
         return
     print(
         f"1. batch 1: bare full forward {full * 1000:.1f} ms; "
@@ -216,28 +245,23 @@ def main() -> None:
     print(f"headline: pre-generation score at batch 1 = {pre / full:.3f}x a bare full forward pass")
 
 
-def multi_target(
-    model: LocalModel, one: HeadScorer, many_dir: Path, prompts: list[Messages]
-) -> tuple[int, float]:
-    """(targets, the dearer of the two ratios); rounds alternate the two scorers and each reports its best,
-    as in section 2."""
-    many = HeadScorer(model, many_dir)
-    items = [ScoreItem(m) for m in prompts]
-    batch32 = items[:32]
+def compare(label: str, one: HeadScorer, other: HeadScorer, prompts: list[Messages]) -> float:
+    """`other`'s cost against `one`'s, the dearer of batch 1 and batch 32; rounds alternate the two scorers
+    and each reports its best, as in section 2."""
+    batch32 = [ScoreItem(m) for m in prompts[:32]]
     single, multi, single32, multi32 = [], [], 0.0, 0.0
     for _ in range(ROUNDS):
         single.append(median_time(lambda m: one.score_batch([ScoreItem(m)]), prompts))
-        multi.append(median_time(lambda m: many.score_batch([ScoreItem(m)]), prompts))
+        multi.append(median_time(lambda m: other.score_batch([ScoreItem(m)]), prompts))
         single32 = max(single32, 32 / timed(lambda: one.score_batch(batch32)))
-        multi32 = max(multi32, 32 / timed(lambda: many.score_batch(batch32)))
+        multi32 = max(multi32, 32 / timed(lambda: other.score_batch(batch32)))
     ratio1, ratio32 = min(multi) / min(single), single32 / multi32
-    k = len(many.targets)
     print(
-        f"5. {k} targets vs 1, best of {ROUNDS} alternating rounds: batch 1 {min(multi) * 1000:.1f} vs "
+        f"{label}, best of {ROUNDS} alternating rounds: batch 1 {min(multi) * 1000:.1f} vs "
         f"{min(single) * 1000:.1f} ms, ratio {ratio1:.3f}x; batch 32 {multi32:.1f} vs {single32:.1f} req/s, "
         f"time ratio {ratio32:.3f}x (target <= 1.05)"
     )
-    return k, max(ratio1, ratio32)
+    return max(ratio1, ratio32)
 
 
 def serving_peak_rss(policy_file: Path, prompts: list[Messages]) -> int:

