@@ -8,6 +8,7 @@ import asyncio
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import httpx
 import numpy as np
@@ -22,10 +23,10 @@ from scorers import RawScore, ScoreItem
 from scorers.card import ScorerCard
 from scorers.head import HEAD_FILE, HeadScorer
 from tests.conftest import Served, head_scorer_yaml
-from train.data import load_records
+from train.data import Task, load_records, shared_data_dir
 from train.task_head import as_sent, split, train_task_head
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
+DATA = shared_data_dir()
 SHIPPED = DEFAULT_POLICY_PATH.parent / "scorers" / "smollm2-head"
 
 
@@ -197,3 +198,7 @@ def test_the_score_endpoint_gives_each_familys_probability(shipped: Served) -> N
     assert set(scored["task_probabilities"]) == set(TASK_FAMILIES)
     assert sum(scored["task_probabilities"].values()) == pytest.approx(1, abs=1e-5)
     assert scored["task"] == "qa"
+
+
+def test_the_policy_language_knows_every_family_a_record_can_have() -> None:
+    assert set(get_args(Task)) == set(TASK_FAMILIES)
