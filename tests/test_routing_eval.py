@@ -225,6 +225,27 @@ def test_per_source_breakdown() -> None:
     assert b["strategies"]["oracle"]["apgr"] == pytest.approx(oracle_apgr(weak[200:], strong[200:]))
 
 
+def test_per_family_breakdown_says_where_no_target_is_ever_right(tmp_path: Path) -> None:
+    weak, strong = two_targets(600, 17)
+    weak[400:], strong[400:] = 0.0, 0.0  # "math": neither model is ever right
+    families = ["qa"] * 400 + ["math"] * 200
+    evaluation = routing_evaluation(
+        {"local": weak, "cloud": strong},
+        {"local": 0.0, "cloud": 0.002},
+        noisy(weak, strong, 18),
+        ["s"] * 600,
+        n_resamples=RESAMPLES,
+        families=families,
+    )
+    qa, math = evaluation.metrics["by_family"]["qa"], evaluation.metrics["by_family"]["math"]
+    assert (qa["n"], math["n"]) == (400, 200) and "note" not in qa
+    assert math["note"] == "no target is ever right on these rows: no ratio"
+    assert qa["strategies"]["oracle"]["apgr"] == pytest.approx(oracle_apgr(weak[:400], strong[:400]))
+    write_report(tmp_path, evaluation)
+    report = (tmp_path / "report.md").read_text()
+    assert "## By family" in report and "| math | 200 | no target is ever right on these rows" in report
+
+
 def test_writes_json_report_and_pictures(tmp_path: Path) -> None:
     weak, strong = two_targets(1500, 17)
     notes = ["held-out test rows of split seed 0"]

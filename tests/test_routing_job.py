@@ -43,6 +43,8 @@ def test_eval_routing_writes_the_report_for_matched_questions(
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == matched  # only questions both models labelled
+    assert sum(entry["n"] for entry in metrics["by_family"].values()) == matched
+    assert set(metrics["by_family"]) <= {"qa", "choice", "passage"}  # Gemma labelled short answers only
     assert set(metrics["strategies"]) >= {"scorer", "cascade", "nprob", "random", "oracle"}
     assert metrics["strategies"]["random"]["apgr"]["value"] == pytest.approx(0.5)
     oracle, scored = (metrics["strategies"][name]["apgr"]["value"] for name in ("oracle", "scorer"))

@@ -102,9 +102,12 @@ def evaluate_routing(
     seed: int = 0,
     n_resamples: int = 500,
     notes: Sequence[str] = (),
+    families: list[str] | None = None,
 ) -> dict[str, Any]:
     """Every strategy's metrics (see the module docstring)."""
-    return routing_evaluation(correct, costs, confidences, sources, nprob, seed, n_resamples, notes).metrics
+    return routing_evaluation(
+        correct, costs, confidences, sources, nprob, seed, n_resamples, notes, families
+    ).metrics
 
 
 def routing_evaluation(
@@ -116,8 +119,10 @@ def routing_evaluation(
     seed: int = 0,
     n_resamples: int = 500,
     notes: Sequence[str] = (),
+    families: list[str] | None = None,
 ) -> RoutingEvaluation:
-    """`evaluate_routing`'s metrics with the strategies and rows they were computed from."""
+    """`evaluate_routing`'s metrics with the strategies and rows they were computed from; `families`, each
+    row's task family, adds the same breakdown by family as by source."""
     data, source = _validate(correct, costs, confidences, sources, nprob)
     accuracy = data.correct.mean(axis=0)
     best = int(np.argmax(accuracy))  # the cheapest of the most accurate on ties
@@ -150,11 +155,18 @@ def routing_evaluation(
     }
     if two:
         metrics["differences"] = _differences(strategies, boot)
-    metrics["by_source"] = {
-        name: _source_metrics(data.take(np.flatnonzero(source == name)), best)
-        for name in sorted(set(source.tolist()))
-    }
+    metrics["by_source"] = _breakdown(data, source, best)
+    if families is not None:
+        metrics["by_family"] = _breakdown(data, np.asarray(families, dtype=np.str_), best)
     return RoutingEvaluation(metrics, strategies, data)
+
+
+def _breakdown(data: Rows, groups: NDArray[np.str_], best: int) -> dict[str, Any]:
+    """Each group's rows judged alone (a source's, a family's), the best target being the full set's."""
+    return {
+        name: _source_metrics(data.take(np.flatnonzero(groups == name)), best)
+        for name in sorted(set(groups.tolist()))
+    }
 
 
 def _validate(
@@ -346,6 +358,8 @@ def _source_metrics(data: Rows, best: int) -> dict[str, Any]:
         },
         "strategies": {},
     }
+    if not data.correct.any():
+        entry["note"] = "no target is ever right on these rows: no ratio"
     for name, s in strategies.items():
         at_95 = cost_at_quality(s.curve, s.reference)
         result: dict[str, Any] = {"n": len(s.rows), "cost_at_95": None if at_95 is None else at_95 * PER}

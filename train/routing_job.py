@@ -13,6 +13,7 @@ import numpy as np
 from localmodel import LocalModel
 from scorers.card import ScorerCard
 from scorers.head import HeadScorer
+from train.data import QARecord
 from train.jobs import read_labels, target_confidences
 from train.routing_eval import PER, routing_evaluation
 from train.routing_report import write_report
@@ -94,6 +95,7 @@ def evaluate_routing_job(
         [r["source"] for r in rows],
         nprob=nprob if not np.isnan(nprob).all() else None,
         notes=notes,
+        families=[QARecord.of_label(r).family for r in rows],
     )
     write_report(out, evaluation)
     return evaluation.metrics

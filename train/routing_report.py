@@ -217,11 +217,13 @@ def _report_lines(metrics: dict[str, Any]) -> list[str]:
         shares = " | ".join(f"{p['share'][name]:.1%}" for name in names)
         rule = f"| {p['quantile']:g} | {p['threshold']:.4f} | {p['accuracy']:.4f}"
         lines.append(f"{rule} | {_dollars(p['cost_per_1k'])} | {shares} |")
-    lines += _source_table(metrics, two)
+    lines += _group_table(metrics, two, "source")
+    if "by_family" in metrics:
+        lines += _group_table(metrics, two, "family")
     return lines
 
 
-def _source_table(metrics: dict[str, Any], two: bool) -> list[str]:
+def _group_table(metrics: dict[str, Any], two: bool, group: str) -> list[str]:
     names: list[str] = metrics["cheapest_first"]
     strategies = list(metrics["strategies"])
     what = "APGR" if two else "cost at 95% ($ per 1k)"
@@ -230,16 +232,20 @@ def _source_table(metrics: dict[str, Any], two: bool) -> list[str]:
     )
     lines = [
         "",
-        "## By source",
+        f"## By {group}",
         "",
         f"Accuracy (positives) and the scorer's AUROC per target, then each strategy's {what} on the "
-        f"source's rows; {undefined}.",
+        f"{group}'s rows; {undefined}; where no target is ever right, no ratio at all.",
         "",
-        "| source | n | " + " | ".join(names + strategies) + " |",
+        f"| {group} | n | " + " | ".join(names + strategies) + " |",
         "| --- | ---: |" + " ---: |" * (len(names) + len(strategies)),
     ]
-    for source, entry in metrics["by_source"].items():
+    for source, entry in metrics[f"by_{group}"].items():
         targets = entry["targets"].values()
+        if "note" in entry:
+            blank = " |" * (len(names) + len(strategies) - 1)
+            lines.append(f"| {source} | {entry['n']} | {entry['note']} |{blank}")
+            continue
         cells = [f"{t['accuracy']:.3f} ({t['positives']}), {_point(t.get('auroc'))}" for t in targets]
         for name in strategies:
             s = entry["strategies"].get(name)
