@@ -57,6 +57,9 @@ LABELS := train/labels/smollm2-135m-instruct.jsonl
 EFFICIENTQA := train/labels/smollm2-135m-instruct-efficientqa.jsonl
 GEMMA := train/labels/gemma-3-270m.jsonl
 PASSAGES := train/labels/smollm2-135m-instruct-passages.jsonl
+FAMILIES := train/labels/smollm2-135m-instruct-families.jsonl
+GEMMA_FAMILIES := train/labels/gemma-3-270m-families.jsonl
+FAMILY_SETS := --data humaneval --data ifeval --data $(DATA)/gsm8k/test.jsonl
 SCORER := policies/scorers/smollm2-head
 QA_SETS := $(addprefix --data $(DATA)/,triviaqa/triviaqa_sm_sub.jsonl nq_open/NQ-open.dev.jsonl \
 	wikidata/bigbench_qa_wikidata.jsonl jeopardy/jeopardy_all.jsonl)
@@ -87,6 +90,12 @@ labels: install
 		--context-variants --limit 500 --data $(DATA)/pubmedqa/pubmed_qa_labeled.jsonl
 	$(BIN)/router build-dataset --out $(PASSAGES) --max-new-tokens 20 --seed 0 --samples 0 --batch-size 32 \
 		--context-variants --limit 300 --data $(DATA)/multiple_choice/boolq.jsonl
+	# The families answered at length (256 new tokens, the built-in policy's cap), each graded by its own
+	# grader: HumanEval's 164 functions, and 400 each of IFEval's prompts and GSM8K's problems, interleaved.
+	$(BIN)/router build-dataset --out $(FAMILIES) --max-new-tokens 256 --seed 0 --samples 0 --batch-size 16 \
+		--limit 400 $(FAMILY_SETS)
+	$(BIN)/router build-dataset --model gemma-3-270m --out $(GEMMA_FAMILIES) --max-new-tokens 256 --seed 0 \
+		--samples 0 --batch-size 16 --limit 400 $(FAMILY_SETS)
 
 # PubMedQA's passage rows teach the head to notice a passage that cannot answer the question (the RAG
 # guard). BoolQ is held out: a passage domain it never saw, and training on its closed-book rows cost
