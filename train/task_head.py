@@ -73,30 +73,30 @@ def split(records: list[QARecord], seed: int, held_out: frozenset[str]) -> Split
     """The scorers' split rule (train/splits.py); calibration rows are not needed and join none."""
     parts: dict[str, list[QARecord]] = defaultdict(list)
     for record in records:
-        parts["test" if record.source in held_out else split_of(record.variant_of or record.id, seed)].append(
-            record
-        )
+        part = "test" if record.source in held_out else split_of(record.variant_of or record.id, seed)
+        parts[part].append(record)
     return Split(parts["train"], parts["dev"], parts["test"])
 
 
 class TaskHeadFitter:
     def __init__(self, scorer: HeadScorer, cache: Path | None = None, batch_size: int = 16) -> None:
-        """`cache`: an .npz of states by request and scorer version, read and extended, so that a refit
-        (other sources, another sample) computes only the states it has not seen."""
+        """`cache`: an .npz of states by request and by what states depend on (the adapter, layer and
+        pooling), read and extended, so that a refit (other sources, another sample) computes only the states
+        it has not seen."""
         self.scorer, self.cache, self.batch_size = scorer, cache, batch_size
         self.known: dict[str, np.ndarray] = {}
         if cache and cache.is_file():
             stored = np.load(cache)
             self.known = dict(zip(stored["keys"].tolist(), stored["states"], strict=True))
-        # What the states depend on: the adapter, the layer and the pooling (not the heads on top).
+        # Not the scorer's version: that changes with the heads on top, which the states do not depend on.
         adapter = folder_digest(scorer.folder, ["adapter_model.safetensors", "adapter_config.json"])
         self.reads = f"{ScorerCard.load(scorer.folder).base_model}:{adapter}:{scorer.layer}:{scorer.pooling}"
 
     def states(self, records: list[QARecord]) -> np.ndarray:
         """The pooled states the scorer's heads read, batched by length (padding is what a batch costs)."""
         keys = [self._key(r) for r in records]
-        missing = sorted({k: r for k, r in zip(keys, records, strict=True) if k not in self.known}.items())
-        missing.sort(key=lambda pair: pair[1].prompt_chars)
+        unseen = {k: r for k, r in zip(keys, records, strict=True) if k not in self.known}
+        missing = sorted(unseen.items(), key=lambda pair: (pair[1].prompt_chars, pair[0]))
         for number, part in enumerate(self._batches(missing)):
             states = self.scorer.states([ScoreItem(as_sent(r)) for _, r in part]).cpu().numpy()
             self.known.update(zip([k for k, _ in part], states.astype(np.float64), strict=True))
