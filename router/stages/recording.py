@@ -44,12 +44,12 @@ class Recording:
         """`started`: when the target was first asked (perf_counter); `asked`: the client asked to give
         feedback (x-router-feedback: keep). `routed`, saying whether its decision was kept. If recording
         fails or is cancelled (the client left), an opened stream is closed: it must not linger."""
-        decision = routed.decision
+        decision, family = routed.decision, scored.family if scored else None
         try:
             if decision.target is not None:
                 elapsed = time.perf_counter() - started
                 self.metrics.upstream_seconds.labels(decision.target).observe(elapsed)
-            self.metrics.decided(decision, scored.family if scored else None)
+            self.metrics.decided(decision, family)
             kept = await self._logged(routed.request_id, decision, scored, tenant, asked)
         except BaseException:
             if routed.chunks is not None:
@@ -64,7 +64,7 @@ class Recording:
             decision.target,
             "-" if decision.confidence is None else f"{decision.confidence:.3f}",
         )
-        return dataclasses.replace(routed, decision_kept=kept, task=scored.family if scored else None)
+        return dataclasses.replace(routed, decision_kept=kept, task=family)
 
     async def _logged(
         self, request_id: str, decision: Decision, scored: Scored | None, tenant: str | None, asked: bool
