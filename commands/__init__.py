@@ -37,6 +37,9 @@ app.command("eval-scorer", short_help="Judge a scorer on rows it never saw (AURO
 app.command("eval-routing", short_help="Judge routing on questions every model labelled (APGR).")(
     training.eval_routing
 )
+app.command("eval-judge", short_help="How far an LLM judge agrees with the gold graders (kappa).")(
+    training.eval_judge
+)
 app.command("train-answerer", short_help="Teach the local model to answer, doubt or refuse in JSON.")(
     training.train_answerer
 )

@@ -79,6 +79,17 @@ def build_dataset(
         str | None,
         typer.Option(help="The policy's litellm target that judges (with --judge-policy)."),
     ] = None,
+    answered: Annotated[
+        bool,
+        typer.Option(
+            "--answered",
+            help="The --data files are labels files: grade the answers in them again, asking no model "
+            "(with --grader judge, the judge's verdict beside each row's gold grade).",
+        ),
+    ] = False,
+    source: Annotated[
+        list[str] | None, typer.Option("--source", help="Only the rows of this source (repeat the option).")
+    ] = None,
     judge_self: Annotated[
         bool,
         typer.Option(
@@ -97,6 +108,11 @@ def build_dataset(
         return typer.Exit(2)
 
     remote = None
+    if answered and (policy is not None or model is not None or context_variants):
+        raise usage(
+            "--answered grades the answers already in the --data files: no --model, --policy or "
+            "--context-variants"
+        )
     if policy is None and target is not None:
         raise usage("--target needs --policy (the policy file that defines the target)")
     if judge_policy is None and judge_target is not None:
@@ -118,19 +134,30 @@ def build_dataset(
             for line in exc.lines:
                 typer.echo(line, err=True)
             raise typer.Exit(2) from None
+    records = training.records_to_label(data, limit, seed, context_variants, frozenset(source or []))
+    answers = None
+    if answered:
+        from train.label import answered_rows
+
+        try:
+            answers = answered_rows(data)
+        except ValueError as exc:
+            raise usage(str(exc)) from None
     judge = None
     if judge_policy is not None:
         from commands.judge import judge_for
         from commands.remote_label import PolicyTargetError
 
-        labelled = remote.target.model if remote is not None else model or training.DEFAULT_LABELLER
+        if answers is not None:
+            labelled = {answers[r.id].get("model", "") for r in records}
+        else:
+            labelled = {remote.target.model if remote is not None else model or training.DEFAULT_LABELLER}
         try:
             judge = judge_for(judge_policy, judge_target, concurrency, labelled, judge_self)
         except PolicyTargetError as exc:
             for line in exc.lines:
                 typer.echo(line, err=True)
             raise typer.Exit(2) from None
-    records = training.records_to_label(data, limit, seed, context_variants)
     grading = training.grading_for(records, grader)
     if judge is not None and grader == "judge":
         from commands.judge import JudgingEveryRow
@@ -139,10 +166,10 @@ def build_dataset(
     from train.label import LabelSettings
 
     settings = LabelSettings(4 if samples is None else samples, temperature, max_new_tokens, batch_size)
-    if remote is None and judge is None:
+    if remote is None and judge is None and answers is None:
         written = training.label_locally(records, out, model, settings, grading)
     else:
-        from commands.judge import local_labeller
+        from commands.judge import answered_labeller, local_labeller
         from commands.remote_label import (
             AsyncLabeller,
             RemoteLabelError,
@@ -151,7 +178,9 @@ def build_dataset(
         )
 
         label: AsyncLabeller
-        if remote is not None:
+        if answers is not None:
+            label = answered_labeller(answers, grading)
+        elif remote is not None:
             label = partial(remote.label_batch, grading=grading)
         else:
             label = local_labeller(model or training.DEFAULT_LABELLER, settings, grading)

@@ -11,6 +11,7 @@ parsing are train/'s; the call is router/'s: this joins them, above both.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,11 @@ class JudgingEveryRow(Grading):
         return super().grader(record.model_copy(update={"grader": JudgeGrader.name}))
 
 
-def judge_for(policy: Path, target: str | None, concurrency: int, labelled: str, judge_self: bool) -> Judge:
+def judge_for(
+    policy: Path, target: str | None, concurrency: int, labelled: Collection[str], judge_self: bool
+) -> Judge:
     """The judge: the litellm target `target` of `policy`. A model may not judge its own answers (the
-    labelled model's name against the judge's, see `same_model`) unless `judge_self`."""
+    labelled models' names against the judge's, see `same_model`) unless `judge_self`."""
     caller = labeller_for(
         policy,
         target,
@@ -92,8 +95,9 @@ def judge_for(policy: Path, target: str | None, concurrency: int, labelled: str,
         local_hint="a local model judges once served: `router serve`, then an openai/ litellm target",
     )
     judge = caller.target.model
-    if not judge_self and same_model(judge, labelled):
-        said = f"--judge-target '{target}' is {judge}, the model being labelled ({labelled})"
+    own = sorted(model for model in labelled if same_model(judge, model))
+    if not judge_self and own:
+        said = f"--judge-target '{target}' is {judge}, the model being labelled ({own[0]})"
         raise PolicyTargetError(
             [f"error: {said}: a model may not judge its own answers; --judge-self allows it"]
         )
@@ -109,6 +113,16 @@ def same_model(judge: str, labelled: str) -> bool:
         return model.rstrip("/").rsplit("/", 1)[-1].lower()
 
     return name(judge) == name(labelled)
+
+
+def answered_labeller(answers: Mapping[str, dict[str, Any]], grading: Grading) -> AsyncLabeller:
+    """The answers already in labels files (`--answered`), graded again, on the judge's event loop."""
+    from train.label import regrade_batch
+
+    async def label(batch: list[QARecord]) -> list[dict[str, Any]]:
+        return regrade_batch(answers, batch, grading)
+
+    return label
 
 
 def local_labeller(model: str, settings: LabelSettings, grading: Grading) -> AsyncLabeller:

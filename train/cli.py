@@ -20,15 +20,30 @@ DEFAULT_LABELLER = "smollm2-135m-instruct"
 
 
 def records_to_label(
-    data: list[Path], limit: int | None, seed: int, context_variants: bool
+    data: list[Path],
+    limit: int | None,
+    seed: int,
+    context_variants: bool,
+    sources: frozenset[str] = frozenset(),
 ) -> list[QARecord]:
-    """Up to `limit` shuffled rows per file, interleaved, so a partial run covers every source; with
-    `context_variants`, each question that has a passage asked three ways. A bad file exits with 2."""
+    """Up to `limit` shuffled rows per file (of `sources` only, when given), interleaved, so a partial run
+    covers every source; with `context_variants`, each question that has a passage asked three ways. A bad
+    file, or a source in none of them, exits with 2."""
     per_file = []
+    seen: set[str] = set()
     for path in data:
-        records = _loaded(path)
+        loaded = _loaded(path)
+        seen.update(r.source for r in loaded)
+        records = [r for r in loaded if not sources or r.source in sources]
         random.Random(f"{seed}:{path.name}").shuffle(records)
         per_file.append(records[:limit])
+    if missing := sorted(sources - seen):
+        known = ", ".join(sorted(seen))
+        typer.echo(
+            f"error: --source {missing[0]}: no row of it in the --data files (their sources: {known})",
+            err=True,
+        )
+        raise typer.Exit(2)
     interleaved = [r for r in chain.from_iterable(zip_longest(*per_file)) if r is not None]
     if not context_variants:
         return interleaved
@@ -265,6 +280,30 @@ def eval_scorer(
         f"{out / 'metrics.json'}: n={scorer['n']} positives={scorer['positives']} "
         f"AUROC={scorer['auroc']['value'] if scorer['auroc'] else 'undefined'}"
     )
+
+
+def eval_judge(
+    labels: Annotated[
+        list[Path], typer.Option("--labels", help="labels.jsonl written with --grader judge (repeat).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json and report.md.")],
+) -> None:
+    """How far a judge agrees with the gold graders on rows both graded: verdicts given, agreement and
+    Cohen's kappa per gold grader, and whether the judge is trusted."""
+    from train import judge_agreement
+
+    try:
+        rows = judge_agreement.judged_rows(labels)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if not rows:
+        said = "no row was judged beside a gold grade (label with --grader judge)"
+        typer.echo(f"error: {', '.join(map(str, labels))}: {said}", err=True)
+        raise typer.Exit(2)
+    agreements = judge_agreement.agreement(rows)
+    judge_agreement.write(agreements, out)
+    typer.echo(judge_agreement.report(agreements), nl=False)
 
 
 def eval_routing(

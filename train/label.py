@@ -106,6 +106,40 @@ def label_batch(
     return rows
 
 
+def answered_rows(paths: Iterable[Path]) -> dict[str, dict[str, Any]]:
+    """The rows of labels files by id, for grading their answers again; raises ValueError naming the file
+    and line of a row that holds no answer."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row.get("greedy"), str):
+                said = "greedy: missing (is this a labels file from build-dataset?)"
+                raise ValueError(f"{path}:{line_no}: {said}")
+            rows[row["id"]] = row
+    return rows
+
+
+def regrade_batch(
+    answered: Mapping[str, dict[str, Any]], records: list[QARecord], grading: Grading
+) -> list[dict[str, Any]]:
+    """Rows answered before, graded again by `grading`: the answers and what was measured of them are kept,
+    the grades are the graders' of today."""
+    rows = []
+    for record in records:
+        row = answered[record.id]
+        rows.append(
+            {
+                **row,
+                "sample_accuracy": grading.accuracy(row.get("samples", []), record),
+                **grading.fields(row["greedy"], record),
+            }
+        )
+    return rows
+
+
 Labeller = Callable[[list[QARecord]], list[dict[str, Any]]]
 """One labelled row per record of a batch, in the batch's order."""
 

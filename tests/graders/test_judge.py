@@ -377,3 +377,78 @@ def test_a_served_model_judges_end_to_end_and_its_non_verdicts_are_recorded_unju
         assert details["ungraded"].startswith("no verdict in 3 replies: ")
         assert 0 < details["completion_tokens"] <= 24 and details["prompt_tokens"] > 0
     assert labelled["france"]["grade_details"]["gold"]["grader"] == "alias"
+
+
+def answered_file(tmp_path: Path, model: str = "answerer") -> Path:
+    """A labels file as `build-dataset` writes one: ROWS' gold-graded rows answered "Paris", graded wrong
+    on purpose, so that grading them again shows."""
+    path = tmp_path / "answered.jsonl"
+    answered = [
+        {**row, "greedy": "Paris", "samples": [], "model": model, "correct": None, "grader": "alias"}
+        for row in ROWS
+        if row["answers"]
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in answered))
+    return path
+
+
+def test_answered_rows_are_graded_again_without_asking_any_model(tmp_path: Path) -> None:
+    answered, out = answered_file(tmp_path), tmp_path / "regraded.jsonl"
+    said = "error: --source rows: no row of it in the --data files (their sources: answered)"
+    assert error_line(label(answered, out, "--answered", "--source", "rows")) == said
+    result = label(answered, out, "--answered")
+    assert result.exit_code == 0, result.output
+    regraded = rows(out)
+    assert (regraded["france"]["correct"], regraded["spider"]["correct"]) == (True, False)
+    assert regraded["france"]["greedy"] == "Paris" and regraded["france"]["model"] == "answerer"
+    assert regraded["france"]["grading"] == AliasGrader.rule
+
+    no_answers = tmp_path / "questions.jsonl"
+    no_answers.write_text(json.dumps(ROWS[0]) + "\n")
+    said = f"error: {no_answers}:1: greedy: missing (is this a labels file from build-dataset?)"
+    assert error_line(label(no_answers, tmp_path / "x.jsonl", "--answered")) == said
+    refused = label(answered, out, "--answered", "--model", "smollm2-135m-instruct")
+    assert error_line(refused).startswith("error: --answered grades the answers already in the --data files")
+
+
+def test_answered_rows_judged_give_the_judges_agreement_with_the_gold_graders(
+    provider: Provider, tmp_path: Path
+) -> None:
+    """The judge says "correct" to the France row, "incorrect" to the spider one, as the alias grader does:
+    it agrees on both, and kappa is 1. Said "correct" to both, it agrees on one, and kappa is 0."""
+    provider.respond = lambda body: (
+        verdict("correct", 0.9) if "France" in body["messages"][1]["content"] else verdict("incorrect", 0.1)
+    )
+    judging, answered = policy(tmp_path, provider.base_url), answered_file(tmp_path)
+    judge = ["--answered", "--grader", "judge", "--judge-policy", str(judging), "--judge-target", "judge"]
+    assert "model being labelled (answerer)" in error_line(
+        label(answered, tmp_path / "self.jsonl", *judge[:-1], "same")
+    )
+    out = tmp_path / "judged.jsonl"
+    result = label(answered, out, *judge)
+    assert result.exit_code == 0, result.output
+    assert sorted(provider.judged_rows()) == ["france", "spider"]
+    judged = rows(out)
+    assert (
+        judged["spider"]["correct"] is False and judged["spider"]["grade_details"]["gold"]["correct"] is False
+    )
+
+    report = tmp_path / "agreement"
+    result = CliRunner().invoke(app, ["eval-judge", "--labels", str(out), "--out", str(report)])
+    assert result.exit_code == 0, result.output
+    (alias,) = json.loads((report / "metrics.json").read_text())["graders"]
+    assert (alias["grader"], alias["rows"], alias["judged"], alias["agree"]) == ("alias", 2, 2, 2)
+    assert alias["kappa"] == pytest.approx(1.0) and alias["cost"] == pytest.approx(2 * RULING)
+    assert alias["trusted"] is True
+    assert "| alias | openai/judge | 2 | 2 | 1 | 1 | 1.000 [0.34, 1.00] | 1.000" in result.stdout
+
+    provider.respond = lambda body: verdict("correct", 0.9)
+    again = tmp_path / "always-correct.jsonl"
+    assert label(answered, again, *judge).exit_code == 0
+    result = CliRunner().invoke(app, ["eval-judge", "--labels", str(again), "--out", str(report)])
+    (alias,) = json.loads((report / "metrics.json").read_text())["graders"]
+    assert (alias["agree"], alias["kappa"], alias["trusted"]) == (1, 0.0, False)
+    assert "Not trusted" in result.stdout
+
+    result = CliRunner().invoke(app, ["eval-judge", "--labels", str(answered), "--out", str(report)])
+    assert error_line(result).endswith("no row was judged beside a gold grade (label with --grader judge)")
