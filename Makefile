@@ -67,7 +67,7 @@ MC_SETS := $(addprefix --data $(DATA)/multiple_choice/,arc_easy.jsonl boolq.json
 	arc_challenge.jsonl openbook_qa.jsonl)
 LABEL := $(BIN)/router build-dataset --out $(LABELS) --max-new-tokens 20 --seed 0
 
-.PHONY: labels scorer task-head scorer-eval routing-eval
+.PHONY: labels scorer task-head scorer-eval routing-eval judge-agreement
 labels: install
 	# 167 questions per set with 4 sampled answers each: the self-consistency targets of EliCal's stage 1.
 	$(LABEL) --samples 4 --batch-size 16 --limit 167 $(QA_SETS) $(MC_SETS)
@@ -113,6 +113,20 @@ TASK_SETS := $(QA_SETS) $(MC_SETS) $(addprefix --data $(DATA)/,nq_open/NQ-open.e
 task-head: install
 	$(BIN)/router train-task-head --scorer $(SCORER) --per-source 300 $(TASK_SETS) \
 		--hold-out jeopardy --hold-out nq_open_efficientqa_test --hold-out openbook_qa
+
+# An LLM judge's agreement with the gold graders (docs/training.md): SmolLM2's answers judged again by
+# JUDGE_TARGET of JUDGE_POLICY, 300 rows each of alias, choice and math. The servers the policy names must be
+# up (its comment says how); a rerun resumes.
+JUDGE_POLICY ?= policies/examples/judges.yaml
+JUDGE_TARGET ?= gemma
+JUDGED = train/labels/smollm2-135m-instruct-judged-by-$(JUDGE_TARGET).jsonl
+JUDGE = $(BIN)/router build-dataset --answered --grader judge --judge-policy $(JUDGE_POLICY) \
+	--judge-target $(JUDGE_TARGET) --concurrency 4 --limit 300 --seed 0 --out $(JUDGED)
+judge-agreement: install
+	$(JUDGE) --data $(LABELS) --source triviaqa --source bigbench_qa_wikidata
+	$(JUDGE) --data $(LABELS) --source arc_easy --source arc_challenge
+	$(JUDGE) --data $(FAMILIES) --source gsm8k_test
+	$(BIN)/router eval-judge --labels $(JUDGED) --out docs/judge-eval/$(JUDGE_TARGET)
 
 scorer-eval: install
 	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(LABELS) --data $(EFFICIENTQA) --out docs/scorer-eval --cross-fit 5
