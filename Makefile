@@ -91,18 +91,19 @@ labels: install
 	$(BIN)/router build-dataset --out $(PASSAGES) --max-new-tokens 20 --seed 0 --samples 0 --batch-size 32 \
 		--context-variants --limit 300 --data $(DATA)/multiple_choice/boolq.jsonl
 	# The families answered at length (256 new tokens, the built-in policy's cap), each graded by its own
-	# grader: HumanEval's 164 functions, and 400 each of IFEval's prompts and GSM8K's problems, interleaved.
+	# grader: HumanEval's 164 functions, and 400 each of IFEval's prompts and GSM8K's problems, interleaved;
+	# Gemma, twice as slow a row, 200 of each (its file holds 19 more of two sets, from a first pass at 400).
 	$(BIN)/router build-dataset --out $(FAMILIES) --max-new-tokens 256 --seed 0 --samples 0 --batch-size 16 \
 		--limit 400 $(FAMILY_SETS)
 	$(BIN)/router build-dataset --model gemma-3-270m --out $(GEMMA_FAMILIES) --max-new-tokens 256 --seed 0 \
-		--samples 0 --batch-size 16 --limit 400 $(FAMILY_SETS)
+		--samples 0 --batch-size 16 --limit 200 $(FAMILY_SETS)
 
 # PubMedQA's passage rows teach the head to notice a passage that cannot answer the question (the RAG
 # guard). BoolQ is held out: a passage domain it never saw, and training on its closed-book rows cost
 # TriviaQA and jeopardy 0.01-0.02 AUROC. The layer stays at 20 (docs/scorer-quality.md).
 scorer: install
 	$(BIN)/router train-scorer --data $(LABELS) --data $(EFFICIENTQA) --data $(PASSAGES) --data $(GEMMA) \
-		--out $(SCORER) --stage2-size 100000 --layer 20 \
+		--data $(FAMILIES) --data $(GEMMA_FAMILIES) --out $(SCORER) --stage2-size 100000 --layer 20 \
 		--hold-out jeopardy --hold-out nq_open_efficientqa_test --hold-out boolq
 
 # The kind-of-request head, on the scorer's own states (its certainty heads stay as they are): 300 rows of
