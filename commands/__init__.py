@@ -1,5 +1,5 @@
-"""The `router` command: the service's commands (router/cli.py, router/access/cli.py) and the training
-commands (train/cli.py, commands/dataset.py) on one app.
+"""The `router` command: the service's commands (router/cli.py, router/access/cli.py, router/traffic_cli.py)
+and the training commands (train/cli.py, commands/dataset.py) on one app.
 
 It sits above router/ and train/, which never import each other, so a command that needs both (labelling
 with a policy's litellm target) lives here. The `router` console script and `python -m router` run `app`;
@@ -11,6 +11,7 @@ import typer
 from commands.dataset import build_dataset
 from router import cli as service
 from router.access.cli import keys_app
+from router.traffic_cli import traffic_app
 from train import cli as training
 
 app = typer.Typer(
@@ -54,5 +55,6 @@ app.command("score", short_help="Score one question with a policy's scorer; prin
 app.add_typer(service.models_app, name="models")
 app.add_typer(service.policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
+app.add_typer(traffic_app, name="traffic")
 
 __all__ = ["app"]

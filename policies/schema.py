@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from policies.actions import action, registered_action
 from policies.checks import Location
@@ -14,6 +16,8 @@ from policies.conditions import CONDITIONS, When, hold_when, when_model
 from policies.targets import LocalTarget, Target, hold_targets
 
 VIRTUAL_MODEL = "router"
+NO_TENANT = "-"
+"""The tenant of requests without a key (no key name starts with `-`)."""
 
 
 class _Strict(BaseModel):
@@ -100,6 +104,31 @@ class MonitoringSpec(_Strict):
     drift: DriftSpec = DriftSpec()
 
 
+def _regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        problem = {"problem": str(exc)}
+        raise PydanticCustomError("regex", "not a regular expression: {problem}", problem) from exc
+    return pattern
+
+
+class CaptureSpec(_Strict):
+    """A sampled share of the routed conversations and their answers, kept in Redis for labelling later
+    (`router traffic export`; docs/policies.md, "Capturing traffic"). Off unless the policy has the block."""
+
+    share: float = Field(ge=0, le=1)
+    """The share of routed chat requests kept, chosen by a hash of the request id."""
+    tenants: list[str] | None = Field(None, min_length=1)
+    """Only these API keys' requests (`-`: requests without a key); absent: every tenant's."""
+    max_rows: int = Field(10_000, ge=1)
+    """The most rows kept per tenant: a newer one replaces the tenant's oldest."""
+    retention_days: float = Field(30.0, gt=0)
+    """A tenant's rows expire this long after its newest, and export skips rows older than this."""
+    redact: list[Annotated[str, AfterValidator(_regex)]] = []
+    """Regular expressions: every match in the conversation and the answer is stored as `[redacted]`."""
+
+
 Fallback = Literal["most_likely", "hedge", "refuse"]
 
 
@@ -140,6 +169,7 @@ class Policy(_Strict):
     share of scored traffic escalates; the written threshold holds until enough traffic has been seen."""
     monitoring: MonitoringSpec = MonitoringSpec()
     limits: LimitsSpec = LimitsSpec()
+    capture: CaptureSpec | None = None
 
     @field_validator("auth", mode="before")
     @classmethod
@@ -206,6 +236,12 @@ class Policy(_Strict):
                     ("targets", name, "answerer"),
                     "an answerer answers in JSON: it needs failure_aware: true",
                 )
+        listed = self.capture.tenants if self.capture is not None else None
+        if listed is not None and self.auth == "off" and set(listed) != {NO_TENANT}:
+            yield (
+                ("capture", "tenants"),
+                f"with auth off no request has a key: every request is the tenant '{NO_TENANT}'",
+            )
         if not self.rules[-1].when.is_empty:
             yield (
                 ("rules", len(self.rules) - 1, "when"),

@@ -42,6 +42,7 @@ _ERROR_KINDS = {
 }
 ERROR_KINDS = (*sorted(set(_ERROR_KINDS.values())), "other")
 FEEDBACK_OUTCOMES = ("correct", "incorrect", "graded", "duplicate", "unknown", "conflict")
+CAPTURE_OUTCOMES = ("stored", "skipped", "dropped", "aborted")
 
 
 def error_kind(code: str | None) -> str:
@@ -213,12 +214,21 @@ class Metrics:
             "router_http_requests", "HTTP responses by route and status code.", ["route", "code"], registry=r
         )
         self.reloads = Counter("router_reloads", "Policy and calibrator reloads.", ["result"], registry=r)
+        self.captured = Counter(
+            "router_captured",
+            "Routed requests the policy's capture: looked at: stored; skipped (not sampled, or not a listed "
+            "tenant); dropped (the store could not keep the row); aborted (a stream that did not end).",
+            ["outcome"],
+            registry=r,
+        )
         # Series for every value of a fixed label set exist from the start, so that rate() and alerts see
         # a zero before the first event rather than no series at all.
         for outcome in FEEDBACK_OUTCOMES:
             self.feedback.labels(outcome)
         for result in ("ok", "failed"):
             self.reloads.labels(result)
+        for outcome in CAPTURE_OUTCOMES:
+            self.captured.labels(outcome)
         self.escalation_threshold.set(math.nan)
         for window in CALIBRATION_WINDOWS:
             for gauge in (self.calibration_ece, self.calibration_brier, self.calibration_auroc):

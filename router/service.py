@@ -1,5 +1,6 @@
 """The request path without HTTP, in named stages (router/stages/): admission, scoring, deciding,
-answering, shaping, recording. `Router` builds them for one policy and runs a request through them."""
+answering, shaping, recording, capturing. `Router` builds them for one policy and runs a request through
+them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from router.schemas import ChatCompletionRequest
 from router.stages import answering
 from router.stages.admission import Admission, PromptLimit
 from router.stages.answering import Answering, Spent
+from router.stages.capturing import Capturing
 from router.stages.deciding import Deciding
 from router.stages.recording import Recording
 from router.stages.scoring import LazyScore, Scored, Scoring
@@ -45,6 +47,7 @@ class Router:
         self.recording = Recording(policy, self.store, self.metrics, self.scoring)
         self.deciding = Deciding(policy, self.recording.budget, self.answering.prices)
         self.shaping = Shaping(policy)
+        self.capturing = Capturing(policy, self.store, self.metrics, self.scoring.predicts)
         self.scorer = self.scoring.scorer
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -69,7 +72,8 @@ class Router:
         streams = self.shaping.streams(request, decision)
         answer = await self.answering.answer(request, asked, decision, spent, streams)
         routed = self.shaping.shape(request, request_id, answer)
-        return await self.recording.record(routed, score.result, tenant, started, asked=feedback)
+        routed = await self.recording.record(routed, score.result, tenant, started, asked=feedback)
+        return await self.capturing.capture(routed, messages, score.result, tenant)
 
     async def score(
         self, messages: list[Message], max_new_tokens: int | None = None, *, cached: bool = True

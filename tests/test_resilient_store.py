@@ -55,6 +55,7 @@ def test_degraded_reads_and_writes_then_replay_in_order(server: Backend) -> None
             await store.set("before", "1")
             await store.push("w", "a", max_len=5)
             await store.push("w", "b", max_len=5)
+            await store.append("log", "a", max_len=3, ttl_s=60)
             server.kill()
 
             assert await store.get("before") == "1"  # from the write-through mirror
@@ -67,9 +68,13 @@ def test_degraded_reads_and_writes_then_replay_in_order(server: Backend) -> None
             assert await store.set_if_absent("once", "x", ttl_s=60)
             assert not await store.set_if_absent("once", "y")
             await store.set("gone", "v", ttl_s=0.05)  # expires while it waits for Redis
+            for value in "bcd":
+                await store.append("log", value, max_len=3, ttl_s=60)
+            await store.append("log", "stale", max_len=3, ttl_s=0.05)  # so does this row
             assert await store.get("k") == "second"
             assert await store.recent("w", 10) == ["c", "d", "e", "f", "g"]
-            assert store.health().pending_writes == 9
+            assert await store.recent("log", 10) == []  # a log has no local copy: no replica reads it
+            assert store.health().pending_writes == 13
 
             server.start()  # the AOF brings back what Redis had acknowledged
             await asyncio.sleep(0.1)
@@ -82,6 +87,8 @@ def test_degraded_reads_and_writes_then_replay_in_order(server: Backend) -> None
             assert direct.get(PREFIX + "k") == "second"
             assert direct.get(PREFIX + "once") == "x"
             assert direct.get(PREFIX + "gone") is None
+            assert direct.lrange(PREFIX + "log", 0, -1) == ["b", "c", "d"]
+            assert 0 < direct.pttl(PREFIX + "log") <= 60_000
             assert 0 < direct.pttl(PREFIX + "k") <= 60_000  # what was left of the TTL, not a new one
             assert await store.get("k") == "second"  # and reads go to Redis again
             direct.set(PREFIX + "k", "from another replica")

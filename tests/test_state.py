@@ -64,3 +64,18 @@ def test_windows_keep_the_newest_values_in_order(run: Callable[[Check], None]) -
         assert await store.recent("w", 100) == ["x"] * 4
 
     run(check)
+
+
+def test_logs_keep_the_newest_values_and_expire_after_the_newest(run: Callable[[Check], None]) -> None:
+    async def check(store: StateStore) -> None:
+        for i in range(6):
+            await store.append("log", str(i), max_len=4, ttl_s=0.6)
+        assert await store.recent("log", 100) == ["2", "3", "4", "5"]
+        await asyncio.sleep(0.4)
+        await store.append("log", "6", max_len=4, ttl_s=0.6)  # the whole log lives on
+        await asyncio.sleep(0.4)
+        assert await store.recent("log", 100) == ["3", "4", "5", "6"]
+        await asyncio.sleep(0.7)
+        assert await store.recent("log", 100) == []
+
+    run(check)

@@ -2,7 +2,9 @@
 
 Two kinds of entry: keys with an optional time to live, and bounded lists (rolling windows) that keep only
 their newest `max_len` values, so every structure here has bounded retention. An index (`set_indexed`) is a
-bounded list of keys: a key pushed out of it is deleted, so it bounds how many such keys exist.
+bounded list of keys: a key pushed out of it is deleted, so it bounds how many such keys exist. A log
+(`append`) is a bounded list that also expires, written on the request path and read by no replica (captured
+traffic, which `router traffic export` reads from Redis).
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ class StoreHealth:
 class Write:
     """A write kept for replay. `expires_at` is on the monotonic clock, so a replayed TTL is what is left.
     An `increment` adds `value` (a float) to a counter (INCRBYFLOAT); a `set_indexed` also enters `entry` in
-    `index`."""
+    `index`; an `append` is a `push` whose list expires at `expires_at`."""
 
-    op: Literal["set", "set_if_absent", "push", "increment", "set_indexed"]
+    op: Literal["set", "set_if_absent", "push", "increment", "set_indexed", "append"]
     key: str
     value: str
     expires_at: float | None = None
@@ -62,6 +64,12 @@ class StateStore(ABC):
     @abstractmethod
     async def push(self, key: str, value: str, max_len: int) -> None:
         """Append to a rolling window, dropping the oldest values beyond `max_len`."""
+
+    @abstractmethod
+    async def append(self, key: str, value: str, max_len: int, ttl_s: float) -> None:
+        """Append to a log: a rolling window of `max_len` values (read with `recent`) that expires `ttl_s`
+        after its newest value. Nothing on the request path reads a log back, so a `ResilientStore` keeps
+        no local copy of it, only the writes it still owes Redis."""
 
     @abstractmethod
     async def set_indexed(

@@ -16,6 +16,8 @@ class MemoryStore(StateStore):
         self._data: OrderedDict[str, tuple[str, float | None]] = OrderedDict()
         self._windows: dict[str, deque[str]] = {}
         self._indexes: dict[str, deque[str]] = {}
+        self._logs_expire: dict[str, float] = {}
+        """A log's expiry (monotonic clock); its values are in `_windows`."""
         self.max_entries = max_entries
 
     async def get(self, key: str) -> str | None:
@@ -47,6 +49,17 @@ class MemoryStore(StateStore):
             window = self._windows[key] = deque(window or (), maxlen=max_len)
         window.append(value)
 
+    async def append(self, key: str, value: str, max_len: int, ttl_s: float) -> None:
+        self._expire_log(key)
+        await self.push(key, value, max_len)
+        self._logs_expire[key] = time.monotonic() + ttl_s
+
+    def _expire_log(self, key: str) -> None:
+        expires = self._logs_expire.get(key)
+        if expires is not None and time.monotonic() >= expires:
+            del self._logs_expire[key]
+            self._windows.pop(key, None)
+
     async def set_indexed(
         self, key: str, value: str, ttl_s: float, index: str, max_len: int, owns: tuple[str, ...] = ()
     ) -> None:
@@ -58,6 +71,7 @@ class MemoryStore(StateStore):
                 self._data.pop(gone, None)
 
     async def recent(self, key: str, count: int) -> list[str]:
+        self._expire_log(key)
         window = self._windows.get(key, deque())
         return list(window)[-count:] if count > 0 else []
 

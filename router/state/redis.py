@@ -38,6 +38,11 @@ _PUSH = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
 """
+_APPEND = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+"""
 _ENTER = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -71,6 +76,7 @@ class RedisStore(StateStore):
         )
         # One script, so that a concurrent reader never sees the window past its bound, on every topology.
         self._push = self._redis.register_script(_PUSH)
+        self._append = self._redis.register_script(_APPEND)
         self.prefix = prefix
 
     def health(self) -> StoreHealth:
@@ -97,6 +103,9 @@ class RedisStore(StateStore):
 
     async def push(self, key: str, value: str, max_len: int) -> None:
         await self._push([self.prefix + key], [value, max_len])
+
+    async def append(self, key: str, value: str, max_len: int, ttl_s: float) -> None:
+        await self._append([self.prefix + key], [value, max_len, int(ttl_s * 1000)])
 
     async def set_indexed(
         self, key: str, value: str, ttl_s: float, index: str, max_len: int, owns: tuple[str, ...] = ()
@@ -144,6 +153,8 @@ class RedisStore(StateStore):
                         if write.op == "set":
                             pipe.delete(key)
                         queued[-1] = int(write.op == "set")
+                    elif write.op == "append":
+                        pipe.eval(_APPEND, 1, key, write.value, write.max_len, px)
                     elif write.op == "set_indexed":
                         pipe.set(key, write.value, px=px)
                         pipe.eval(_ENTER, 1, self.prefix + write.index, write.entry, write.max_len, px)

@@ -1,18 +1,19 @@
 """Redis that is allowed to go away: a replica keeps serving from its own recent state and catches up later.
 
 Healthy, every operation goes to Redis, and writes are also applied to a bounded local `MemoryStore`
-mirror (write-through; `MIRROR_ENTRIES` keys, LRU; each window as bounded as in Redis), and a full read of
-a shared window refreshes the mirror's copy of it. So during an outage the replica still knows its own
-recent decisions, cached scores, feedback markers and the last windows it read.
+mirror (write-through; `MIRROR_ENTRIES` keys, LRU; each window as bounded as in Redis; not logs, which no
+replica reads), and a full read of a shared window refreshes the mirror's copy of it. So during an outage
+the replica still knows its own recent decisions, cached scores, feedback markers and the last windows it
+read.
 
 The first operation that fails because Redis cannot take it now (refused, reset, timed out, read-only after
 a failover, out of memory, a cluster slot no node serves: `router.state.is_outage`; never a programming
 error such as WRONGTYPE) makes the store degraded: reads come from the mirror, writes
-go to the mirror and to an ordered replay buffer of at most `MAX_PENDING` writes. No request waits on Redis
-then: one background task PINGs it every `PROBE_INTERVAL_S`, and when it answers, replays the buffer in
-order (chunks of `REPLAY_CHUNK`, each one MULTI/EXEC, or on a cluster one pipeline whose writes for a node
-still away wait for the next try; TTLs shortened by the time spent waiting) and only then turns
-healthy again. Requests during the replay keep taking the degraded path, so their writes queue behind
+go to the mirror (but for logs) and to an ordered replay buffer of at most `MAX_PENDING` writes. No request
+waits on Redis then: one background task PINGs it every `PROBE_INTERVAL_S`, and when it answers, replays
+the buffer in order (chunks of `REPLAY_CHUNK`, each one MULTI/EXEC, or on a cluster one pipeline whose
+writes for a node still away wait for the next try; TTLs shortened by the time spent waiting) and only then
+turns healthy again. Requests during the replay keep taking the degraded path, so their writes queue behind
 the replayed ones. The client's timeouts (`REDIS_CONNECT_TIMEOUT_S`, `REDIS_SOCKET_TIMEOUT_S`) bound what
 a hung Redis costs the requests in flight when it hangs. One WARNING line per outage, one INFO line when
 it ends (how long, how many writes replayed); keys are never logged (they hold prompt hashes and ids).
@@ -51,9 +52,9 @@ from router.state.redis import Applied, RedisStore
 log = logging.getLogger("router")
 
 MAX_PENDING = 10_000
-"""Writes kept for replay during an outage (each a few hundred bytes): a request costs one to three (its
-traffic entry, a cached score, its decision when it is kept), so ten minutes or more of a replica serving 5
-requests/s."""
+"""Writes kept for replay during an outage (each a few hundred bytes, but a captured row, which holds its
+conversation): a request costs one to four (its traffic entry, a cached score, its decision when it is
+kept, its row when `capture:` samples it), so eight minutes or more of a replica serving 5 requests/s."""
 MIRROR_ENTRIES = 20_000
 PROBE_INTERVAL_S = 0.5
 REPLAY_CHUNK = 500
@@ -149,6 +150,17 @@ class ResilientStore(StateStore):
                 return
         await self.mirror.push(key, value, max_len)
         self._keep(Write("push", key, value, max_len=max_len))
+
+    async def append(self, key: str, value: str, max_len: int, ttl_s: float) -> None:
+        # No mirror copy: nothing here reads a log back, and a tenant's log may hold megabytes.
+        if self._up:
+            try:
+                await self.remote.append(key, value, max_len, ttl_s)
+            except Exception as exc:
+                self._went_down(exc)
+            else:
+                return
+        self._keep(Write("append", key, value, _expiry(ttl_s), max_len))
 
     async def set_indexed(
         self, key: str, value: str, ttl_s: float, index: str, max_len: int, owns: tuple[str, ...] = ()
