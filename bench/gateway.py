@@ -5,9 +5,11 @@ Both gateways run pinned to core 0, one at a time busy; the upstream (bench/stub
 once) and this load generator (bench/http_load.py) share core 1. Sides: the LiteLLM proxy (litellm[proxy],
 pinned below, in a virtual environment of its own created on first run), and the router on a policy that
 passes every request to the upstream (`pass`), one that scores every request first with the shipped head
-scorer, the score cached after the first (`cached`), each also with Redis as its store (`-redis`). Every
-side runs at its default log level. Rounds interleave the sides (rotating their order), and each figure pools
-the rounds:
+scorer, the score cached after the first (`cached`), each also with Redis as its store (`-redis`); and the
+pass-through policy capturing every request (`pass-capture-redis`) and also exploring every one of them
+(`pass-explore-redis`: a shadow answer from a second, priced target on the same upstream), whose figures are
+also printed against each other, exploring on against off. Every side runs at its default log level.
+Rounds interleave the sides (rotating their order), and each figure pools the rounds:
 
 - added latency at 1 client: the side's p50 and p99 less those of the upstream called directly;
 - throughput and p99 at `--clients` clients, and CPU per request (the server's process tree, from /proc);
@@ -15,10 +17,15 @@ the rounds:
 - memory: RSS after 5,000 and after `--memory-requests` requests (`--memory-requests 0` skips it).
 
     python -m bench.gateway [--rounds 6] [--kind openai|litellm] [--sides pass,pass-redis,cached,cached-redis]
-                            [--memory-requests 50000] [--memory-side pass]
+                            [--memory-requests 50000] [--memory-side pass] [--no-litellm]
+
+    # what exploring adds to the pass-through path: on (share 1.0) against off, in the same run
+    python -m bench.gateway --sides pass-capture-redis,pass-explore-redis --memory-requests 0
 
 Every figure is printed with both sides and their ratio; the last line is the headline. A benchmark, not a
 test: CI does not run it (it installs the LiteLLM proxy from PyPI on first run, and takes ten minutes).
+`--no-litellm` leaves the LiteLLM proxy out (no install): the routers' figures stand alone, and the
+exploring comparison is still made.
 """
 
 from __future__ import annotations
@@ -57,10 +64,24 @@ model_list:
     litellm_params: {{model: openai/stub, api_base: "{upstream}", api_key: unused}}
 """
 TARGET = {
-    "litellm": "remote: {{kind: litellm, model: openai/stub, "
-    'api_base: "{upstream}", api_key_env: BENCH_KEY}}',
-    "openai": 'remote: {{kind: openai, model: stub, api_base: "{upstream}", api_key_env: BENCH_KEY}}',
+    "litellm": "{name}: {{kind: litellm, model: openai/stub, "
+    'api_base: "{upstream}", api_key_env: BENCH_KEY{extra}}}',
+    "openai": '{name}: {{kind: openai, model: stub, api_base: "{upstream}", api_key_env: BENCH_KEY{extra}}}',
 }
+SHADOW_COST = ", cost: {input_per_million: 1.0, output_per_million: 1.0}"
+"""The explore candidate is priced, so that each shadow answer goes through the shared daily budget."""
+CAPTURE = """\
+capture:
+  share: 1.0
+"""
+EXPLORE = """\
+explore:
+  share: 1.0
+  targets: [shadow]
+  budget_usd_per_day: 1000000
+"""
+EXPLORING = ("router pass-explore-redis", "router pass-capture-redis")
+"""The sides compared with each other: exploring on, and off (capture alone)."""
 PASS_POLICY = """\
 name: bench-pass
 targets:
@@ -203,15 +224,21 @@ class Fleet:
         return Side("LiteLLM proxy", port, "remote", process, self.folder / "litellm-proxy.log")
 
     def router(self, name: str, kind: str, instance: str | None = None) -> Side:
-        """`name`: pass or cached, perhaps with -redis; `instance` names its files (default: `name`)."""
+        """`name`: pass or cached, perhaps with -redis, or pass-capture-redis, pass-explore-redis; `instance`
+        names its files (default: `name`)."""
         instance = instance or name
         policy = self.folder / f"{instance}.yaml"
-        target = TARGET[kind].format(upstream=self.upstream_url)
+        target = TARGET[kind].format(name="remote", upstream=self.upstream_url, extra="")
         if name.startswith("cached"):
             adapter = self.folder / "scorer"
             if not adapter.exists():  # a copy: a training run may rewrite the shipped folder meanwhile
                 shutil.copytree(DEFAULT_POLICY_PATH.parent / "scorers" / "smollm2-head", adapter)
             policy.write_text(CACHED_POLICY.format(adapter=adapter, target=target))
+        elif name.startswith(("pass-capture", "pass-explore")):
+            shadow = TARGET[kind].format(name="shadow", upstream=self.upstream_url, extra=SHADOW_COST)
+            # The same targets on both sides: only the explore: block differs.
+            text = PASS_POLICY.format(target=f"{target}\n  {shadow}") + CAPTURE
+            policy.write_text(text + (EXPLORE if name.startswith("pass-explore") else ""))
         else:
             policy.write_text(PASS_POLICY.format(target=target))
         port = free_port()
@@ -287,8 +314,15 @@ class Figure:
     goal: str = ""
     """`<= 0.5`, `< 1`, `>= 2`: the ratio ours / theirs the goal asks for; empty for none."""
 
+    def shown(self, value: float) -> str:
+        return {"ms": ms, "req/s": lambda v: f"{v:.0f} req/s", "": lambda v: f"{v:.2f}"}[self.unit](value)
+
+    def alone(self) -> str:
+        """Our figure without another side's."""
+        return f"  {self.label:<36} {self.shown(self.ours):>12}"
+
     def line(self) -> str:
-        value = {"ms": ms, "req/s": lambda v: f"{v:.0f} req/s", "": lambda v: f"{v:.2f}"}[self.unit]
+        value = self.shown
         ratio_ = self.ours / self.theirs if self.theirs else float("inf")
         verdict = f"  (goal {self.goal}x: {'met' if self.met else 'MISSED'})" if self.goal else ""
         return (
@@ -304,7 +338,7 @@ class Figure:
         return {"<=": value <= float(bound), "<": value < float(bound), ">=": value >= float(bound)}[sign]
 
 
-def report(args: argparse.Namespace, litellm: Side, routers: list[Side], direct: Side) -> list[str]:
+def report(args: argparse.Namespace, litellm: Side | None, routers: list[Side], direct: Side) -> list[str]:
     """Prints every figure; returns the goals that were missed."""
     base = {"p50": p50(direct.one.latency_s), "p99": p99(direct.one.latency_s)}
     stream_base = p50(direct.stream.first_byte_s)
@@ -335,14 +369,26 @@ def report(args: argparse.Namespace, litellm: Side, routers: list[Side], direct:
         ("log lines per request", "", ""),
     ]
     missed = []
-    theirs = figures(litellm)
-    for side in routers:
-        print(f"\n{side.name} vs {litellm.name}:")
-        for (label, unit, goal), ours, other in zip(labels, figures(side), theirs, strict=True):
-            figure = Figure(label, ours, other, unit, goal)
-            print(figure.line())
-            if not figure.met:
-                missed.append(f"{side.name}: {label}")
+    if litellm is None:  # no reference: each router's figures alone
+        for side in routers:
+            print(f"\n{side.name}:")
+            for (label, unit, _), ours in zip(labels, figures(side), strict=True):
+                print(Figure(label, ours, 0.0, unit).alone())
+    else:
+        theirs = figures(litellm)
+        for side in routers:
+            print(f"\n{side.name} vs {litellm.name}:")
+            for (label, unit, goal), ours, other in zip(labels, figures(side), theirs, strict=True):
+                figure = Figure(label, ours, other, unit, goal)
+                print(figure.line())
+                if not figure.met:
+                    missed.append(f"{side.name}: {label}")
+    named = {side.name: side for side in routers}
+    if all(name in named for name in EXPLORING):
+        on, off = (named[name] for name in EXPLORING)
+        print(f"\n{on.name} vs {off.name} (exploring every captured request, against capture alone):")
+        for (label, unit, _), ours, other in zip(labels, figures(on), figures(off), strict=True):
+            print(Figure(label, ours, other, unit).line())
     return missed
 
 
@@ -378,6 +424,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--memory-requests", type=int, default=50_000, help="0: no memory run")
     parser.add_argument("--memory-side", default="pass", help="the router the memory run starts")
+    parser.add_argument(
+        "--litellm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare with the LiteLLM proxy",
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {UPSTREAM_CORE})
     names = [name for name in args.sides.split(",") if name]
@@ -405,19 +457,23 @@ def compare(args: argparse.Namespace, started: Fleet, names: list[str]) -> tuple
     direct = Side(
         "upstream", started.upstream_port, "stub", started.upstream, started.folder / "upstream.log"
     )
-    litellm = started.litellm()
+    litellm = started.litellm() if args.litellm else None
+    others = [litellm] if litellm is not None else []
     routers = [started.router(name, args.kind) for name in names]
-    wait_up(f"http://127.0.0.1:{litellm.port}/health/liveliness")
+    if litellm is not None:
+        wait_up(f"http://127.0.0.1:{litellm.port}/health/liveliness")
     for side in routers:
         wait_up(f"http://127.0.0.1:{side.port}/readyz")
-    for side in [direct, litellm, *routers]:  # warm-up: first calls, connection pools, caches
+    for side in [direct, *others, *routers]:  # warm-up: first calls, connection pools, caches
         asyncio.run(http_load.run(side.call(), 8, 400))
         asyncio.run(http_load.run(side.call(stream=True), 1, 20))
-    measure(args, [litellm, *routers], direct)
+    measure(args, [*others, *routers], direct)
     missed = report(args, litellm, routers, direct)
-    for side in [litellm, *routers]:  # they stop: a memory run has core 0 alone
+    for side in [*others, *routers]:  # they stop: a memory run has core 0 alone
         side.process.terminate()
         side.process.wait(timeout=30)
+    if litellm is None:
+        return missed, ""
     first = routers[0]
     ours = p50(first.one.latency_s) - p50(direct.one.latency_s)
     theirs = p50(litellm.one.latency_s) - p50(direct.one.latency_s)

@@ -103,6 +103,15 @@ class LocalModel:
             self._peft.load_adapter(str(folder), adapter_name=name)
         self._peft.eval()
 
+    def unload_adapter(self, name: str) -> None:
+        """Free an adapter that nothing uses any more (no-op for one not loaded)."""
+        if self._peft is None or name not in self._peft.peft_config:
+            return
+        others = [other for other in self._peft.peft_config if other != name]
+        if others and self._peft.active_adapter == name:
+            self._peft.set_adapter(others[0])  # else PEFT warns as it picks the next active one itself
+        self._peft.delete_adapter(name)
+
     def adapter_config(self, name: str) -> Any:
         return self._peft.peft_config[name]
 

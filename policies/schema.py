@@ -129,6 +129,24 @@ class CaptureSpec(_Strict):
     """Regular expressions: every match in the conversation and the answer is stored as `[redacted]`."""
 
 
+class ExploreSpec(_Strict):
+    """Shadow answers: for a share of the captured requests, candidate targets that did not answer the
+    client are asked too, off the request path, and their answers kept with the row (docs/policies.md,
+    "Exploring: shadow answers"). Needs `capture:`."""
+
+    share: float = Field(ge=0, le=1)
+    """The share of captured requests explored, chosen by a hash of the request id."""
+    targets: list[str] = Field(min_length=1)
+    """The candidates: policy targets asked beside the one that answered the client."""
+    budget_usd_per_day: float = Field(gt=0)
+    """Dollars the shadow answers may cost per UTC day, every replica together."""
+    concurrency: int = Field(2, ge=1)
+    """Shadow answers asked for at once, per replica (a local candidate's: one at a time whatever this is)."""
+    queue: int = Field(100, ge=1)
+    """Explored requests waiting for their turn, per replica; one more is not explored (its row is kept
+    with the client's answer alone)."""
+
+
 Fallback = Literal["most_likely", "hedge", "refuse"]
 
 
@@ -170,6 +188,7 @@ class Policy(_Strict):
     monitoring: MonitoringSpec = MonitoringSpec()
     limits: LimitsSpec = LimitsSpec()
     capture: CaptureSpec | None = None
+    explore: ExploreSpec | None = None
 
     @field_validator("auth", mode="before")
     @classmethod
@@ -242,11 +261,25 @@ class Policy(_Strict):
                 ("capture", "tenants"),
                 f"with auth off no request has a key: every request is the tenant '{NO_TENANT}'",
             )
+        yield from _explore_problems(self)
         if not self.rules[-1].when.is_empty:
             yield (
                 ("rules", len(self.rules) - 1, "when"),
                 "the last rule must have no conditions, so that every request matches a rule",
             )
+
+
+def _explore_problems(policy: Policy) -> Iterator[tuple[Location, str]]:
+    if policy.explore is None:
+        return
+    if policy.capture is None:
+        yield ("explore",), "needs a capture: block: shadow answers are kept with the captured rows"
+    for j, name in enumerate(policy.explore.targets):
+        where: Location = ("explore", "targets", j)
+        if name not in policy.targets:
+            yield where, f"unknown target '{name}' (targets: {', '.join(policy.targets)})"
+        elif name in policy.explore.targets[:j]:
+            yield where, f"'{name}' is listed twice"
 
 
 def _fallback_problems(policy: Policy) -> Iterator[tuple[Location, str]]:

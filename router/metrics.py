@@ -43,6 +43,7 @@ _ERROR_KINDS = {
 ERROR_KINDS = (*sorted(set(_ERROR_KINDS.values())), "other")
 FEEDBACK_OUTCOMES = ("correct", "incorrect", "graded", "duplicate", "unknown", "conflict")
 CAPTURE_OUTCOMES = ("stored", "skipped", "dropped", "aborted")
+EXPLORE_OUTCOMES = ("asked", "dropped_queue_full", "over_budget", "failed")
 
 
 def error_kind(code: str | None) -> str:
@@ -214,11 +215,30 @@ class Metrics:
             "router_http_requests", "HTTP responses by route and status code.", ["route", "code"], registry=r
         )
         self.reloads = Counter("router_reloads", "Policy and calibrator reloads.", ["result"], registry=r)
+        self.scorer_info = Gauge(
+            "router_scorer_info",
+            "1 for the scorer version in force (x-router-scorer); one series, replaced on reload.",
+            ["version"],
+            registry=r,
+        )
         self.captured = Counter(
             "router_captured",
             "Routed requests the policy's capture: looked at: stored; skipped (not sampled, or not a listed "
             "tenant); dropped (the store could not keep the row); aborted (a stream that did not end).",
             ["outcome"],
+            registry=r,
+        )
+        self.explored = Counter(
+            "router_explore_requests",
+            "Shadow answers the policy's explore: sought from candidate targets: asked (an answer came), "
+            "dropped_queue_full, over_budget (the day's budget spent, or unknown with Redis away), failed.",
+            ["outcome"],
+            registry=r,
+        )
+        self.explore_cost = Counter(
+            "router_explore_dollars",
+            "Estimated US dollars of shadow answers (explore:), by candidate target; not in router_cost.",
+            ["target"],
             registry=r,
         )
         # Series for every value of a fixed label set exist from the start, so that rate() and alerts see
@@ -229,6 +249,8 @@ class Metrics:
             self.reloads.labels(result)
         for outcome in CAPTURE_OUTCOMES:
             self.captured.labels(outcome)
+        for outcome in EXPLORE_OUTCOMES:
+            self.explored.labels(outcome)
         self.escalation_threshold.set(math.nan)
         for window in CALIBRATION_WINDOWS:
             for gauge in (self.calibration_ece, self.calibration_brier, self.calibration_auroc):
@@ -244,6 +266,11 @@ class Metrics:
             self.task_requests.labels(family, decision.outcome).inc()
         if decision.confidence is not None:
             self.confidence.observe(decision.confidence)
+
+    def scorer_in_force(self, version: str) -> None:
+        # One series at a time: a scorer replaced on reload leaves none behind (bounded cardinality).
+        self.scorer_info.clear()
+        self.scorer_info.labels(version).set(1)
 
     def batch_ran(self, waits_s: list[float]) -> None:
         self.batch_size.observe(len(waits_s))

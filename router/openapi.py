@@ -334,6 +334,14 @@ DECISION_HEADERS: dict[str, dict[str, Any]] = {
         "required": False,
         "schema": {"enum": list(TASK_FAMILIES)},
     },
+    "x-router-scorer": {
+        "description": "The scorer version in force, as `scorer_version` in `POST /v1/score` and "
+        "`POST /admin/reload` (a head scorer's: `head:`, a digest of its folder's weights and calibrators, "
+        "its layer and pooling; `sha256:` and 16 hex digits for a version that is not short printable "
+        "ASCII); a reload that replaces the scorer changes it",
+        "required": True,
+        "schema": {"type": "string"},
+    },
     "x-router-decision": {
         "description": "What the policy did: `answer`, `escalate`, `hedge` or `refuse`",
         "required": True,

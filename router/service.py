@@ -1,6 +1,6 @@
 """The request path without HTTP, in named stages (router/stages/): admission, scoring, deciding,
-answering, shaping, recording, capturing. `Router` builds them for one policy and runs a request through
-them."""
+answering, shaping, recording, capturing, and exploring after it, off the path. `Router` builds them for
+one policy and runs a request through them."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from router.stages.admission import Admission, PromptLimit
 from router.stages.answering import Answering, Spent
 from router.stages.capturing import Capturing
 from router.stages.deciding import Deciding
+from router.stages.exploring import Exploring
 from router.stages.recording import Recording
 from router.stages.scoring import LazyScore, Scored, Scoring
 from router.stages.shaping import Routed, Shaping
@@ -47,7 +48,9 @@ class Router:
         self.recording = Recording(policy, self.store, self.metrics, self.scoring)
         self.deciding = Deciding(policy, self.recording.budget, self.answering.prices)
         self.shaping = Shaping(policy)
-        self.capturing = Capturing(policy, self.store, self.metrics, self.scoring.predicts)
+        writer, targets = self.answering.writer, self.answering.targets
+        self.exploring = Exploring(policy, targets, writer, self.store, self.metrics)
+        self.capturing = Capturing(policy, self.store, self.metrics, self.scoring.predicts, self.exploring)
         self.scorer = self.scoring.scorer
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -73,7 +76,7 @@ class Router:
         answer = await self.answering.answer(request, asked, decision, spent, streams)
         routed = self.shaping.shape(request, request_id, answer)
         routed = await self.recording.record(routed, score.result, tenant, started, asked=feedback)
-        return await self.capturing.capture(routed, messages, score.result, tenant)
+        return await self.capturing.capture(routed, messages, score.result, tenant, request, asked)
 
     async def score(
         self, messages: list[Message], max_new_tokens: int | None = None, *, cached: bool = True
@@ -114,6 +117,7 @@ class Router:
     async def close(self) -> None:
         """After a reload: waits for this router's requests in flight, then stops its stages."""
         await self._idle.wait()
+        await self.exploring.close()  # before the targets it asks close
         await self.scoring.close()
         await self.answering.close()  # its streams may outlast their requests' turn in `in_use`
         if self._owns_worker:

@@ -46,6 +46,7 @@ class Serving:
         """Blocking: loads the model and builds the first router."""
         try:
             self.router = Router(self.policy, LocalModel(self.policy.scorer.model), self.store, self.metrics)
+            self.metrics.scorer_in_force(self.router.scoring.tag)
             # What is loaded now (the model's modules, torch, transformers) lives as long as the process:
             # out of the collector's sight, a full collection walks only what requests allocate (hundreds of
             # milliseconds per collection otherwise, which set the p99 under load). Garbage first: what is
@@ -81,6 +82,7 @@ class Serving:
                 problems = exc.problems if isinstance(exc, PolicyError) else [f"{type(exc).__name__}: {exc}"]
                 raise APIError(400, f"Reload failed: {'; '.join(problems)}", code="reload_failed") from exc
             self.router = successor
+            self.metrics.scorer_in_force(successor.scoring.tag)
             if successor.policy.scorer.calibrator != current.policy.scorer.calibrator:
                 self._digest = _digest(self._watched())  # the calibrator watched from now on
             self.in_background(asyncio.create_task(current.close()))

@@ -114,7 +114,11 @@ def _record(row: dict[str, Any]) -> dict[str, Any] | None:
         "answers": [],
         "task": "chat",
         "source": "traffic",
-        "answer": {row["target"]: row["answer"]} if row["target"] is not None else {},
+        # The client's answer first, then the explore: candidates' (a row may have no `shadow` at all).
+        "answer": {
+            **({row["target"]: row["answer"]} if row["target"] is not None else {}),
+            **row.get("shadow", {}),
+        },
         "decision": row["decision"],
         "confidences": row["confidences"],
         "family": row["family"],
@@ -137,8 +141,9 @@ def export(
 ) -> None:
     """Write the captured rows as canonical records, one JSON line each, oldest first: id, question (the
     last user message), messages, answers (empty: to be labelled), task chat, source traffic, and answer
-    ({target: text}; empty for a refusal), decision, confidences, family, tenant, time. Rows older than
-    the policy's capture.retention_days are left out."""
+    ({target: text}: the client's, then each shadow answer of explore:; no client's for a refusal),
+    decision, confidences, family, tenant, time. Rows older than the policy's capture.retention_days are
+    left out."""
     from router.cli import _load_or_exit
 
     loaded = _load_or_exit(policy)

@@ -95,6 +95,11 @@ class Scorer(ABC):
     def primary(self) -> str:
         return self.targets[0]
 
+    def close(self) -> None:
+        """Blocking, on the model's worker: free what it loaded into the shared model, once it scores no
+        more (a reload replaced it). Most scorers load nothing of their own."""
+        return None
+
 
 def build_scorer(method: str, model: LocalModel, settings: ScorerSettings) -> Scorer:
     if method not in SCORERS:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from localmodel import LocalModel
 
 ADAPTER_NAME = "certainty_head"
+_LOADS = count()
 HEAD_FILE = "head.safetensors"
 PASSAGE_CHARS = 200
 """A system message at least this long is a passage (or instructions around one), not a one-line role."""
@@ -63,19 +65,13 @@ class HeadScorer(Scorer, method="head"):
     needs_adapter = True
 
     def __init__(self, model: LocalModel, folder: Path) -> None:
-        from safetensors.torch import load_file
-
         card = ScorerCard.load(folder)
         if card.method != "head":
             raise ValueError(f"{folder}: a '{card.method}' scorer, not a head scorer")
         self.model, self.folder = model, folder
         self.layer, self.pooling = card.layer or model.num_layers, card.pooling
-        # A head on frozen states (a probe) has no adapter; it scores with the base weights.
-        self.adapter = ADAPTER_NAME if (folder / "adapter_config.json").is_file() else None
-        if self.adapter:
-            model.load_adapter(folder, self.adapter)
         predicted = card.predicted(folder)
-        weights = load_file(str(folder / HEAD_FILE))
+        weights = _tensors(folder / HEAD_FILE)
         self.weight = weights["weight"].float().reshape(len(predicted), -1).to(model.device)
         self.bias = weights["bias"].float().reshape(len(predicted)).to(model.device)
         self.targets = tuple(t.model for t in predicted)
@@ -86,7 +82,7 @@ class HeadScorer(Scorer, method="head"):
         self.task_weight: torch.Tensor | None = None
         self.task_bias: torch.Tensor | None = None
         if card.task_head:
-            tasks = load_file(str(folder / card.task_head.file))
+            tasks = _tensors(folder / card.task_head.file)
             self.task_weight = tasks["weight"].float().to(model.device)
             self.task_bias = tasks["bias"].float().to(model.device)
             self.tasks = tuple(card.task_head.families)
@@ -94,11 +90,26 @@ class HeadScorer(Scorer, method="head"):
         files += [t.calibrator for t in predicted if t.calibrator]
         files += [card.task_head.file] if card.task_head else []
         self.version = f"head:{folder_digest(folder, files)}:layer{self.layer}:{self.pooling}"
+        # A head on frozen states (a probe) has no adapter; it scores with the base weights. The adapter
+        # loads last, so a folder that fails to load leaves the model as it was, and under a name of its
+        # own: a reload's scorer loads beside the one it replaces, whose requests in flight keep theirs.
+        self.adapter: str | None = None
+        if (folder / "adapter_config.json").is_file():
+            self.adapter = f"{ADAPTER_NAME}_{next(_LOADS)}"
+            try:
+                model.load_adapter(folder, self.adapter)
+            except Exception:
+                model.unload_adapter(self.adapter)  # PEFT adds an adapter before it reads the weights
+                raise
 
     @classmethod
     def build(cls, model: LocalModel, settings: ScorerSettings) -> HeadScorer:
         assert settings.adapter is not None
         return cls(model, settings.adapter)
+
+    def close(self) -> None:
+        if self.adapter:
+            self.model.unload_adapter(self.adapter)
 
     def states(self, items: list[ScoreItem]) -> torch.Tensor:
         """The pooled prompt states every head reads: rows x features."""
@@ -129,6 +140,14 @@ class HeadScorer(Scorer, method="head"):
             return None
         logits = states @ self.task_weight.T + self.task_bias
         return logits.softmax(dim=-1).cpu().numpy().astype(np.float64)
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file read whole, never memory-mapped: a folder copied over in place (`cp` writes into
+    the same files) must not change the weights of the scorer still serving from it."""
+    from safetensors.torch import load
+
+    return load(path.read_bytes())
 
 
 def save_head(folder: Path, weight: torch.Tensor, bias: torch.Tensor, card: ScorerCard) -> None:

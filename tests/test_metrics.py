@@ -231,6 +231,7 @@ def test_labels_are_bounded_and_carry_no_prompt_text(scrape: tuple[str, list[log
             "to_target",
             "reason",
             "tenant",
+            "version",
             "le",
         }, name
         assert {found.get("from_target", "none"), found.get("to_target", "none")} <= targets
@@ -239,3 +240,5 @@ def test_labels_are_bounded_and_carry_no_prompt_text(scrape: tuple[str, list[log
         assert found.get("kind", "other") in ERROR_KINDS
         assert found.get("route", "/metrics") in ROUTES
         assert re.fullmatch(r"[1-5]\d\d", found.get("code", "200"))
+    # The scorer in force, one series: a version per scorer loaded, never per request.
+    assert [name for name, _ in samples(text)].count("router_scorer_info") == 1

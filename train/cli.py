@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from itertools import chain, zip_longest
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, cast, get_args
+from typing import TYPE_CHECKING, Annotated, Any, cast, get_args
 
 import typer
 
@@ -321,9 +321,21 @@ def eval_routing(
     split: Annotated[
         str, typer.Option(help="test (held-out sources and the test split), dev, calibration, train or all.")
     ] = "test",
+    candidate: Annotated[
+        Path | None,
+        typer.Option(
+            help="A scorer folder to compare with --scorer on the rows held out for both (paired bootstrap); "
+            "exit 1 when it routes worse beyond noise."
+        ),
+    ] = None,
+    resamples: Annotated[
+        int | None,
+        typer.Option(min=10, help="Bootstrap resamples (default 500; the paired comparison's 1000)."),
+    ] = None,
 ) -> None:
-    """Routing on questions every model labelled: APGR and CPT, cost-quality curves, per source."""
-    from train.routing_job import evaluate_routing_job
+    """Routing on questions every model labelled: APGR and CPT, cost-quality curves, per source. With
+    --candidate, whether that scorer routes worse than --scorer: exit 1 if so, beyond noise."""
+    from train.routing_job import compare_routing_job, evaluate_routing_job
 
     prices = {}
     for given in cost or []:
@@ -333,13 +345,34 @@ def eval_routing(
         except ValueError as exc:
             raise typer.BadParameter(f"'{given}' is not MODEL=DOLLARS", param_hint="--cost") from exc
     try:
-        metrics = evaluate_routing_job(scorer, labels, out, split, prices, typer.echo)
+        if candidate is not None:
+            metrics = compare_routing_job(
+                scorer, candidate, labels, out, split, prices, typer.echo, resamples
+            )
+        else:
+            metrics = evaluate_routing_job(scorer, labels, out, split, prices, typer.echo, resamples)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if candidate is not None:
+        _promotion_verdict(out, metrics)
+        return
     headline = metrics["strategies"]["scorer"].get("apgr")
     apgr = f"APGR {headline['value']:.3f} [{headline['low']:.3f}, {headline['high']:.3f}]" if headline else ""
     typer.echo(f"{out / 'metrics.json'}: n={metrics['n']} {apgr}".rstrip())
+
+
+def _promotion_verdict(out: Path, metrics: dict[str, Any]) -> None:
+    """One line on the verdict; exit 1 when the candidate is worse beyond noise, so a job can gate on it."""
+    from train.routing_compare import WORSE
+
+    reasons = "; ".join(metrics["reasons"])
+    line = f"candidate {metrics['verdict']}" + (f": {reasons}" if reasons else "")
+    typer.echo(f"{out / 'metrics.json'}: n={metrics['n']}")
+    if metrics["verdict"] == WORSE:
+        typer.echo(line, err=True)
+        raise typer.Exit(1)
+    typer.echo(line)
 
 
 def train_answerer(

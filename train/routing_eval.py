@@ -41,6 +41,7 @@ THRESHOLD_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 its table spans the confidences a scorer actually gives (fixed thresholds say nothing for a scorer whose
 confidences all lie below 0.5)."""
 LEVEL = 0.95
+RESAMPLES = 500
 # Per strategy: (two targets, more targets); {dear} is the strong target, or the most accurate of many.
 DESCRIPTIONS = {
     "scorer": (
@@ -100,7 +101,7 @@ def evaluate_routing(
     sources: list[str],
     nprob: np.ndarray | None = None,
     seed: int = 0,
-    n_resamples: int = 500,
+    n_resamples: int = RESAMPLES,
     notes: Sequence[str] = (),
     families: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def routing_evaluation(
     sources: list[str],
     nprob: np.ndarray | None = None,
     seed: int = 0,
-    n_resamples: int = 500,
+    n_resamples: int = RESAMPLES,
     notes: Sequence[str] = (),
     families: list[str] | None = None,
 ) -> RoutingEvaluation:
@@ -227,12 +228,9 @@ def _strategies(data: Rows, best: int) -> dict[str, Strategy]:
         return Strategy(index, curve, reference, (score, weak, strong) if two else None)
 
     out: dict[str, Strategy] = {}
-    if two:
-        # Lowest score escalates first: the largest expected gain, mapped from [-1, 1] into [0, 1].
-        out["scorer"] = escalate((1.0 + c[:, 0] - c[:, 1]) / 2)
-    else:
-        curve = threshold_curve(c, y, price)
-        out["scorer"] = Strategy(np.arange(len(y)), curve, SHARE_OF_BEST * float(y.mean(axis=0).max()), None)
+    routing = (expected_gain(c), y[:, 0], y[:, 1]) if two else None
+    reference = SHARE_OF_BEST * float(y.mean(axis=0).max())
+    out["scorer"] = Strategy(np.arange(len(y)), scorer_curve(data), reference, routing)
     out["cascade"] = escalate(c[:, 0])
     if data.nprob is not None and not np.all(np.isnan(data.nprob)):
         rows = np.flatnonzero(~np.isnan(data.nprob))
@@ -245,6 +243,21 @@ def _strategies(data: Rows, best: int) -> dict[str, Strategy]:
         curve = oracle_curve(y, price)
         out["oracle"] = Strategy(np.arange(len(y)), curve, out["scorer"].reference, None)
     return out
+
+
+def expected_gain(confidences: FloatArray) -> FloatArray:
+    """Two targets' escalation order, lowest first: the largest expected gain P(strong) - P(weak), mapped
+    from [-1, 1] into [0, 1]."""
+    return (1.0 + confidences[:, 0] - confidences[:, 1]) / 2
+
+
+def scorer_curve(data: Rows) -> CostQualityCurve:
+    """The scorer strategy's cost-quality curve: escalation by expected gain for two targets, else the
+    threshold rule swept over t."""
+    y, c, price = data.correct, data.confidences, data.costs
+    if y.shape[1] == 2:
+        return escalation_curve(expected_gain(c), y[:, 0], y[:, 1], price[0], price[1])
+    return threshold_curve(c, y, price)
 
 
 def _mean_label(scores: FloatArray, labels: FloatArray) -> float:

@@ -269,3 +269,74 @@ def _fmt(e: dict[str, Any] | None, pct: bool = False) -> str:
 
 def _dollars(value: float | None) -> str:
     return "never" if value is None else f"${value:.4g}"
+
+
+def write_comparison(out: Path, metrics: dict[str, Any]) -> None:
+    """metrics.json and report.md of `router eval-routing --candidate` (train/routing_compare.py's
+    metrics) into ``out``; each scorer's own report is beside them, in current/ and candidate/."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text("\n".join(_comparison_lines(metrics)), encoding="utf-8")
+
+
+def _comparison_lines(metrics: dict[str, Any]) -> list[str]:
+    boot, scorers, differences = metrics["bootstrap"], metrics["scorers"], metrics["differences"]
+    lines = ["# Scorer comparison: candidate against current", ""]
+    lines += [f"- {note}" for note in metrics["notes"]] + ([""] if metrics["notes"] else [])
+    reasons = "; ".join(metrics["reasons"])
+    lines += [
+        f"**Verdict: the candidate is {metrics['verdict']}**" + (f": {reasons}." if reasons else "."),
+        "",
+    ]
+    lines += [
+        f"{metrics['n']} rows, held out for both scorers; targets cheapest first "
+        f"({', '.join(metrics['cheapest_first'])}). Paired bootstrap: {boot['n_resamples']} resamples of the "
+        f"rows (seed {boot['seed']}), both scorers judged on each; {boot['level']:.0%} percentile intervals. "
+        "Each scorer's `scorer` strategy (docs/routing.md); cost at 95%: the lowest $ per 1,000 requests at "
+        f"which it reaches 95% of the best single target's accuracy ({metrics['best']}). The candidate is "
+        "worse beyond noise when the interval of its APGR minus the current's lies wholly below 0, or that "
+        "of its cost at 95% minus the current's wholly above 0.",
+        "",
+        "| figure | current | candidate | candidate - current (paired) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, label in (("apgr", "APGR"), ("cost_at_95", "cost at 95% ($ per 1k)")):
+        if key in differences:
+            cells = [_fmt(scorers[role][key]) for role in ("current", "candidate")]
+            lines.append(f"| {label} | {' | '.join(cells)} | {_signed(differences[key])} |")
+    for group in ("source", "family"):
+        if f"by_{group}" in metrics:
+            lines += _comparison_groups(metrics[f"by_{group}"], group, "apgr" in differences)
+    lines += [
+        "",
+        "Each scorer's full report on the same rows: [current](current/report.md), "
+        "[candidate](candidate/report.md).",
+        "",
+    ]
+    return lines
+
+
+def _signed(e: dict[str, Any] | None) -> str:
+    if e is None:
+        return "undefined"
+    return f"{e['value']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
+
+
+def _comparison_groups(groups: dict[str, Any], group: str, two: bool) -> list[str]:
+    figures = [("apgr", "APGR")] if two else []
+    figures.append(("cost_at_95", "cost at 95%"))
+    header = [f"{label}, {role}" for _, label in figures for role in ("current", "candidate")]
+    lines = [
+        "",
+        f"## By {group}",
+        "",
+        f"Point values on the {group}'s rows (no interval); blank where undefined there.",
+        "",
+        f"| {group} | n | " + " | ".join(header) + " |",
+        "| --- | ---: |" + " ---: |" * len(header),
+    ]
+    for name, entry in groups.items():
+        cells = [entry[role][key] for key, _ in figures for role in ("current", "candidate")]
+        shown = " | ".join("" if value is None else f"{value:.3g}" for value in cells)
+        lines.append(f"| {name} | {entry['n']} | {shown} |")
+    return lines

@@ -5,7 +5,9 @@ Each tenant's rows are a log of their own in the store, `capture:<tenant>` (`-` 
 `max_rows`, expiring `retention_days` after the newest. Every match of a `redact` pattern is replaced before
 the row is built, so what the store holds never had it. A streamed answer is gathered as the client
 receives it, and its row is written once the stream has ended; a stream that fails or that the client
-leaves stores nothing, since part of an answer would be labelled as the answer.
+leaves stores nothing, since part of an answer would be labelled as the answer. A request the policy's
+`explore:` picks is handed to exploring (router/stages/exploring.py) instead, which writes its row with the
+candidates' shadow answers beside the client's (`shadow`, target -> text) once they are in.
 
 Off without Redis: the in-process store would keep the rows where no command can read them. Storing never
 fails or holds up a request beyond one write: with Redis away the row waits with the other writes
@@ -28,10 +30,12 @@ from policies import Policy
 from policies.schema import NO_TENANT
 from router import completions
 from router.metrics import Metrics
+from router.schemas import ChatCompletionRequest
+from router.stages.exploring import Exploring
 from router.stages.scoring import Scored
 from router.stages.shaping import Routed
 from router.state import StateStore, StoreUnavailable
-from router.targets import Chunks
+from router.targets import Asked, Chunks
 
 log = logging.getLogger("router")
 
@@ -50,18 +54,34 @@ def sampled(request_id: str, share: float) -> bool:
 
 
 class Capturing:
-    def __init__(self, policy: Policy, store: StateStore, metrics: Metrics, predicts: dict[str, str]) -> None:
-        """`predicts`: policy target -> the scorer target whose confidence is that target's."""
+    def __init__(
+        self,
+        policy: Policy,
+        store: StateStore,
+        metrics: Metrics,
+        predicts: dict[str, str],
+        exploring: Exploring | None = None,
+    ) -> None:
+        """`predicts`: policy target -> the scorer target whose confidence is that target's; `exploring`:
+        what asks the policy's explore: candidates for shadow answers before a row is written."""
         self.spec, self.store, self.metrics, self.predicts = policy.capture, store, metrics, predicts
         if self.spec is not None and store.health().mode == "memory":
             log.warning("capture: off, for want of Redis (--redis-url): `router traffic export` reads it")
             self.spec = None
         self.patterns = [re.compile(pattern) for pattern in self.spec.redact] if self.spec else []
+        self.exploring = exploring if self.spec is not None and policy.explore is not None else None
 
     async def capture(
-        self, routed: Routed, messages: list[Message], scored: Scored | None, tenant: str | None
+        self,
+        routed: Routed,
+        messages: list[Message],
+        scored: Scored | None,
+        tenant: str | None,
+        request: ChatCompletionRequest | None = None,
+        asked: Asked | None = None,
     ) -> Routed:
-        """`routed`, its stream (if any) gathered for its row when the request is one to keep."""
+        """`routed`, its stream (if any) gathered for its row when the request is one to keep. `request` and
+        `asked` are what the explore: candidates are asked (no exploring without them)."""
         spec = self.spec
         if spec is None:
             return routed
@@ -71,12 +91,29 @@ class Capturing:
             self.metrics.captured.labels("skipped").inc()
             return routed
         row = self._row(routed, messages, scored, tenant)
+        shadowed = None
+        if self.exploring is not None and self.exploring.wants(routed.request_id):
+            shadowed = (request, asked) if request is not None and asked is not None else None
         if routed.chunks is None:
             assert routed.body is not None
-            await self._store(row, completions.content_of(routed.body))
+            await self._keep(row, completions.content_of(routed.body), shadowed)
             return routed
-        gathered = Gathered(routed.chunks, lambda text: self._store(row, text), self._aborted)
+        gathered = Gathered(routed.chunks, lambda text: self._keep(row, text, shadowed), self._aborted)
         return dataclasses.replace(routed, chunks=gathered)
+
+    async def _keep(
+        self, row: dict[str, Any], answer: str, shadowed: tuple[ChatCompletionRequest, Asked] | None
+    ) -> None:
+        """The row written now, or, when it is explored, once its shadow answers are in."""
+        if shadowed is not None:
+            assert self.exploring is not None
+
+            async def keep(shadow: dict[str, str]) -> None:
+                await self._store(row, answer, shadow)
+
+            if self.exploring.submit(row["target"], *shadowed, keep):
+                return
+        await self._store(row, answer)
 
     def _row(
         self, routed: Routed, messages: list[Message], scored: Scored | None, tenant: str | None
@@ -107,10 +144,12 @@ class Capturing:
             text = pattern.sub(REDACTED, text)
         return text
 
-    async def _store(self, row: dict[str, Any], answer: str) -> None:
-        """Never raises: the client has its answer, whatever becomes of the row."""
+    async def _store(self, row: dict[str, Any], answer: str, shadow: dict[str, str] | None = None) -> None:
+        """Never raises: the client has its answer, whatever becomes of the row. `shadow`: the explore:
+        candidates' answers (target -> text)."""
         assert self.spec is not None
-        value = json.dumps({**row, "answer": self._redacted(answer)})
+        shadows = {name: self._redacted(text) for name, text in (shadow or {}).items()}
+        value = json.dumps({**row, "answer": self._redacted(answer), "shadow": shadows})
         try:
             await self.store.append(
                 capture_key(row["tenant"]), value, self.spec.max_rows, self.spec.retention_days * 86400

@@ -31,6 +31,7 @@ class Recording:
         self.drift = DriftMonitor(store, self.log, drift, scorer.reference_scores)
         self.budget = EscalationBudget(policy, self.log, scoring.calibrate)
         self.metrics, self.predicts, self.primary = metrics, scoring.predicts, scorer.primary
+        self.scorer_tag = scoring.tag
 
     async def record(
         self,
@@ -64,7 +65,7 @@ class Recording:
             decision.target,
             "-" if decision.confidence is None else f"{decision.confidence:.3f}",
         )
-        return dataclasses.replace(routed, decision_kept=kept, task=family)
+        return dataclasses.replace(routed, decision_kept=kept, task=family, scorer=self.scorer_tag)
 
     async def _logged(
         self, request_id: str, decision: Decision, scored: Scored | None, tenant: str | None, asked: bool

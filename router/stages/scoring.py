@@ -6,6 +6,7 @@ calibrator applies to cached scores at once: only raw scores are cached.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ class Scoring:
             Path(spec.adapter) if spec.adapter else None, spec.samples, spec.temperature
         )
         self.scorer: Scorer = build_scorer(spec.method, worker.model, settings)
+        self.tag = scorer_tag(self.scorer.version)
+        """The scorer version in force as x-router-scorer and router_scorer_info name it."""
+        self._worker = worker
         self.max_draft_tokens = spec.max_draft_tokens
         self.metrics, self._check_prompt = metrics, check_prompt
         # A policy's calibrator (e.g. fitted on feedback) replaces the scorer folder's own.
@@ -126,6 +130,7 @@ class Scoring:
 
     async def close(self) -> None:
         await self.batcher.close()
+        await self._worker.run(self.scorer.close)
 
 
 class LazyScore:
@@ -147,6 +152,14 @@ class LazyScore:
         if self.result is None:
             self.result = await self.scoring.score(self.messages, self.max_new_tokens, tenant=self.tenant)
         return self.scoring.known(self.result)
+
+
+def scorer_tag(version: str) -> str:
+    """A scorer version as a header value: itself when it is short printable ASCII (a head scorer's folder
+    digest, layer and pooling), else a digest of it (a version may hold a model's path)."""
+    if version.isascii() and version.isprintable() and len(version) <= 120:
+        return version
+    return "sha256:" + hashlib.sha256(version.encode()).hexdigest()[:16]
 
 
 def predicted_targets(policy: Policy, scorer: Scorer) -> dict[str, str]:

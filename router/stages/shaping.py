@@ -36,6 +36,9 @@ class Routed:
     task: str | None = None
     """The likeliest task family, when the request was scored by a scorer with a task head (x-router-task);
     set by recording."""
+    scorer: str | None = None
+    """The scorer version in force (x-router-scorer), whether or not this request was scored; set by
+    recording."""
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -52,6 +55,8 @@ class Routed:
             headers["x-router-confidences"] = ",".join(f"{name}={value:.4f}" for name, value in listed)
         if self.task is not None:
             headers["x-router-task"] = self.task
+        if self.scorer is not None:
+            headers["x-router-scorer"] = self.scorer
         if self.fallback is not None:
             headers["x-router-fallback"] = self.fallback
         return headers
