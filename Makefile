@@ -132,8 +132,11 @@ judge-agreement: install
 scorer-eval: install
 	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(LABELS) --data $(EFFICIENTQA) --out docs/scorer-eval --cross-fit 5
 	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(PASSAGES) --out docs/scorer-eval/passages
+	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(FAMILIES) --out docs/scorer-eval/families --cross-fit 5
+	$(BIN)/router eval-scorer --adapter $(SCORER) --data $(GEMMA_FAMILIES) --target gemma-3-270m \
+		--out docs/scorer-eval/families-gemma --cross-fit 5
 
 # Routing between the scorer's two targets on held-out questions both answered (docs/routing.md).
 routing-eval: install
 	$(BIN)/router eval-routing --scorer $(SCORER) --labels $(LABELS) --labels $(EFFICIENTQA) --labels $(GEMMA) \
-		--out docs/routing-eval
+		--labels $(FAMILIES) --labels $(GEMMA_FAMILIES) --out docs/routing-eval
