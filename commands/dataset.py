@@ -87,6 +87,25 @@ def build_dataset(
             "(with --grader judge, the judge's verdict beside each row's gold grade).",
         ),
     ] = False,
+    from_traffic: Annotated[
+        bool,
+        typer.Option(
+            "--from-traffic",
+            help="The --data files are `router traffic export` files: grade the answers of --answer-of in "
+            "them, asking no model.",
+        ),
+    ] = False,
+    answer_of: Annotated[
+        str | None,
+        typer.Option(help="With --from-traffic: the target whose answers are labelled (one file each)."),
+    ] = None,
+    gold: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="With --from-traffic: QA files whose gold answers grade the captured requests that ask "
+            "their questions (repeat the option); the other requests are graded as chat."
+        ),
+    ] = None,
     source: Annotated[
         list[str] | None, typer.Option("--source", help="Only the rows of this source (repeat the option).")
     ] = None,
@@ -108,11 +127,18 @@ def build_dataset(
         return typer.Exit(2)
 
     remote = None
-    if answered and (policy is not None or model is not None or context_variants):
+    given = "--answered" if answered else "--from-traffic" if from_traffic else None
+    if answered and from_traffic:
+        raise usage("--answered and --from-traffic are exclusive: labels files or traffic exports")
+    if given and (policy is not None or model is not None or context_variants):
         raise usage(
-            "--answered grades the answers already in the --data files: no --model, --policy or "
+            f"{given} grades the answers already in the --data files: no --model, --policy or "
             "--context-variants"
         )
+    if from_traffic and answer_of is None:
+        raise usage("--from-traffic needs --answer-of TARGET: the target whose answers are labelled")
+    if (answer_of is not None or gold) and not from_traffic:
+        raise usage("--answer-of and --gold go with --from-traffic")
     if policy is None and target is not None:
         raise usage("--target needs --policy (the policy file that defines the target)")
     if judge_policy is None and judge_target is not None:
@@ -136,13 +162,16 @@ def build_dataset(
             raise typer.Exit(2) from None
     records = training.records_to_label(data, limit, seed, context_variants, frozenset(source or []))
     answers = None
-    if answered:
-        from train.label import answered_rows
+    if given:
+        from train.label import answered_rows, traffic_answers, with_gold
 
         try:
-            answers = answered_rows(data)
+            answers = traffic_answers(data, answer_of or "") if from_traffic else answered_rows(data)
         except ValueError as exc:
             raise usage(str(exc)) from None
+        records = [r for r in records if r.id in answers]
+        if gold:
+            records = with_gold(records, training.records_to_label(gold, None, seed, False))
     judge = None
     if judge_policy is not None:
         from commands.judge import judge_for

@@ -122,6 +122,39 @@ def answered_rows(paths: Iterable[Path]) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def traffic_answers(paths: Iterable[Path], target: str) -> dict[str, dict[str, Any]]:
+    """The answers `target` gave in `router traffic export` files, as answered rows by request id, its name
+    as the rows' model; rows it did not answer are left out. Raises ValueError naming the file and line of a
+    row that is not an export's."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row.get("answer"), dict):
+                said = "answer: missing (is this a file from `router traffic export`?)"
+                raise ValueError(f"{path}:{line_no}: {said}")
+            if isinstance(text := row["answer"].get(target), str):
+                kept = {k: v for k, v in row.items() if k != "answer"}
+                rows[row["id"]] = {**kept, "greedy": text, "samples": [], "model": target}
+    return rows
+
+
+def with_gold(records: list[QARecord], gold: Iterable[QARecord]) -> list[QARecord]:
+    """Captured requests that ask a question of a QA file, as that question (its gold answers, family and
+    grader) under the request's id; a request is matched by its text, as sent with or without the brevity
+    cue `prompt` adds. The others are left as they are."""
+    known: dict[str, QARecord] = {}
+    for record in gold:
+        known.setdefault(record.question.strip(), record)
+        known.setdefault(prompt(record)[-1]["content"].strip(), record)
+    return [
+        known[r.question.strip()].model_copy(update={"id": r.id}) if r.question.strip() in known else r
+        for r in records
+    ]
+
+
 def regrade_batch(
     answered: Mapping[str, dict[str, Any]], records: list[QARecord], grading: Grading
 ) -> list[dict[str, Any]]:
@@ -133,6 +166,7 @@ def regrade_batch(
         rows.append(
             {
                 **row,
+                **record.model_dump(exclude_none=True),  # a captured request may have been given gold answers
                 "sample_accuracy": grading.accuracy(row.get("samples", []), record),
                 **grading.fields(row["greedy"], record),
             }

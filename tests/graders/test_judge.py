@@ -452,3 +452,59 @@ def test_answered_rows_judged_give_the_judges_agreement_with_the_gold_graders(
 
     result = CliRunner().invoke(app, ["eval-judge", "--labels", str(answered), "--out", str(report)])
     assert error_line(result).endswith("no row was judged beside a gold grade (label with --grader judge)")
+
+
+def traffic_file(tmp_path: Path) -> Path:
+    """Two captured requests as `router traffic export` writes them: a question of ROWS asked as a client
+    of the labels' format would ask it, answered by `local` and, as a shadow answer, by `remote`; and a
+    greeting only `local` answered."""
+    from router.traffic_cli import _record
+
+    def captured(rid: str, question: str, answers: dict[str, str]) -> dict[str, Any]:
+        local, *_ = answers
+        decision = {"action": "answer_with", "outcome": "answer", "rule": "r", "target": local}
+        row = {"id": rid, "messages": [{"role": "user", "content": question}], "target": local}
+        return (
+            _record(
+                {**row, "answer": answers[local], "shadow": {k: v for k, v in answers.items() if k != local}}
+                | {"decision": decision, "confidences": {}, "family": None, "tenant": "-", "time": 0.0}
+            )
+            or {}
+        )
+
+    path = tmp_path / "traffic.jsonl"
+    rows = [
+        captured(
+            "req-1",
+            "What is the capital of France? Answer in a few words.",
+            {"local": "Lyon", "remote": "Paris"},
+        ),
+        captured("req-2", "hi", {"local": "Hello!"}),
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_captured_answers_are_graded_by_gold_answers_where_known_and_by_the_judge_elsewhere(
+    provider: Provider, data: Path, tmp_path: Path
+) -> None:
+    traffic, judging = traffic_file(tmp_path), policy(tmp_path, provider.base_url)
+    judge = ["--judge-policy", str(judging), "--judge-target", "judge"]
+    for target, right in (("local", False), ("remote", True)):
+        out = tmp_path / f"{target}.jsonl"
+        options = ["--from-traffic", "--answer-of", target, "--gold", str(data), *judge]
+        result = label(traffic, out, *options)
+        assert result.exit_code == 0, result.output
+        labelled = rows(out)
+        france = labelled["req-1"]
+        assert (france["correct"], france["grader"], france["answers"]) == (right, "alias", ["Paris"])
+        assert france["model"] == target and france["question"] == "What is the capital of France?"
+    assert set(rows(tmp_path / "remote.jsonl")) == {"req-1"}  # `remote` never answered the greeting
+    hi = rows(tmp_path / "local.jsonl")["req-2"]
+    assert (hi["grader"], hi["correct"], hi["greedy"]) == ("judge", True, "Hello!")  # the judge said so
+    assert provider.judged_rows() == ["hi"]
+
+    said = "error: --from-traffic needs --answer-of TARGET: the target whose answers are labelled"
+    assert error_line(label(traffic, tmp_path / "x.jsonl", "--from-traffic")) == said
+    not_traffic = error_line(label(data, tmp_path / "x.jsonl", "--from-traffic", "--answer-of", "local"))
+    assert not_traffic == f"error: {data}:1: answer: missing (is this a file from `router traffic export`?)"
