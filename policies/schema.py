@@ -13,7 +13,7 @@ from pydantic_core import PydanticCustomError
 from policies.actions import action, registered_action
 from policies.checks import Location
 from policies.conditions import CONDITIONS, When, hold_when, when_model
-from policies.targets import LocalTarget, Target, hold_targets
+from policies.targets import LocalTarget, RemoteTarget, Target, hold_targets
 
 VIRTUAL_MODEL = "router"
 NO_TENANT = "-"
@@ -189,6 +189,9 @@ class Policy(_Strict):
     limits: LimitsSpec = LimitsSpec()
     capture: CaptureSpec | None = None
     explore: ExploreSpec | None = None
+    embeddings: str | None = None
+    """The remote target (openai or litellm) that POST /v1/embeddings passes through to, unscored; none:
+    that endpoint answers 404."""
 
     @field_validator("auth", mode="before")
     @classmethod
@@ -262,6 +265,7 @@ class Policy(_Strict):
                 f"with auth off no request has a key: every request is the tenant '{NO_TENANT}'",
             )
         yield from _explore_problems(self)
+        yield from _embeddings_problems(self)
         if not self.rules[-1].when.is_empty:
             yield (
                 ("rules", len(self.rules) - 1, "when"),
@@ -280,6 +284,17 @@ def _explore_problems(policy: Policy) -> Iterator[tuple[Location, str]]:
             yield where, f"unknown target '{name}' (targets: {', '.join(policy.targets)})"
         elif name in policy.explore.targets[:j]:
             yield where, f"'{name}' is listed twice"
+
+
+def _embeddings_problems(policy: Policy) -> Iterator[tuple[Location, str]]:
+    name = policy.embeddings
+    if name is None:
+        return
+    target = policy.targets.get(name)
+    if target is None:
+        yield ("embeddings",), f"unknown target '{name}' (targets: {', '.join(policy.targets)})"
+    elif not isinstance(target, RemoteTarget):
+        yield ("embeddings",), f"'{name}' is a {target.kind} target: embeddings pass through to a remote one"
 
 
 def _fallback_problems(policy: Policy) -> Iterator[tuple[Location, str]]:

@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from router.access.gate import Caller, Gate
 from router.access.keys import KeyTable
 from router.access.limits import Limits, Verdict
 from router.asgi import RequestGuard
+from router.embeddings import EmbeddingRequest, embed, embeddings_target
 from router.errors import APIError, install_error_handlers
 from router.feedback import ConflictingFeedback, UnknownRequest
 from router.metrics import Metrics
@@ -31,6 +33,7 @@ from router.schemas import ChatCompletionRequest, FeedbackRequest, ScoreRequest
 from router.serving import Serving
 from router.stages.shaping import Routed
 from router.state import Eviction, StateStore, StoreUnavailable, open_store, read_eviction
+from router.text_completions import CompletionRequest, as_text, chat_request
 
 log = logging.getLogger("router")
 
@@ -160,14 +163,36 @@ def create_app(
     async def chat_completions(
         request: ChatCompletionRequest, who: Authorized, x_router_feedback: FeedbackAsked = None
     ) -> Response:
+        routed, headers = await route(request, who, x_router_feedback == "keep")
+        return _answer(routed, metrics, headers)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(
+        request: CompletionRequest, who: Authorized, x_router_feedback: FeedbackAsked = None
+    ) -> Response:
+        routed, headers = await route(chat_request(request), who, x_router_feedback == "keep")
+        return _answer(as_text(routed), metrics, headers)
+
+    async def route(
+        request: ChatCompletionRequest, who: Caller | None, feedback: bool
+    ) -> tuple[Routed, dict[str, str]]:
+        """The routed answer, and the headers it goes with (the decision's, the caller's limits')."""
         async with serving.ready().in_use() as router:
             verdict = await admitted(who, request.model)
-            tenant, asked = None if who is None else who.name, x_router_feedback == "keep"
-            routed = await router.route(request, tenant, spent(who), feedback=asked)
-        headers = routed.headers() | (verdict.headers() if verdict else {})
-        if routed.chunks is None:
-            return JSONResponse(routed.body, headers=headers)
-        return _Stream(routed, metrics, headers)
+            tenant = None if who is None else who.name
+            routed = await router.route(request, tenant, spent(who), feedback=feedback)
+        return routed, routed.headers() | (verdict.headers() if verdict else {})
+
+    @app.post("/v1/embeddings", response_model=None)
+    async def embeddings(request: EmbeddingRequest, who: Authorized) -> Response:
+        async with serving.ready().in_use() as router:
+            target = embeddings_target(router.policy)
+            # A key's models are checked against the target's name: the request's `model` chooses nothing.
+            verdict = await admitted(who, target)
+            embedded = await embed(router, target, request, spent(who))
+        headers = {"x-router-request-id": uuid.uuid4().hex, "x-router-target": target}
+        headers |= verdict.headers() if verdict else {}
+        return Response(embedded.content, media_type="application/json", headers=headers)
 
     def spent(who: Caller | None) -> Callable[[int, float], None] | None:
         """What an answer's tokens and dollars are charged to: the caller's limits, its tenant's metrics."""
@@ -295,6 +320,12 @@ FeedbackAsked = Annotated[
         "decision is kept whatever the policy's sample (x-router-decision-kept says whether it was)"
     ),
 ]
+
+
+def _answer(routed: Routed, metrics: Metrics, headers: dict[str, str]) -> Response:
+    if routed.chunks is None:
+        return JSONResponse(routed.body, headers=headers)
+    return _Stream(routed, metrics, headers)
 
 
 class _Stream(StreamingResponse):

@@ -46,6 +46,34 @@ ERRORS: dict[tuple[str, str], dict[int, str]] = {
         "or a remote target asks to retry later",
         504: "A remote target did not answer in time",
     },
+    ("post", "/v1/completions"): {
+        400: "Invalid request (a field, several prompts, a chat-only or unsupported legacy field, a prompt "
+        "beyond the local model's limit), or a remote target rejected it",
+        401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
+        403: "The caller's key may not use the requested model",
+        404: "The requested model is not one this router serves",
+        413: "The request body is larger than the policy's limits.max_body_bytes, or a remote target's limit",
+        429: "The caller's key is over its requests or tokens per minute (rate_limit_exceeded) or has spent "
+        "its budget (budget_exceeded); or a remote target is rate-limiting the router",
+        502: "A remote target failed, could not be reached, refused the router's credentials or has no key",
+        503: "Not ready yet (the model is loading), overloaded (the scoring queue is full), shutting down, "
+        "or a remote target asks to retry later",
+        504: "A remote target did not answer in time",
+    },
+    ("post", "/v1/embeddings"): {
+        400: "Invalid request (no input, a field of the wrong type, an unknown field), or the embeddings "
+        "target rejected it",
+        401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
+        403: "The caller's key may not use the policy's embeddings target",
+        404: "The policy names no embeddings target",
+        413: "The request body is larger than the policy's limits.max_body_bytes, or the target's limit",
+        429: "The caller's key is over its requests or tokens per minute (rate_limit_exceeded) or has spent "
+        "its budget (budget_exceeded); or the target is rate-limiting the router",
+        502: "The embeddings target failed, could not be reached, refused the router's credentials or has "
+        "no key",
+        503: "Not ready yet (the model is loading), shutting down, or the target asks to retry later",
+        504: "The embeddings target did not answer in time",
+    },
     ("post", "/v1/feedback"): {
         400: "Invalid request: give request_id and either correct or score",
         401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
@@ -71,6 +99,9 @@ ERRORS: dict[tuple[str, str], dict[int, str]] = {
         503: "Not ready yet: the model is loading",
     },
 }
+
+UPSTREAM_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+"""The operations that may pass on a remote target's failure, with its retry headers."""
 
 SERVER_ERROR = "An unexpected failure of the router (the server's log has the traceback)"
 
@@ -210,6 +241,40 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["id", "object", "created", "model", "choices"],
     },
+    "TextCompletion": {
+        "description": "A legacy text completion (POST /v1/completions): the routed answer's text.",
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "text_completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": {"$ref": "#/components/schemas/TextChoice"}},
+            "usage": {"anyOf": [{"$ref": "#/components/schemas/Usage"}, {"type": "null"}]},
+        },
+        "required": ["id", "object", "created", "model", "choices"],
+    },
+    "TextChoice": {
+        "type": "object",
+        "properties": {
+            "index": {"type": "integer"},
+            "text": {"type": "string"},
+            "finish_reason": _NULLABLE_STRING,
+            "logprobs": {"type": "null"},
+        },
+        "required": ["index", "text", "finish_reason"],
+    },
+    "Embeddings": {
+        "description": "The embeddings target's own answer, passed on as it came.",
+        "type": "object",
+        "properties": {
+            "object": {"type": "string", "examples": ["list"]},
+            "data": {"type": "array", "items": {"type": "object"}},
+            "model": {"type": "string"},
+            "usage": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+        },
+        "required": ["data"],
+    },
     "StreamError": {
         "description": "The last event before [DONE] when a stream fails after its headers were sent.",
         "type": "object",
@@ -289,27 +354,29 @@ def _json(name: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
 
 
-# One server-sent event (OpenAPI before 3.2 has a stream's `schema` describe each of its events): a
-# chat.completion.chunk as JSON, a StreamError when the stream fails after its headers, and last `[DONE]`.
-_SSE_EVENT = {
-    "type": "object",
-    "properties": {
-        "data": {
-            "type": "string",
-            "if": {"const": "[DONE]"},
-            "else": {
-                "contentMediaType": "application/json",
-                "contentSchema": {
-                    "anyOf": [
-                        {"$ref": "#/components/schemas/ChatCompletionChunk"},
-                        {"$ref": "#/components/schemas/StreamError"},
-                    ]
+def _sse_event(chunk: str) -> dict[str, Any]:
+    """One server-sent event (OpenAPI before 3.2 has a stream's `schema` describe each of its events): a
+    `chunk` as JSON, a StreamError when the stream fails after its headers, and last `[DONE]`."""
+    return {
+        "type": "object",
+        "properties": {
+            "data": {
+                "type": "string",
+                "if": {"const": "[DONE]"},
+                "else": {
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "anyOf": [
+                            {"$ref": f"#/components/schemas/{chunk}"},
+                            {"$ref": "#/components/schemas/StreamError"},
+                        ]
+                    },
                 },
-            },
-        }
-    },
-    "required": ["data"],
-}
+            }
+        },
+        "required": ["data"],
+    }
+
 
 DECISION_HEADERS: dict[str, dict[str, Any]] = {
     "x-router-request-id": {
@@ -372,8 +439,9 @@ DECISION_HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
 }
-"""The headers every answer of POST /v1/chat/completions carries, streamed or not: the one list, which
-docs/reference.md's table repeats word for word (tests/test_reference_doc.py holds it to that)."""
+"""The headers every answer of POST /v1/chat/completions and POST /v1/completions carries, streamed or not:
+the one list, which docs/reference.md's table repeats word for word (tests/test_reference_doc.py holds it to
+that)."""
 
 # Each operation's 200, as it is really sent.
 SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
@@ -395,8 +463,28 @@ SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
         "headers": DECISION_HEADERS,
         "content": {
             **_json("ChatCompletion"),
-            "text/event-stream": {"schema": _SSE_EVENT},
+            "text/event-stream": {"schema": _sse_event("ChatCompletionChunk")},
         },
+    },
+    ("post", "/v1/completions"): {
+        "description": "A text completion, or with `stream: true` its chunks as server-sent events",
+        "headers": DECISION_HEADERS,
+        "content": {
+            **_json("TextCompletion"),
+            "text/event-stream": {"schema": _sse_event("TextCompletion")},
+        },
+    },
+    ("post", "/v1/embeddings"): {
+        "description": "The embeddings target's answer, as it sent it",
+        "headers": {
+            "x-router-request-id": DECISION_HEADERS["x-router-request-id"],
+            "x-router-target": {
+                "description": "The policy's embeddings target",
+                "required": True,
+                "schema": {"type": "string"},
+            },
+        },
+        "content": _json("Embeddings"),
     },
     ("post", "/v1/feedback"): {
         "description": "Recorded, or a repeat of a label already recorded",
@@ -433,6 +521,12 @@ REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "max_tokens": 4,
     },
+    ("post", "/v1/completions"): {
+        "model": VIRTUAL_MODEL,
+        "prompt": "The capital of France is",
+        "max_tokens": 4,
+    },
+    ("post", "/v1/embeddings"): {"model": "text-embedding-3-small", "input": "The capital of France"},
     ("post", "/v1/score"): {"question": "What is the capital of France?"},
 }
 
@@ -465,7 +559,7 @@ def corrected(generated: Document) -> Document:
             if key not in ERRORS:
                 raise KeyError(f"router/openapi.py does not know the responses of {method.upper()} {path}")
             responses: dict[str, Any] = {"200": copy.deepcopy(SUCCESS[key])}
-            upstream = path == "/v1/chat/completions"
+            upstream = path in UPSTREAM_PATHS
             for status, description in ERRORS[key].items():
                 responses[str(status)] = _error(description, status, upstream)
             if path == "/readyz":

@@ -15,7 +15,7 @@ MAX_VALUES = 50_000
 bound on what one body under `limits.max_body_bytes` can cost to validate and to forward."""
 
 
-def _check_json(data: object) -> object:
+def check_json(data: object) -> object:
     """Refuse, naming the place, text with a lone UTF-16 surrogate (JSON allows `"\\ud800"`, UTF-8 does
     not: such text cannot be tokenised, hashed or sent on), nesting beyond MAX_DEPTH and more than
     MAX_VALUES values. Iterative, so that no nesting can exhaust the interpreter's stack."""
@@ -138,7 +138,7 @@ class ScoreRequest(BaseModel):
     """Shorthand for a single user message."""
     max_tokens: int | None = Field(None, gt=0)
 
-    _json = model_validator(mode="before")(_check_json)
+    _json = model_validator(mode="before")(check_json)
 
     @model_validator(mode="after")
     def _one_of(self) -> ScoreRequest:
@@ -192,7 +192,7 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError(f"the messages hold {parts} content parts; at most {MAX_CONTENT_PARTS}")
         return self
 
-    _json = model_validator(mode="before")(_check_json)
+    _json = model_validator(mode="before")(check_json)
 
     @property
     def token_cap(self) -> int | None:

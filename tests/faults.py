@@ -15,9 +15,9 @@ What a request gets is chosen by the model it asks for (the part of a litellm ta
     not-sse                  200 with content-type text/event-stream and lines that are not JSON events
     stream-slow              a chunk every 50 ms for 20 s; a client that hangs up is counted (`abandoned`)
 
-Any other name is answered normally; a stream asked for `stream_options.include_usage` ends with a
-usage chunk. Every request is recorded (path, headers, body) and every accepted
-connection counted, so a test can prove what reached this server and what did not.
+Any other name is answered normally (a POST to .../embeddings with `embedding_answer`); a stream asked for
+`stream_options.include_usage` ends with a usage chunk. Every request is recorded (path, headers, body) and
+every accepted connection counted, so a test can prove what reached this server and what did not.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
         behaviour = self.server.owner._next(model)
         streamed = bool((body or {}).get("stream"))
         self.usage_wanted = bool(((body or {}).get("stream_options") or {}).get("include_usage"))
+        self.inputs = (body or {}).get("input")
         self._behave(behaviour, model, streamed)
 
     def _record(self, body: dict[str, Any] | None) -> None:
@@ -134,6 +135,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(model, streamed)
 
     def _answer(self, model: str, streamed: bool) -> None:
+        if self.path.endswith("/embeddings"):
+            self._send(200, "application/json", embedding_answer(model, self.inputs))
+            return
         if not streamed:
             message = {"role": "assistant", "content": ANSWER}
             choice = {"index": 0, "message": message, "finish_reason": "stop"}
@@ -181,6 +185,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.connection.close()
         self.close_connection = True
+
+
+def embedding_answer(model: str, inputs: object) -> bytes:
+    """The body of an embeddings answer, byte for byte: a vector per input, two tokens per input."""
+    count = len(inputs) if isinstance(inputs, list) else 1
+    data = [{"object": "embedding", "index": i, "embedding": [0.25, -0.5, 0.125]} for i in range(count)]
+    usage = {"prompt_tokens": 2 * count, "total_tokens": 2 * count}
+    return json.dumps({"object": "list", "data": data, "model": model, "usage": usage}).encode()
 
 
 def _envelope(model: str, kind: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ pytest 9.2 (it sets `Function._nodeid`); its plugin is off (`-p no:schemathesis`
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from policies import load_policy
 from router.app import create_app
 from router.openapi import ERRORS
 from tests.conftest import Served, head_scorer_yaml
+from tests.faults import FaultServer
 
 ADMIN_KEY = "admin-key-for-openapi-tests"
 CHECKS: list[CheckFunction] = [
@@ -50,25 +51,38 @@ OPERATIONS = sorted(ERRORS, key=lambda operation: (operation[1], operation[0]))
 
 
 @pytest.fixture(scope="module")
+def faults() -> Iterator[FaultServer]:
+    server = FaultServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
 def served(
-    serve: Callable[..., Served], tiny_model: Path, tiny_head: Path, tmp_path_factory: pytest.TempPathFactory
+    serve: Callable[..., Served],
+    faults: FaultServer,
+    tiny_model: Path,
+    tiny_head: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Served:
     """Every decision has a path to it: answers and hedges of the tiny model (2 tokens, so generation is
-    quick), refusals, a remote target without its key (502); a 64 KiB body limit (413); a policy file and an
-    admin key, so that reloads succeed."""
+    quick), refusals, a remote target without its key (502); embeddings from a provider on loopback; a 64 KiB
+    body limit (413); a policy file and an admin key, so that reloads succeed."""
     path = tmp_path_factory.mktemp("openapi") / "policy.yaml"
     path.write_text(
         head_scorer_yaml(tiny_model, tiny_head)
-        + """\
+        + f"""\
 targets:
-  local: {kind: local, max_tokens: 2}
-  keyless: {kind: litellm, model: openai/gpt-4o-mini, api_key_env: ROUTER_TEST_KEY_THAT_IS_NEVER_SET}
+  local: {{kind: local, max_tokens: 2}}
+  keyless: {{kind: litellm, model: openai/gpt-4o-mini, api_key_env: ROUTER_TEST_KEY_THAT_IS_NEVER_SET}}
+  embedder: {{kind: openai, model: ok, api_base: "{faults.base_url}", num_retries: 0}}
+embeddings: embedder
 rules:
-  - {when: {model: keyless}, action: answer_with, target: keyless}
-  - {when: {user: refuse}, action: refuse}
-  - {when: {confidence_below: 0.5}, action: hedge, target: local}
-  - {action: answer_with, target: local}
-limits: {max_body_bytes: 65536}
+  - {{when: {{model: keyless}}, action: answer_with, target: keyless}}
+  - {{when: {{user: refuse}}, action: refuse}}
+  - {{when: {{confidence_below: 0.5}}, action: hedge, target: local}}
+  - {{action: answer_with, target: local}}
+limits: {{max_body_bytes: 65536}}
 """
     )
     return serve(load_policy(path), policy_path=path, admin_key=ADMIN_KEY)
@@ -95,7 +109,8 @@ def aimed(case: Case, request_id: str) -> None:
     keyless target: its 502 is a server error by design, checked in KNOWN.)"""
     body = case.body
     model = body.get("model") if isinstance(body, dict) else None
-    if case.path == "/v1/chat/completions" and isinstance(body, dict) and isinstance(model, str):
+    answered = ("/v1/chat/completions", "/v1/completions")
+    if case.path in answered and isinstance(body, dict) and isinstance(model, str):
         body["model"] = (model, "router", "local")[len(model) % 3]
     if (
         case.path == "/v1/feedback"
@@ -150,6 +165,19 @@ KNOWN: list[tuple[str, str, dict[str, Any] | None, dict[str, str], int]] = [
         {},
         413,
     ),
+    ("post", "/v1/completions", {"model": "router", "prompt": "Who wrote Hamlet?"}, {}, 200),
+    ("post", "/v1/completions", {"model": "local", "prompt": ["Who wrote Hamlet?"], "stream": True}, {}, 200),
+    (
+        "post",
+        "/v1/completions",
+        {"model": "router", "prompt": "Hi", "user": "refuse", "stream": True},
+        {},
+        200,
+    ),
+    ("post", "/v1/completions", {"model": "router", "prompt": ["one", "two"]}, {}, 400),
+    ("post", "/v1/completions", {"model": "keyless", "prompt": "Who wrote Hamlet?"}, {}, 502),
+    ("post", "/v1/embeddings", {"model": "m", "input": ["one", "two"]}, {}, 200),
+    ("post", "/v1/embeddings", {"model": "m"}, {}, 400),
     ("post", "/v1/score", {"question": "Who wrote Hamlet?"}, {}, 200),
     ("post", "/v1/score", {"messages": QUESTION, "question": "Who wrote Hamlet?"}, {}, 400),
     ("post", "/v1/feedback", {"request_id": "0" * 32, "correct": True}, {}, 404),

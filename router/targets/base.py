@@ -61,6 +61,16 @@ class Asked:
 
 
 @dataclass(frozen=True)
+class Embedded:
+    """Embeddings as a remote target answered them (POST /v1/embeddings)."""
+
+    content: bytes
+    """The JSON body the client gets: the upstream's own bytes where the target passes them through."""
+    usage: Usage | None
+    """Its token counts (prompt_tokens), when the upstream said."""
+
+
+@dataclass(frozen=True)
 class LocalModelAccess:
     """What answering with the in-process model needs from the router that owns it."""
 
@@ -106,6 +116,16 @@ class Answerer(ABC):
         body = await self.complete(request, asked)
         on_usage(body.get("usage"))
         return replay(completions.stream_chunks(body, request.include_usage))
+
+    async def embed(self, fields: dict[str, Any]) -> Embedded:
+        """Embeddings of an OpenAI embeddings request's `fields` (all but `model`, which is the target's).
+        Kinds that cannot embed say so; a policy names only a remote target for embeddings."""
+        raise APIError(
+            404,
+            f"The embeddings target '{self.name}' (kind {self.kind}) cannot embed",
+            param="model",
+            code="model_not_found",
+        )
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """US dollars at the target's declared cost; 0 without one."""

@@ -8,6 +8,7 @@ become errors that say what happened (docs/upstream.md has the table).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ from typing import Any
 from policies import LiteLLMTarget, Target
 from router.completions import Completion
 from router.schemas import ChatCompletionRequest
-from router.targets.base import Asked, LocalModelAccess, Usage
+from router.targets.base import Asked, Embedded, LocalModelAccess, Usage
 from router.targets.litellm_errors import Malformed
 from router.targets.remote import Opened, RemoteAnswerer, StreamUsage, backoff, finishes
 
@@ -53,19 +54,34 @@ class LiteLLMUpstream(RemoteAnswerer, kind="litellm"):
 
     def _arguments(self, request: ChatCompletionRequest, streamed: bool) -> dict[str, Any]:
         arguments = self.forwarded(request, streamed)
-        arguments.update(
-            model=self.target.model,
-            messages=request.forwarded_messages(),
-            # The router retries (see RemoteAnswerer.retrying); neither litellm nor the openai client may.
-            num_retries=0,
-            max_retries=0,
-        )
+        arguments.update(self._call(), messages=request.forwarded_messages())
+        return arguments
+
+    def _call(self) -> dict[str, Any]:
+        """What every litellm call of this target takes: its model, endpoint and key."""
+        # The router retries (see RemoteAnswerer.retrying); neither litellm nor the openai client may.
+        arguments: dict[str, Any] = {"model": self.target.model, "num_retries": 0, "max_retries": 0}
         if self.target.api_base:
             arguments["api_base"] = self.target.api_base
         key = self.api_key()
         if key is not None:
             arguments["api_key"] = key
         return arguments
+
+    async def embed(self, fields: dict[str, Any]) -> Embedded:
+        """litellm's embeddings call, retrying like `complete`; the body is litellm's response as JSON."""
+        arguments = {**fields, **self._call()}
+        timeout = self.target.timeout_s  # one for every call: see `complete`
+
+        async def attempt(_: float) -> Embedded:
+            response = await self._litellm.aembedding(**arguments, timeout=timeout)
+            body = dict(response.model_dump())
+            if not isinstance(body.get("data"), list):
+                raise Malformed("an embeddings answer without data")
+            usage = body.get("usage")
+            return Embedded(json.dumps(body).encode(), usage if isinstance(usage, dict) else None)
+
+        return await self.retrying(attempt)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """US dollars at the target's declared cost, else litellm's cost map; 0 for models it does not

@@ -27,7 +27,7 @@ import aiohttp
 from policies import OpenAITarget, Target
 from router.completions import Completion
 from router.schemas import ChatCompletionRequest
-from router.targets.base import Asked, LocalModelAccess, Usage
+from router.targets.base import Asked, Embedded, LocalModelAccess, Usage
 from router.targets.litellm_errors import Malformed
 from router.targets.remote import Opened, RemoteAnswerer, StreamUsage
 
@@ -65,6 +65,7 @@ class OpenAIUpstream(RemoteAnswerer, kind="openai"):
     def __init__(self, name: str, target: OpenAITarget) -> None:
         super().__init__(name, target)
         self.url = target.api_base.rstrip("/") + "/chat/completions"
+        self.embeddings_url = target.api_base.rstrip("/") + "/embeddings"
         # No redirects: one would be a wrong api_base (and may point the key at another host).
         self._options = {"allow_redirects": False, **_env_proxy(self.url)}
         self._prices = listed_prices(target.model) if target.cost is None else None
@@ -106,11 +107,34 @@ class OpenAIUpstream(RemoteAnswerer, kind="openai"):
             # Usage is asked for whether or not the client asked: an answer's tokens are metered and count
             # toward its caller's limits either way. A client that did not ask does not see it.
             payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+        return json.dumps(payload, ensure_ascii=False).encode(), self._headers()
+
+    def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
         key = self.api_key()
         if key is not None:
             headers["authorization"] = f"Bearer {key}"
-        return json.dumps(payload, ensure_ascii=False).encode(), headers
+        return headers
+
+    async def embed(self, fields: dict[str, Any]) -> Embedded:
+        """POSTs to `{api_base}/embeddings`, retrying like `complete`; the upstream's body is returned as its
+        bytes, so the client reads exactly what the upstream wrote."""
+        body = json.dumps({**fields, "model": self.target.model}, ensure_ascii=False).encode()
+        headers = self._headers()
+
+        async def attempt(_: float) -> Embedded:
+            posted = self._http().post(self.embeddings_url, data=body, headers=headers, **self._options)
+            async with posted as response:
+                content = await response.read()
+            if response.status >= 300:
+                raise UpstreamStatus(response.status, response.headers, content)
+            answer = _json(content)
+            if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+                raise Malformed("an embeddings answer without data")
+            usage = answer.get("usage")
+            return Embedded(content, usage if isinstance(usage, dict) else None)
+
+        return await self.retrying(attempt)
 
     async def complete(self, request: ChatCompletionRequest, asked: Asked | None = None) -> Completion:
         body, headers = self._call(request, streamed=False)
