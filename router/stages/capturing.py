@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localmodel import Message
 from policies import Policy
@@ -32,10 +32,12 @@ from router import completions
 from router.metrics import Metrics
 from router.schemas import ChatCompletionRequest
 from router.stages.exploring import Exploring
-from router.stages.scoring import Scored
-from router.stages.shaping import Routed
 from router.state import StateStore, StoreUnavailable
 from router.targets import Asked, Chunks
+
+if TYPE_CHECKING:  # they import the model, which `router traffic` must not load
+    from router.stages.scoring import Scored
+    from router.stages.shaping import Routed
 
 log = logging.getLogger("router")
 

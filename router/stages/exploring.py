@@ -31,17 +31,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policies import Policy
 from policies.schema import ExploreSpec
 from router import completions
 from router.completions import Completion
-from router.local_batch import GenerationBatcher
 from router.metrics import Metrics
 from router.schemas import ChatCompletionRequest
 from router.state import StateStore
 from router.targets import Answerer, Asked
+
+if TYPE_CHECKING:  # the batcher imports the model, which `router traffic` and `policy validate` must not load
+    from router.local_batch import GenerationBatcher
 
 log = logging.getLogger("router")
 
