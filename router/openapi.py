@@ -21,6 +21,20 @@ from policies.schema import VIRTUAL_MODEL
 
 Document = dict[str, Any]
 
+_ROUTED: dict[int, str] = {
+    401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
+    403: "The caller's key may not use the requested model",
+    404: "The requested model is not one this router serves",
+    413: "The request body is larger than the policy's limits.max_body_bytes, or a remote target's limit",
+    429: "The caller's key is over its requests or tokens per minute (rate_limit_exceeded) or has spent "
+    "its budget (budget_exceeded); or a remote target is rate-limiting the router",
+    502: "A remote target failed, could not be reached, refused the router's credentials or has no key",
+    503: "Not ready yet (the model is loading), overloaded (the scoring queue is full), shutting down, "
+    "or a remote target asks to retry later",
+    504: "A remote target did not answer in time",
+}
+"""The errors of a routed request, chat or legacy completions, beside its own 400."""
+
 # Each operation's error statuses besides 500, which every operation may answer (router/errors.py).
 ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("get", "/healthz"): {},
@@ -33,32 +47,14 @@ ERRORS: dict[tuple[str, str], dict[int, str]] = {
         403: "auth: required and the key is not the admin key (metrics show every tenant's traffic)",
     },
     ("post", "/v1/chat/completions"): {
+        **_ROUTED,
         400: "Invalid request (a field, an unknown field, too many messages, a prompt beyond the local "
         "model's limit), or a remote target rejected it",
-        401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
-        403: "The caller's key may not use the requested model",
-        404: "The requested model is not one this router serves",
-        413: "The request body is larger than the policy's limits.max_body_bytes, or a remote target's limit",
-        429: "The caller's key is over its requests or tokens per minute (rate_limit_exceeded) or has spent "
-        "its budget (budget_exceeded); or a remote target is rate-limiting the router",
-        502: "A remote target failed, could not be reached, refused the router's credentials or has no key",
-        503: "Not ready yet (the model is loading), overloaded (the scoring queue is full), shutting down, "
-        "or a remote target asks to retry later",
-        504: "A remote target did not answer in time",
     },
     ("post", "/v1/completions"): {
+        **_ROUTED,
         400: "Invalid request (a field, several prompts, a chat-only or unsupported legacy field, a prompt "
         "beyond the local model's limit), or a remote target rejected it",
-        401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
-        403: "The caller's key may not use the requested model",
-        404: "The requested model is not one this router serves",
-        413: "The request body is larger than the policy's limits.max_body_bytes, or a remote target's limit",
-        429: "The caller's key is over its requests or tokens per minute (rate_limit_exceeded) or has spent "
-        "its budget (budget_exceeded); or a remote target is rate-limiting the router",
-        502: "A remote target failed, could not be reached, refused the router's credentials or has no key",
-        503: "Not ready yet (the model is loading), overloaded (the scoring queue is full), shutting down, "
-        "or a remote target asks to retry later",
-        504: "A remote target did not answer in time",
     },
     ("post", "/v1/embeddings"): {
         400: "Invalid request (no input, a field of the wrong type, an unknown field), or the embeddings "
