@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,36 +109,36 @@ def label_batch(
 def answered_rows(paths: Iterable[Path]) -> dict[str, dict[str, Any]]:
     """The rows of labels files by id, for grading their answers again; raises ValueError naming the file
     and line of a row that holds no answer."""
-    rows: dict[str, dict[str, Any]] = {}
-    for path in paths:
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if not isinstance(row.get("greedy"), str):
-                said = "greedy: missing (is this a labels file from build-dataset?)"
-                raise ValueError(f"{path}:{line_no}: {said}")
-            rows[row["id"]] = row
-    return rows
+    said = "greedy: missing (is this a labels file from build-dataset?)"
+    return {row["id"]: row for row in _rows_with(paths, "greedy", str, said)}
 
 
 def traffic_answers(paths: Iterable[Path], target: str) -> dict[str, dict[str, Any]]:
     """The answers `target` gave in `router traffic export` files, as answered rows by request id, its name
     as the rows' model; rows it did not answer are left out. Raises ValueError naming the file and line of a
     row that is not an export's."""
-    rows: dict[str, dict[str, Any]] = {}
+    said = "answer: missing (is this a file from `router traffic export`?)"
+    return {
+        row["id"]: {
+            **{k: v for k, v in row.items() if k != "answer"},
+            "greedy": text,
+            "samples": [],
+            "model": target,
+        }
+        for row in _rows_with(paths, "answer", dict, said)
+        if isinstance(text := row["answer"].get(target), str)
+    }
+
+
+def _rows_with(paths: Iterable[Path], field: str, kind: type, said: str) -> Iterator[dict[str, Any]]:
+    """Every JSON line of `paths`; ValueError naming the file and line of one whose `field` is no `kind`."""
     for path in paths:
         for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if not isinstance(row.get("answer"), dict):
-                said = "answer: missing (is this a file from `router traffic export`?)"
-                raise ValueError(f"{path}:{line_no}: {said}")
-            if isinstance(text := row["answer"].get(target), str):
-                kept = {k: v for k, v in row.items() if k != "answer"}
-                rows[row["id"]] = {**kept, "greedy": text, "samples": [], "model": target}
-    return rows
+            if line.strip():
+                row = json.loads(line)
+                if not isinstance(row.get(field), kind):
+                    raise ValueError(f"{path}:{line_no}: {said}")
+                yield row
 
 
 def with_gold(records: list[QARecord], gold: Iterable[QARecord]) -> list[QARecord]:
