@@ -246,15 +246,25 @@ class LocalModel:
 
     # Hidden states ----------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def prompt_states(
         self, texts: list[str], layer: int, pooling: Pooling, adapter: str | None
     ) -> torch.Tensor:
         """See `prompt_state`; scoring never needs gradients."""
-        if not 1 <= layer <= self.num_layers:
-            raise ValueError(f"layer must be in 1..{self.num_layers}, not {layer}")
+        return self.prompt_states_at(texts, [layer], pooling, adapter)[layer]
+
+    @torch.inference_mode()
+    def prompt_states_at(
+        self, texts: list[str], layers: list[int], pooling: Pooling, adapter: str | None
+    ) -> dict[int, torch.Tensor]:
+        """`prompt_states` at each of `layers`, from one forward pass that stops at the deepest."""
+        for layer in layers:
+            if not 1 <= layer <= self.num_layers:
+                raise ValueError(f"layer must be in 1..{self.num_layers}, not {layer}")
         with self.adapter(adapter):
-            return prompt_state(self.decoder, self.encode(texts), layer, pooling).float()
+            batch = self.encode(texts)
+            hidden = hidden_at(self.decoder, batch, layers)
+            mask = batch["attention_mask"]
+            return {k: pool(self.decoder.norm(h), mask, pooling).float() for k, h in hidden.items()}
 
 
 def prompt_state(decoder: Any, batch: dict[str, torch.Tensor], layer: int, pooling: Pooling) -> torch.Tensor:
@@ -279,15 +289,29 @@ def pool(states: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Te
 
 def hidden_after(decoder: Any, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
     """The output of decoder layer `layer` (1-based) at every position; the layers above it never run."""
+    return hidden_at(decoder, batch, [layer])[layer]
 
-    def stop(_module: torch.nn.Module, _inputs: object, output: object) -> None:
-        raise _EarlyExit(output[0] if isinstance(output, tuple) else output)  # type: ignore[arg-type]
 
-    handle = decoder.layers[layer - 1].register_forward_hook(stop)
+def hidden_at(decoder: Any, batch: dict[str, torch.Tensor], layers: list[int]) -> dict[int, torch.Tensor]:
+    """The outputs of decoder layers `layers` (1-based) at every position, from one pass that stops at the
+    deepest of them: heads reading different layers share the layers below."""
+    kept: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+
+    def keep(layer: int) -> Callable[[torch.nn.Module, object, object], None]:
+        def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+            kept[layer] = output[0] if isinstance(output, tuple) else output  # type: ignore[assignment]
+            if layer == deepest:
+                raise _EarlyExit(kept[layer])
+
+        return hook
+
+    handles = [decoder.layers[k - 1].register_forward_hook(keep(k)) for k in sorted(set(layers))]
     try:
         decoder(**batch, use_cache=False)
         raise AssertionError("the early-exit hook did not fire")
-    except _EarlyExit as exit_:
-        return exit_.hidden
+    except _EarlyExit:
+        return kept
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

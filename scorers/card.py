@@ -26,6 +26,11 @@ class TargetCard(BaseModel):
     """Share of this model's training rows it answered correctly."""
     rows: int | None = None
     """Labelled training rows for this model."""
+    head: str | None = None
+    """A head of its own (`router add-target`): its file in the folder, read at `layer`. None: a row of the
+    jointly trained head.safetensors, at the card's layer."""
+    layer: int | None = None
+    """The decoder layer (1-based) its own head reads."""
 
 
 class TaskHeadCard(BaseModel):

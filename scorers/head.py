@@ -71,10 +71,13 @@ class HeadScorer(Scorer, method="head"):
         self.model, self.folder = model, folder
         self.layer, self.pooling = card.layer or model.num_layers, card.pooling
         predicted = card.predicted(folder)
+        joint = [t for t in predicted if t.head is None]
         weights = _tensors(folder / HEAD_FILE)
-        self.weight = weights["weight"].float().reshape(len(predicted), -1).to(model.device)
-        self.bias = weights["bias"].float().reshape(len(predicted)).to(model.device)
+        self.weight = weights["weight"].float().reshape(len(joint), -1).to(model.device)
+        self.bias = weights["bias"].float().reshape(len(joint)).to(model.device)
+        self.own_heads = {t.model: self._own_head(folder / t.head, t.layer) for t in predicted if t.head}
         self.targets = tuple(t.model for t in predicted)
+        self.layers = sorted({self.layer, *(layer for layer, _, _ in self.own_heads.values())})
         self.calibrators = {
             t.model: calibrators.load(folder / t.calibrator) for t in predicted if t.calibrator
         }
@@ -86,7 +89,8 @@ class HeadScorer(Scorer, method="head"):
             self.task_weight = tasks["weight"].float().to(model.device)
             self.task_bias = tasks["bias"].float().to(model.device)
             self.tasks = tuple(card.task_head.families)
-        files = [HEAD_FILE, "adapter_model.safetensors", "adapter_config.json"]
+        files = [HEAD_FILE, *(t.head for t in predicted if t.head), "adapter_model.safetensors"]
+        files += ["adapter_config.json"]
         files += [t.calibrator for t in predicted if t.calibrator]
         files += [card.task_head.file] if card.task_head else []
         self.version = f"head:{folder_digest(folder, files)}:layer{self.layer}:{self.pooling}"
@@ -111,18 +115,27 @@ class HeadScorer(Scorer, method="head"):
         if self.adapter:
             self.model.unload_adapter(self.adapter)
 
+    def _own_head(self, path: Path, layer: int | None) -> tuple[int, torch.Tensor, torch.Tensor]:
+        tensors = _tensors(path)
+        weight, bias = tensors["weight"].float().reshape(1, -1), tensors["bias"].float().reshape(1)
+        return layer or self.layer, weight.to(self.model.device), bias.to(self.model.device)
+
     def states(self, items: list[ScoreItem]) -> torch.Tensor:
-        """The pooled prompt states every head reads: rows x features."""
+        """The pooled prompt states the jointly trained heads (and the task head) read: rows x features."""
+        return self.states_at(items, [self.layer])[self.layer]
+
+    def states_at(self, items: list[ScoreItem], layers: list[int]) -> dict[int, torch.Tensor]:
+        """The pooled prompt states at each of `layers`, from one forward pass."""
         texts = [self.model.prompt_text(as_trained(i.messages)) for i in items]
-        return self.model.prompt_states(texts, self.layer, self.pooling, self.adapter)
+        return self.model.prompt_states_at(texts, layers, self.pooling, self.adapter)
 
     def raw_scores(self, items: list[ScoreItem]) -> np.ndarray:
         """Rows x targets."""
-        return self._certainty(self.states(items))
+        return self._certainty(self.states_at(items, self.layers))
 
     def score_batch(self, items: list[ScoreItem]) -> list[RawScore]:
-        states = self.states(items)
-        tasks = self._tasks(states)
+        states = self.states_at(items, self.layers)
+        tasks = self._tasks(states[self.layer])
         return [
             RawScore(
                 {t: float(v) for t, v in zip(self.targets, row, strict=True)},
@@ -131,8 +144,17 @@ class HeadScorer(Scorer, method="head"):
             for i, row in enumerate(self._certainty(states))
         ]
 
-    def _certainty(self, states: torch.Tensor) -> np.ndarray:
-        return (states @ self.weight.T + self.bias).sigmoid().cpu().numpy().astype(np.float64)
+    def _certainty(self, states: dict[int, torch.Tensor]) -> np.ndarray:
+        """Rows x targets in the card's order: the joint head's rows, each own head at its layer."""
+        joint = iter((states[self.layer] @ self.weight.T + self.bias).T)
+        logits = states[self.layer].new_empty((len(states[self.layer]), len(self.targets)))
+        for k, target in enumerate(self.targets):
+            if target in self.own_heads:
+                layer, weight, bias = self.own_heads[target]
+                logits[:, k] = states[layer] @ weight[0] + bias[0]
+            else:
+                logits[:, k] = next(joint)
+        return logits.sigmoid().cpu().numpy().astype(np.float64)
 
     def _tasks(self, states: torch.Tensor) -> np.ndarray | None:
         """Rows x task families, each row a probability distribution; None without a task head."""
@@ -156,7 +178,7 @@ def save_head(folder: Path, weight: torch.Tensor, bias: torch.Tensor, card: Scor
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    rows = max(len(card.targets), 1)
+    rows = max(sum(t.head is None for t in card.targets), 1)
     tensors = {
         "weight": weight.detach().reshape(rows, -1).float().cpu(),
         "bias": bias.detach().reshape(rows).float().cpu(),

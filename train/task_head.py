@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,14 @@ import numpy as np
 
 from localmodel import LocalModel, Message
 from policies.facts import TASK_FAMILIES
-from scorers import ScoreItem
-from scorers.card import ScorerCard, TaskHeadCard, folder_digest
+from scorers.card import ScorerCard, TaskHeadCard
 from scorers.head import HeadScorer
 from train.data import QARecord, prompt
 from train.splits import RULE, split_of
+from train.states_cache import StatesCache
 
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
 """scikit-learn's inverse L2 strength on standardised states, chosen on dev rows."""
-BATCH_CHARS = 24_000
-"""At most this many prompt characters in a batch of states (about 6,000 tokens)."""
 BRIEF_FAMILIES = frozenset({"qa", "choice", "passage"})
 """Families the labels ask with a brevity cue ("Answer in a few words.") that clients do not write."""
 
@@ -79,54 +76,14 @@ def split(records: list[QARecord], seed: int, held_out: frozenset[str]) -> Split
 
 
 class TaskHeadFitter:
-    def __init__(self, scorer: HeadScorer, cache: Path | None = None, batch_size: int = 16) -> None:
-        """`cache`: an .npz of states by request and by what states depend on (the adapter, layer and
-        pooling), read and extended, so that a refit (other sources, another sample) computes only the states
-        it has not seen."""
-        self.scorer, self.cache, self.batch_size = scorer, cache, batch_size
-        self.known: dict[str, np.ndarray] = {}
-        if cache and cache.is_file():
-            stored = np.load(cache)
-            self.known = dict(zip(stored["keys"].tolist(), stored["states"], strict=True))
-        # Not the scorer's version: that changes with the heads on top, which the states do not depend on.
-        adapter = folder_digest(scorer.folder, ["adapter_model.safetensors", "adapter_config.json"])
-        self.reads = f"{ScorerCard.load(scorer.folder).base_model}:{adapter}:{scorer.layer}:{scorer.pooling}"
+    def __init__(self, scorer: HeadScorer, cache: Path | None = None) -> None:
+        """`cache`: an .npz of prompt states (`train.states_cache`), read and extended, so that a refit
+        (other sources, another sample) computes only the states it has not seen."""
+        self.scorer, self.cached = scorer, StatesCache(scorer, cache)
 
     def states(self, records: list[QARecord]) -> np.ndarray:
-        """The pooled states the scorer's heads read, batched by length (padding is what a batch costs)."""
-        keys = [self._key(r) for r in records]
-        unseen = {k: r for k, r in zip(keys, records, strict=True) if k not in self.known}
-        missing = sorted(unseen.items(), key=lambda pair: (pair[1].prompt_chars, pair[0]))
-        for number, part in enumerate(self._batches(missing)):
-            states = self.scorer.states([ScoreItem(as_sent(r)) for _, r in part]).cpu().numpy()
-            self.known.update(zip([k for k, _ in part], states.astype(np.float64), strict=True))
-            if number % 20 == 19:
-                self._save()  # an interrupted run keeps what it computed
-        if missing:
-            self._save()
-        return np.stack([self.known[k] for k in keys])
-
-    def _batches(self, pairs: list[tuple[str, QARecord]]) -> Iterator[list[tuple[str, QARecord]]]:
-        """Up to `batch_size` rows and `BATCH_CHARS` characters: a batch of long prompts is its rows times
-        its longest prompt squared in attention memory."""
-        batch: list[tuple[str, QARecord]] = []
-        for pair in pairs:  # in length order, so the last one added is the longest
-            if batch and (
-                len(batch) == self.batch_size or (len(batch) + 1) * pair[1].prompt_chars > BATCH_CHARS
-            ):
-                yield batch
-                batch = []
-            batch.append(pair)
-        if batch:
-            yield batch
-
-    def _save(self) -> None:
-        if self.cache is not None and self.known:
-            np.savez(self.cache, keys=np.array(list(self.known)), states=np.stack(list(self.known.values())))
-
-    def _key(self, record: QARecord) -> str:
-        text = repr(as_sent(record))
-        return hashlib.sha256(f"{self.reads}:{text}".encode()).hexdigest()[:24]
+        """The pooled states the scorer's heads read, as a client would send each request."""
+        return self.cached([as_sent(r) for r in records], [self.scorer.layer])[self.scorer.layer]
 
     def fit(self, data: Split) -> TaskHead:
         from sklearn.linear_model import LogisticRegression
