@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -111,10 +112,11 @@ def tiny_model(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    """The real Redis this machine runs; its absence is an error, never a skip."""
+    """The real Redis this machine runs; its absence is an error, never a skip. ROUTER_TEST_REDIS_URL picks
+    another database, so that two test runs at once do not empty each other's."""
     import redis
 
-    url = "redis://127.0.0.1:6379/15"
+    url = os.environ.get("ROUTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     client = redis.Redis.from_url(url)
     client.ping()
     client.flushdb()  # database 15 belongs to the tests: no score cached by an earlier run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ANSWER = "An answer from the provider."
@@ -15,7 +16,8 @@ USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
 
 
 class Provider:
-    def __init__(self, held: bool = False) -> None:
+    def __init__(self, held: bool = False, reply_to: Callable[[str], str] | None = None) -> None:
+        """`reply_to`: the reply to a request's last message (default: `ANSWER` to every one)."""
         self.arrived = threading.Event()
         self.released = threading.Event()
         if not held:
@@ -27,6 +29,7 @@ class Provider:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 provider.arrived.set()
                 provider.released.wait(timeout=120)
+                reply = reply_to(str(body["messages"][-1]["content"])) if reply_to else ANSWER
                 answer = {
                     "id": "chatcmpl-provider",
                     "object": "chat.completion",
@@ -35,7 +38,7 @@ class Provider:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": ANSWER},
+                            "message": {"role": "assistant", "content": reply},
                             "finish_reason": "stop",
                         }
                     ],

@@ -103,18 +103,25 @@ def fit_head(
     layer: int | None,
     log: Callable[[str], None],
 ) -> AddedHead:
+    """The probe at `layer`, else at the candidate layer dev rows rank best (see the module's docstring)."""
+    if not 0 < sum(r["correct"] for r in train) < len(train):  # a probe fits on both classes
+        raise ValueError(
+            f"{model}'s {len(train)} training rows are all right or all wrong; a head needs both"
+        )
     top = states.scorer.layer
     candidates = [layer] if layer else sorted({*range(LAYER_STEP, top, LAYER_STEP), top})
-    x_train, x_dev = row_states(states, train, candidates), row_states(states, dev, candidates)
-    y_train, y_dev = _labels(train), _labels(dev)
-    folds = transfer_folds(train, dev)
-    by_layer = {
-        k: float(np.mean([_auroc(x_train[k][f], y_train[f], x_dev[k][j], y_dev[j]) for f, j in folds]))
-        for k in candidates
-    }
-    best = max(by_layer.values())
-    chosen = min(k for k, v in by_layer.items() if v >= best - LAYER_TOLERANCE)
-    log(f"{model}: layer {chosen} (dev AUROC by layer: {by_layer})")
+    x_train, y_train, y_dev = row_states(states, train, candidates), _labels(train), _labels(dev)
+    by_layer: dict[int, float] = {}
+    chosen = layer or 0
+    if not layer:  # a layer given is no choice: dev rows are not read
+        x_dev, folds = row_states(states, dev, candidates), transfer_folds(train, dev)
+        by_layer = {
+            k: float(np.mean([_auroc(x_train[k][f], y_train[f], x_dev[k][j], y_dev[j]) for f, j in folds]))
+            for k in candidates
+        }
+        best = max(by_layer.values())
+        chosen = min(k for k, v in by_layer.items() if v >= best - LAYER_TOLERANCE)
+        log(f"{model}: layer {chosen} (dev AUROC by layer: {by_layer})")
     probe = LinearProbe().fit(x_train[chosen], y_train)
     raw = probe.transform(row_states(states, calibration, [chosen])[chosen])
     y_cal = _labels(calibration)
