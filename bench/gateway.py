@@ -8,7 +8,11 @@ passes every request to the upstream (`pass`), one that scores every request fir
 scorer, the score cached after the first (`cached`), each also with Redis as its store (`-redis`); and the
 pass-through policy capturing every request (`pass-capture-redis`) and also exploring every one of them
 (`pass-explore-redis`: a shadow answer from a second, priced target on the same upstream), whose figures are
-also printed against each other, exploring on against off. Every side runs at its default log level.
+also printed against each other, exploring on against off; and the Responses API passed through to the same
+upstream (`pass-responses`, `pass-responses-redis`: POST /v1/responses to an `openai` target, which the
+router sends on to the upstream's /v1/responses), measured against the upstream's own /v1/responses and
+printed against the chat side of the same name without `-responses` when it ran too (the LiteLLM proxy is
+measured on chat only). Every side runs at its default log level.
 Rounds interleave the sides (rotating their order), and each figure pools the rounds:
 
 - added latency at 1 client: the side's p50 and p99 less those of the upstream called directly;
@@ -21,6 +25,9 @@ Rounds interleave the sides (rotating their order), and each figure pools the ro
 
     # what exploring adds to the pass-through path: on (share 1.0) against off, in the same run
     python -m bench.gateway --sides pass-capture-redis,pass-explore-redis --memory-requests 0
+
+    # the Responses API passed through, against chat passed through
+    python -m bench.gateway --sides pass,pass-responses --memory-requests 0 --no-litellm
 
 Every figure is printed with both sides and their ratio; the last line is the headline. A benchmark, not a
 test: CI does not run it (it installs the LiteLLM proxy from PyPI on first run, and takes ten minutes).
@@ -116,13 +123,19 @@ class Side:
     stream: Timings = field(default_factory=Timings)
     cpu_s: float = 0.0
     log_lines: int = 0
+    api: str = "chat"
+    """chat: POST /v1/chat/completions; responses: POST /v1/responses (a side named `*responses*`)."""
 
     def call(self, stream: bool = False) -> Call:
-        body: dict[str, object] = {"model": self.model, "messages": QUESTION, "max_tokens": 32}
+        if self.api == "responses":
+            body: dict[str, object] = {"model": self.model, "input": QUESTION, "max_output_tokens": 32}
+            path, expect = "/v1/responses", b"response.completed" if stream else b'"output"'
+        else:
+            body = {"model": self.model, "messages": QUESTION, "max_tokens": 32}
+            path, expect = "/v1/chat/completions", b"[DONE]" if stream else b'"choices"'
         if stream:
             body["stream"] = True
-        expect = b"[DONE]" if stream else b'"choices"'
-        return Call("127.0.0.1", self.port, "/v1/chat/completions", json.dumps(body).encode(), expect=expect)
+        return Call("127.0.0.1", self.port, path, json.dumps(body).encode(), expect=expect)
 
 
 def litellm_proxy() -> Path:
@@ -247,7 +260,8 @@ class Fleet:
             command += ["--redis-url", REDIS_URL]
         env = {**os.environ, "BENCH_KEY": "unused"}
         process = self._start(instance, pinned(GATEWAY_CORE, command), env)
-        return Side(f"router {name}", port, "router", process, self.folder / f"{instance}.log")
+        api = "responses" if "responses" in name else "chat"
+        return Side(f"router {name}", port, "router", process, self.folder / f"{instance}.log", api=api)
 
     def stop(self) -> None:
         for process in self.processes:
@@ -285,10 +299,11 @@ def ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.2f}x" if theirs else "n/a"
 
 
-def measure(args: argparse.Namespace, sides: list[Side], direct: Side) -> None:
+def measure(args: argparse.Namespace, sides: list[Side], direct: list[Side]) -> None:
+    """`direct`: the upstream called directly, once per API the sides call."""
     for number in range(args.rounds):
         order = sides[number % len(sides) :] + sides[: number % len(sides)]
-        for side in [direct, *order]:
+        for side in [*direct, *order]:
             side.one.extend(asyncio.run(http_load.run(side.call(), 1, args.one)))
             side.stream.extend(asyncio.run(http_load.run(side.call(stream=True), 1, args.stream)))
         for side in order:
@@ -338,20 +353,24 @@ class Figure:
         return {"<=": value <= float(bound), "<": value < float(bound), ">=": value >= float(bound)}[sign]
 
 
-def report(args: argparse.Namespace, litellm: Side | None, routers: list[Side], direct: Side) -> list[str]:
-    """Prints every figure; returns the goals that were missed."""
-    base = {"p50": p50(direct.one.latency_s), "p99": p99(direct.one.latency_s)}
-    stream_base = p50(direct.stream.first_byte_s)
-    print(
-        f"\nupstream called directly: p50 {ms(base['p50'])}, p99 {ms(base['p99'])}; "
-        f"first event of a stream p50 {ms(stream_base)}"
-    )
+def report(
+    args: argparse.Namespace, litellm: Side | None, routers: list[Side], direct: list[Side]
+) -> list[str]:
+    """Prints every figure; returns the goals that were missed. Each side's added latency is against the
+    upstream called directly on the same API (`direct`, one side per API)."""
+    bases = {side.api: side for side in direct}
+    for side in direct:
+        print(
+            f"\nupstream called directly ({side.api}): p50 {ms(p50(side.one.latency_s))}, p99 "
+            f"{ms(p99(side.one.latency_s))}; first event of a stream p50 {ms(p50(side.stream.first_byte_s))}"
+        )
 
     def figures(side: Side) -> list[float]:
+        base = bases[side.api]
         return [
-            p50(side.one.latency_s) - base["p50"],
-            p99(side.one.latency_s) - base["p99"],
-            p50(side.stream.first_byte_s) - stream_base,
+            p50(side.one.latency_s) - p50(base.one.latency_s),
+            p99(side.one.latency_s) - p99(base.one.latency_s),
+            p50(side.stream.first_byte_s) - p50(base.stream.first_byte_s),
             p99(side.many.latency_s),
             side.many.throughput,
             side.cpu_s / len(side.many.latency_s),
@@ -369,14 +388,16 @@ def report(args: argparse.Namespace, litellm: Side | None, routers: list[Side], 
         ("log lines per request", "", ""),
     ]
     missed = []
-    if litellm is None:  # no reference: each router's figures alone
-        for side in routers:
-            print(f"\n{side.name}:")
-            for (label, unit, _), ours in zip(labels, figures(side), strict=True):
-                print(Figure(label, ours, 0.0, unit).alone())
-    else:
+    # The LiteLLM proxy is measured on chat: a Responses side is shown alone, and against the router's own
+    # chat pass-through when that side ran too.
+    alone = routers if litellm is None else [side for side in routers if side.api != "chat"]
+    for side in alone:
+        print(f"\n{side.name}:")
+        for (label, unit, _), ours in zip(labels, figures(side), strict=True):
+            print(Figure(label, ours, 0.0, unit).alone())
+    if litellm is not None:
         theirs = figures(litellm)
-        for side in routers:
+        for side in [side for side in routers if side.api == "chat"]:
             print(f"\n{side.name} vs {litellm.name}:")
             for (label, unit, goal), ours, other in zip(labels, figures(side), theirs, strict=True):
                 figure = Figure(label, ours, other, unit, goal)
@@ -384,6 +405,12 @@ def report(args: argparse.Namespace, litellm: Side | None, routers: list[Side], 
                 if not figure.met:
                     missed.append(f"{side.name}: {label}")
     named = {side.name: side for side in routers}
+    for side in alone:
+        chat = named.get(side.name.replace("-responses", ""))
+        if side.api == "responses" and chat is not None and chat.api == "chat":
+            print(f"\n{side.name} vs {chat.name} (the Responses API passed through, against chat):")
+            for (label, unit, _), ours, other in zip(labels, figures(side), figures(chat), strict=True):
+                print(Figure(label, ours, other, unit).line())
     if all(name in named for name in EXPLORING):
         on, off = (named[name] for name in EXPLORING)
         print(f"\n{on.name} vs {off.name} (exploring every captured request, against capture alone):")
@@ -454,17 +481,25 @@ def main() -> None:
 
 def compare(args: argparse.Namespace, started: Fleet, names: list[str]) -> tuple[list[str], str]:
     """The interleaved rounds and their report: the goals missed, and the headline."""
-    direct = Side(
-        "upstream", started.upstream_port, "stub", started.upstream, started.folder / "upstream.log"
-    )
+    routers = [started.router(name, args.kind) for name in names]
+    direct = [
+        Side(
+            "upstream",
+            started.upstream_port,
+            "stub",
+            started.upstream,
+            started.folder / "upstream.log",
+            api=api,
+        )
+        for api in sorted({side.api for side in routers} | {"chat"})
+    ]
     litellm = started.litellm() if args.litellm else None
     others = [litellm] if litellm is not None else []
-    routers = [started.router(name, args.kind) for name in names]
     if litellm is not None:
         wait_up(f"http://127.0.0.1:{litellm.port}/health/liveliness")
     for side in routers:
         wait_up(f"http://127.0.0.1:{side.port}/readyz")
-    for side in [direct, *others, *routers]:  # warm-up: first calls, connection pools, caches
+    for side in [*direct, *others, *routers]:  # warm-up: first calls, connection pools, caches
         asyncio.run(http_load.run(side.call(), 8, 400))
         asyncio.run(http_load.run(side.call(stream=True), 1, 20))
     measure(args, [*others, *routers], direct)
@@ -472,11 +507,12 @@ def compare(args: argparse.Namespace, started: Fleet, names: list[str]) -> tuple
     for side in [*others, *routers]:  # they stop: a memory run has core 0 alone
         side.process.terminate()
         side.process.wait(timeout=30)
-    if litellm is None:
+    chats = [side for side in routers if side.api == "chat"]
+    if litellm is None or not chats:
         return missed, ""
-    first = routers[0]
-    ours = p50(first.one.latency_s) - p50(direct.one.latency_s)
-    theirs = p50(litellm.one.latency_s) - p50(direct.one.latency_s)
+    first, chat = chats[0], direct[0]
+    ours = p50(first.one.latency_s) - p50(chat.one.latency_s)
+    theirs = p50(litellm.one.latency_s) - p50(chat.one.latency_s)
     headline = (
         f"headline: {first.name} adds {ms(ours)} at p50 against the LiteLLM proxy's {ms(theirs)}: "
         f"{ratio(ours, theirs)} (goal <= 0.5x); {first.many.throughput / litellm.many.throughput:.2f}x "

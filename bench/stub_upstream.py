@@ -1,5 +1,6 @@
 """The fastest OpenAI-compatible upstream this machine can serve, for gateway benchmarks: no delay, HTTP/1.1
-keep-alive, one fixed answer (JSON, or SSE when the request streams). Written on asyncio's protocol layer so
+keep-alive, one fixed answer (JSON, or SSE when the request streams), to chat completions and to the
+Responses API (POST .../responses). Written on asyncio's protocol layer so
 that its own cost per request (tens of microseconds) is small next to any gateway's.
 
     python -m bench.stub_upstream --port 9000   # prints its base URL (ending in /v1) once listening
@@ -43,6 +44,38 @@ def _event(data: object) -> bytes:
     return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
+def _response(status: str) -> dict[str, object]:
+    done = status == "completed"
+    part = {"type": "output_text", "text": " ".join(ANSWER_WORDS) if done else "", "annotations": []}
+    message = {"type": "message", "id": "msg_stub", "status": status, "role": "assistant", "content": [part]}
+    usage = {"input_tokens": 12, "output_tokens": 7, "total_tokens": 19}
+    return {
+        "id": "resp_stub",
+        "object": "response",
+        "created_at": ENVELOPE["created"],
+        "status": status,
+        "model": "stub",
+        "output": [message] if done else [],
+        "usage": usage if done else None,
+    }
+
+
+def _response_events() -> bytes:
+    """A Responses stream: created, a delta per word, the text done, completed; one HTTP chunk per event."""
+    where = {"item_id": "msg_stub", "output_index": 0, "content_index": 0}
+    events: list[dict[str, object]] = [{"type": "response.created", "response": _response("in_progress")}]
+    events += [
+        {"type": "response.output_text.delta", **where, "delta": word if i == 0 else " " + word}
+        for i, word in enumerate(ANSWER_WORDS)
+    ]
+    events.append({"type": "response.completed", "response": _response("completed")})
+    parts = [
+        b"event: %s\n%s" % (str(event["type"]).encode(), _event({**event, "sequence_number": n}))
+        for n, event in enumerate(events)
+    ]
+    return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
+
+
 COMPLETION = _completion()
 JSON_RESPONSE = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(COMPLETION)
@@ -50,6 +83,12 @@ JSON_RESPONSE = (
 )
 STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 STREAM_RESPONSES = {usage: STREAM_HEAD + _events(usage) for usage in (False, True)}
+RESPONSE = json.dumps(_response("completed")).encode()
+JSON_RESPONSES = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(RESPONSE)
+    + RESPONSE
+)
+STREAM_RESPONSES_EVENTS = STREAM_HEAD + _response_events()
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)")
 
@@ -83,7 +122,10 @@ class Connection(asyncio.Protocol):
 
 
 def _respond(head: bytes, body: bytes) -> bytes:
-    if not head.startswith(b"post") or b"/chat/completions" not in head[: head.find(b"\r\n")]:
+    line = head[: head.find(b"\r\n")]
+    if head.startswith(b"post") and b"/responses" in line:
+        return STREAM_RESPONSES_EVENTS if json.loads(body).get("stream") else JSON_RESPONSES
+    if not head.startswith(b"post") or b"/chat/completions" not in line:
         return NOT_FOUND
     if b'"stream"' not in body:  # the cheap test first: almost every request says nothing of streams
         return JSON_RESPONSE

@@ -18,6 +18,10 @@ class RequestFacts:
     model: str
     user: str | None = None
     tenant: str | None = None
+    has_tools: bool = False
+    """The request offers the model tools to call (`tools`, or the legacy `functions`)."""
+    tool_names: tuple[str, ...] = ()
+    """The names of the tools it offers, as the request lists them."""
 
 
 @dataclass(frozen=True)

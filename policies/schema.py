@@ -147,6 +147,35 @@ class ExploreSpec(_Strict):
     with the client's answer alone)."""
 
 
+class SessionsSpec(_Strict):
+    """Pins a conversation to the target its first turn went to, in the store every replica shares
+    (docs/policies.md, "Sessions"). Off unless the policy has the block."""
+
+    key: Literal["header", "previous_response_id", "user"] = "header"
+    """What tells a conversation: the request header named by `header`, the chain of POST /v1/responses
+    requests linked by previous_response_id, or the request's `user` field."""
+    header: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")] = "x-session-id"
+    """The header that carries a session id, lower case (key: header)."""
+    ttl_s: float = Field(1800.0, gt=0)
+    """A pin lasts this long after its conversation's latest turn."""
+    allow_escalation: bool = True
+    """A later turn whose rule escalates (escalate_to, or a pick that escalates) goes to that rule's
+    target, which the conversation is pinned to from then on; false: escalations are pinned too."""
+
+
+class ResponsesSpec(_Strict):
+    """How POST /v1/responses keeps conversations for previous_response_id and GET /v1/responses/{id}
+    (docs/policies.md, "The Responses API")."""
+
+    ttl_s: float = Field(86400.0, gt=0)
+    """A stored response expires this long after it was written."""
+    per_tenant: int = Field(10_000, ge=1)
+    """The most responses kept per tenant: a newer one replaces the tenant's oldest."""
+    max_bytes: int = Field(256 * 1024, ge=1024)
+    """The most a stored conversation (its items as JSON) may hold: a request that would store more is a
+    400 (store: false stores nothing, and is not held to it)."""
+
+
 Fallback = Literal["most_likely", "hedge", "refuse"]
 
 
@@ -192,6 +221,8 @@ class Policy(_Strict):
     embeddings: str | None = None
     """The remote target (openai or litellm) that POST /v1/embeddings passes through to, unscored; none:
     that endpoint answers 404."""
+    sessions: SessionsSpec | None = None
+    responses: ResponsesSpec = ResponsesSpec()
 
     @field_validator("auth", mode="before")
     @classmethod

@@ -29,8 +29,11 @@ from router.errors import APIError, install_error_handlers
 from router.feedback import ConflictingFeedback, UnknownRequest
 from router.metrics import Metrics
 from router.openapi import install_openapi
+from router.responses import endpoint as responses
+from router.responses.request import ResponsesRequest
 from router.schemas import ChatCompletionRequest, FeedbackRequest, ScoreRequest
 from router.serving import Serving
+from router.stages.sessions import session_of
 from router.stages.shaping import Routed
 from router.state import Eviction, StateStore, StoreUnavailable, open_store, read_eviction
 from router.text_completions import CompletionRequest, as_text, chat_request
@@ -161,27 +164,69 @@ def create_app(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
-        request: ChatCompletionRequest, who: Authorized, x_router_feedback: FeedbackAsked = None
+        request: ChatCompletionRequest,
+        http: Request,
+        who: Authorized,
+        x_router_feedback: FeedbackAsked = None,
     ) -> Response:
-        routed, headers = await route(request, who, x_router_feedback == "keep")
+        routed, headers = await route(request, http, who, x_router_feedback == "keep")
         return _answer(routed, metrics, headers)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(
-        request: CompletionRequest, who: Authorized, x_router_feedback: FeedbackAsked = None
+        request: CompletionRequest, http: Request, who: Authorized, x_router_feedback: FeedbackAsked = None
     ) -> Response:
-        routed, headers = await route(chat_request(request), who, x_router_feedback == "keep")
+        routed, headers = await route(chat_request(request), http, who, x_router_feedback == "keep")
         return _answer(as_text(routed), metrics, headers)
 
     async def route(
-        request: ChatCompletionRequest, who: Caller | None, feedback: bool
+        request: ChatCompletionRequest, http: Request, who: Caller | None, feedback: bool
     ) -> tuple[Routed, dict[str, str]]:
         """The routed answer, and the headers it goes with (the decision's, the caller's limits')."""
         async with serving.ready().in_use() as router:
             verdict = await admitted(who, request.model)
-            tenant = None if who is None else who.name
-            routed = await router.route(request, tenant, spent(who), feedback=feedback)
+            session = session_of(router.policy, http.headers, request.user)
+            routed = await router.route(
+                request, tenant_of(who), spent(who), feedback=feedback, session=session
+            )
         return routed, routed.headers() | (verdict.headers() if verdict else {})
+
+    @app.post("/v1/responses", response_model=None)
+    async def create_response(
+        request: ResponsesRequest, http: Request, who: Authorized, x_router_feedback: FeedbackAsked = None
+    ) -> Response:
+        async with serving.ready().in_use() as router:
+            verdict = await admitted(who, request.model)
+            session = session_of(router.policy, http.headers, request.user)
+            created = await responses.create(
+                router,
+                request,
+                tenant_of(who),
+                spent(who),
+                feedback=x_router_feedback == "keep",
+                session=session,
+            )
+        headers = created.routed.headers() | (verdict.headers() if verdict else {})
+        if created.stream is not None:
+            return _Stream(created.routed, created.stream, headers)
+        return Response(created.content, media_type="application/json", headers=headers)
+
+    @app.get("/v1/responses/{response_id}")
+    async def get_response(response_id: str, who: Authorized) -> JSONResponse:
+        async with serving.ready().in_use() as router:
+            await admitted(who, None)
+            found = await responses.retrieve(router, tenant_of(who), response_id)
+        return JSONResponse(found, headers={"x-router-request-id": uuid.uuid4().hex})
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(response_id: str, who: Authorized) -> JSONResponse:
+        async with serving.ready().in_use() as router:
+            await admitted(who, None)
+            deleted = await responses.delete(router, tenant_of(who), response_id)
+        return JSONResponse(deleted, headers={"x-router-request-id": uuid.uuid4().hex})
+
+    def tenant_of(who: Caller | None) -> str | None:
+        return None if who is None else who.name
 
     @app.post("/v1/embeddings", response_model=None)
     async def embeddings(request: EmbeddingRequest, who: Authorized) -> Response:
@@ -325,15 +370,17 @@ FeedbackAsked = Annotated[
 def _answer(routed: Routed, metrics: Metrics, headers: dict[str, str]) -> Response:
     if routed.chunks is None:
         return JSONResponse(routed.body, headers=headers)
-    return _Stream(routed, metrics, headers)
+    return _Stream(routed, _sse(routed, metrics), headers)
 
 
 class _Stream(StreamingResponse):
     """Server-sent events of a routed answer; what produces them is released however the response ends
     (finished, failed, or cancelled before its first event, when the client left)."""
 
-    def __init__(self, routed: Routed, metrics: Metrics, headers: dict[str, str]) -> None:
-        super().__init__(_sse(routed, metrics), media_type="text/event-stream", headers=headers)
+    def __init__(
+        self, routed: Routed, events: AsyncIterator[str] | AsyncIterator[bytes], headers: dict[str, str]
+    ) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
         self.routed = routed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

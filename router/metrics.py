@@ -44,6 +44,9 @@ ERROR_KINDS = (*sorted(set(_ERROR_KINDS.values())), "other")
 FEEDBACK_OUTCOMES = ("correct", "incorrect", "graded", "duplicate", "unknown", "conflict")
 CAPTURE_OUTCOMES = ("stored", "skipped", "dropped", "aborted")
 EXPLORE_OUTCOMES = ("asked", "dropped_queue_full", "over_budget", "failed")
+SESSION_OUTCOMES = ("new", "pinned", "overridden", "escalated")
+"""A session's turn: its first (or its pin gone); the pinned target answered as the rule chose; the pinned
+target answered in place of the rule's; an escalation moved the pin (docs/policies.md, "Sessions")."""
 
 
 def error_kind(code: str | None) -> str:
@@ -241,6 +244,14 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.session_turns = Counter(
+            "router_session_turns",
+            "Turns of pinned conversations (the policy's sessions:): new (a pin was set), pinned (the pinned "
+            "target answered, as the rule chose), overridden (it answered in place of the rule's), escalated "
+            "(an escalation moved the pin).",
+            ["outcome"],
+            registry=r,
+        )
         # Series for every value of a fixed label set exist from the start, so that rate() and alerts see
         # a zero before the first event rather than no series at all.
         for outcome in FEEDBACK_OUTCOMES:
@@ -251,6 +262,8 @@ class Metrics:
             self.captured.labels(outcome)
         for outcome in EXPLORE_OUTCOMES:
             self.explored.labels(outcome)
+        for outcome in SESSION_OUTCOMES:
+            self.session_turns.labels(outcome)
         self.escalation_threshold.set(math.nan)
         for window in CALIBRATION_WINDOWS:
             for gauge in (self.calibration_ece, self.calibration_brier, self.calibration_auroc):

@@ -33,7 +33,16 @@ _ROUTED: dict[int, str] = {
     "or a remote target asks to retry later",
     504: "A remote target did not answer in time",
 }
-"""The errors of a routed request, chat or legacy completions, beside its own 400."""
+"""The errors of a routed request, chat or legacy completions or a response, beside its own 400."""
+_STORED: dict[int, str] = {
+    401: "auth: required and the Authorization header carries no key, or an unknown or revoked one",
+    404: "No response with this id is stored for the caller's key (made with store: false or by another "
+    "key, deleted, or expired)",
+    429: "The caller's key is over its requests per minute, or has spent its budget",
+    503: "Not ready yet (the model is loading), shutting down, or (DELETE) the state store is unreachable "
+    "and this replica cannot keep the delete for it",
+}
+"""The errors of reading or deleting a stored response."""
 
 # Each operation's error statuses besides 500, which every operation may answer (router/errors.py).
 ERRORS: dict[tuple[str, str], dict[int, str]] = {
@@ -56,6 +65,15 @@ ERRORS: dict[tuple[str, str], dict[int, str]] = {
         400: "Invalid request (a field, several prompts, a chat-only or unsupported legacy field, a prompt "
         "beyond the local model's limit), or a remote target rejected it",
     },
+    ("post", "/v1/responses"): {
+        **_ROUTED,
+        400: "Invalid request (a field, an unknown field, an input item the router cannot take, a "
+        "previous_response_id not stored for the caller's key, a conversation over responses.max_bytes, "
+        "tools for a target that takes none, a prompt beyond the local model's limit), or a remote target "
+        "rejected it",
+    },
+    ("get", "/v1/responses/{response_id}"): _STORED,
+    ("delete", "/v1/responses/{response_id}"): _STORED,
     ("post", "/v1/embeddings"): {
         400: "Invalid request (no input, a field of the wrong type, an unknown field), or the embeddings "
         "target rejected it",
@@ -96,7 +114,7 @@ ERRORS: dict[tuple[str, str], dict[int, str]] = {
     },
 }
 
-UPSTREAM_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+UPSTREAM_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"})
 """The operations that may pass on a remote target's failure, with its retry headers."""
 
 SERVER_ERROR = "An unexpected failure of the router (the server's log has the traceback)"
@@ -260,6 +278,55 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["index", "text", "finish_reason"],
     },
+    "ResponseObject": {
+        "description": "An OpenAI Response object: the target's own where it speaks the Responses API "
+        "(passed on as it came), else the routed chat answer's: a message item with `output_text`, and a "
+        "`function_call` item per tool call.",
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "response"},
+            "created_at": {"type": "number"},
+            "status": {"enum": ["completed", "incomplete", "failed", "in_progress", "cancelled", "queued"]},
+            "model": {"type": "string"},
+            "output": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"type": {"type": "string"}}, "required": ["type"]},
+            },
+            "usage": {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "properties": {
+                            "input_tokens": {"type": "integer", "minimum": 0},
+                            "output_tokens": {"type": "integer", "minimum": 0},
+                            "total_tokens": {"type": "integer", "minimum": 0},
+                        },
+                        "required": ["input_tokens", "output_tokens", "total_tokens"],
+                    },
+                    {"type": "null"},
+                ]
+            },
+            "error": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+        },
+        "required": ["id", "object", "created_at", "status", "model", "output"],
+    },
+    "ResponseEvent": {
+        "description": "One event of a streamed response (`response.created` ... `response.completed`, or "
+        "`response.failed` when the stream fails after its headers); its `type` is also the SSE event name.",
+        "type": "object",
+        "properties": {"type": {"type": "string"}, "sequence_number": {"type": "integer", "minimum": 0}},
+        "required": ["type"],
+    },
+    "ResponseDeleted": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "response.deleted"},
+            "deleted": {"const": True},
+        },
+        "required": ["id", "object", "deleted"],
+    },
     "Embeddings": {
         "description": "The embeddings target's own answer, passed on as it came.",
         "type": "object",
@@ -374,6 +441,22 @@ def _sse_event(chunk: str) -> dict[str, Any]:
     }
 
 
+def _response_event() -> dict[str, Any]:
+    """One server-sent event of a streamed response: its name, and its data a ResponseEvent as JSON."""
+    return {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": "#/components/schemas/ResponseEvent"},
+            },
+        },
+        "required": ["data"],
+    }
+
+
 DECISION_HEADERS: dict[str, dict[str, Any]] = {
     "x-router-request-id": {
         "description": "32 hex digits, unique per request: the id `POST /v1/feedback` takes",
@@ -434,8 +517,16 @@ DECISION_HEADERS: dict[str, dict[str, Any]] = {
         "required": False,
         "schema": {"type": "string"},
     },
+    "x-router-session": {
+        "description": "Only for a turn of a conversation the policy's `sessions:` pins: `new` when this "
+        "turn set the pin (a first turn, or an escalation that moved it), `pinned` when the pinned target "
+        "answered ([policies.md](policies.md#sessions))",
+        "required": False,
+        "schema": {"enum": ["new", "pinned"]},
+    },
 }
-"""The headers every answer of POST /v1/chat/completions and POST /v1/completions carries, streamed or not:
+"""The headers every answer of POST /v1/chat/completions, POST /v1/completions and POST /v1/responses carries,
+streamed or not:
 the one list, which docs/reference.md's table repeats word for word (tests/test_reference_doc.py holds it to
 that)."""
 
@@ -469,6 +560,21 @@ SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
             **_json("TextCompletion"),
             "text/event-stream": {"schema": _sse_event("TextCompletion")},
         },
+    },
+    ("post", "/v1/responses"): {
+        "description": "A Response object, or with `stream: true` its events as server-sent events",
+        "headers": DECISION_HEADERS,
+        "content": {**_json("ResponseObject"), "text/event-stream": {"schema": _response_event()}},
+    },
+    ("get", "/v1/responses/{response_id}"): {
+        "description": "The stored response, as its client got it",
+        "headers": {"x-router-request-id": DECISION_HEADERS["x-router-request-id"]},
+        "content": _json("ResponseObject"),
+    },
+    ("delete", "/v1/responses/{response_id}"): {
+        "description": "The stored response is deleted",
+        "headers": {"x-router-request-id": DECISION_HEADERS["x-router-request-id"]},
+        "content": _json("ResponseDeleted"),
     },
     ("post", "/v1/embeddings"): {
         "description": "The embeddings target's answer, as it sent it",
@@ -521,6 +627,11 @@ REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
         "model": VIRTUAL_MODEL,
         "prompt": "The capital of France is",
         "max_tokens": 4,
+    },
+    ("post", "/v1/responses"): {
+        "model": VIRTUAL_MODEL,
+        "input": "What is the capital of France?",
+        "max_output_tokens": 4,
     },
     ("post", "/v1/embeddings"): {"model": "text-embedding-3-small", "input": "The capital of France"},
     ("post", "/v1/score"): {"question": "What is the capital of France?"},

@@ -211,6 +211,20 @@ class ChatCompletionRequest(BaseModel):
         return asked_json or bool(self.tools) or bool((self.model_extra or {}).get("functions"))
 
     @property
+    def has_tools(self) -> bool:
+        """The request offers tools to call (`tools`, or the legacy `functions`): a policy fact."""
+        return bool(self.tools) or bool((self.model_extra or {}).get("functions"))
+
+    @property
+    def tool_names(self) -> tuple[str, ...]:
+        """The offered tools' names (a function's, a custom tool's, a legacy function's): a policy fact."""
+        listed = [t.get(str(t.get("type"))) for t in self.tools or ()]
+        functions = (self.model_extra or {}).get("functions")
+        listed += functions if isinstance(functions, list) else []
+        names = (spec.get("name") if isinstance(spec, dict) else None for spec in listed)
+        return tuple(name for name in names if isinstance(name, str))
+
+    @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.get("include_usage"))
 

@@ -1,14 +1,16 @@
-"""The request path without HTTP, in named stages (router/stages/): admission, scoring, deciding,
-answering, shaping, recording, capturing, and exploring after it, off the path. `Router` builds them for
-one policy and runs a request through them."""
+"""The request path without HTTP, in named stages (router/stages/): admission, scoring, deciding, sessions,
+answering, shaping, recording, capturing, and exploring after it, off the path. `Router` builds them for one
+policy and runs a request through them."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from localmodel import LocalModel, Message
 from policies import Policy
@@ -23,6 +25,7 @@ from router.stages.deciding import Deciding
 from router.stages.exploring import Exploring
 from router.stages.recording import Recording
 from router.stages.scoring import LazyScore, Scored, Scoring
+from router.stages.sessions import Sessions
 from router.stages.shaping import Routed, Shaping
 from router.state import MemoryStore, StateStore
 
@@ -48,6 +51,8 @@ class Router:
         self.recording = Recording(policy, self.store, self.metrics, self.scoring)
         self.deciding = Deciding(policy, self.recording.budget, self.answering.prices)
         self.shaping = Shaping(policy)
+        takes_tools = {name: answerer.takes_tools for name, answerer in self.answering.targets.items()}
+        self.sessions = Sessions(policy, self.store, self.metrics, takes_tools.__getitem__)
         writer, targets = self.answering.writer, self.answering.targets
         self.exploring = Exploring(policy, targets, writer, self.store, self.metrics)
         self.capturing = Capturing(policy, self.store, self.metrics, self.scoring.predicts, self.exploring)
@@ -63,18 +68,26 @@ class Router:
         spent: Spent | None = None,
         *,
         feedback: bool = False,
+        session: str | None = None,
+        passthrough: dict[str, Any] | None = None,
     ) -> Routed:
         """`tenant`: the caller's key name (None without auth); `spent(tokens, dollars)` is told what the
         answer cost once its usage is known (for a stream, at its end); `feedback`: the client asks to give
-        feedback on this answer (x-router-feedback: keep), so its decision is kept."""
+        feedback on this answer (x-router-feedback: keep), so its decision is kept; `session`: the key of
+        the conversation it is a turn of, for the policy's sessions:; `passthrough`: the Responses request
+        that `request` translates, which targets speaking that API get as it is."""
         self.admission.admit(request)
         request_id, messages = uuid.uuid4().hex, request.plain_messages()
         score = LazyScore(self.scoring, messages, request.token_cap, tenant)
         decision = await self.deciding.decide(request, tenant, score.confidences)
+        decision, pinned = await self.sessions.pin(decision, session, tenant, request.has_tools)
         started, asked = time.perf_counter(), answering.asked(request_id, messages, score.result)
-        streams = self.shaping.streams(request, decision)
-        answer = await self.answering.answer(request, asked, decision, spent, streams)
-        routed = self.shaping.shape(request, request_id, answer)
+        if passthrough is not None and self.answering.speaks_responses(decision.target):
+            streams = request.stream  # passed on as written: nothing of the router's is written around it
+        else:
+            streams = self.shaping.streams(request, decision)
+        answer = await self.answering.answer(request, asked, decision, spent, streams, passthrough)
+        routed = dataclasses.replace(self.shaping.shape(request, request_id, answer), session=pinned)
         routed = await self.recording.record(routed, score.result, tenant, started, asked=feedback)
         return await self.capturing.capture(routed, messages, score.result, tenant, request, asked)
 

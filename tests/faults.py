@@ -14,10 +14,13 @@ What a request gets is chosen by the model it asks for (the part of a litellm ta
     not-json                 200 with an HTML body (streamed or not)
     not-sse                  200 with content-type text/event-stream and lines that are not JSON events
     stream-slow              a chunk every 50 ms for 20 s; a client that hangs up is counted (`abandoned`)
+    tool-call                a chat answer that calls a tool (tests/upstream_answers.py), streamed or not
 
-Any other name is answered normally (a POST to .../embeddings with `embedding_answer`); a stream asked for
-`stream_options.include_usage` ends with a usage chunk. Every request is recorded (path, headers, body) and
-every accepted connection counted, so a test can prove what reached this server and what did not.
+Any other name is answered normally (a POST to .../embeddings with `embedding_answer`, to .../responses with
+a Responses answer or its events: tests/upstream_answers.py, whose stream-cut is two events then a reset); a
+stream asked for `stream_options.include_usage` ends with a usage chunk. Every request is recorded (path,
+headers, body) and every accepted connection counted, so a test can prove what reached this server and what
+did not.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.upstream_answers import response_answer, response_events, tool_call_answer, tool_call_deltas
 
 ANSWER = "A fault-free answer."
 USAGE = {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
@@ -109,8 +114,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
         elif behaviour in ("stream-cut", "stream-end-early"):
             self._start_stream()
-            for text in ("Half ", "an answer"):
-                self._chunk(_event(_delta(model, {"content": text}, None)))
+            if self.path.endswith("/responses"):
+                half = response_events(model)[:2]
+            else:
+                half = [_event(_delta(model, {"content": text}, None)) for text in ("Half ", "an answer")]
+            for event in half:
+                self._chunk(event)
             if behaviour == "stream-cut":
                 self._reset()
             else:
@@ -138,6 +147,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.endswith("/embeddings"):
             self._send(200, "application/json", embedding_answer(model, self.inputs))
             return
+        if self.path.endswith("/responses"):
+            self._responses(model, streamed)
+            return
+        if model == "tool-call":
+            self._tool_call(model, streamed)
+            return
         if not streamed:
             message = {"role": "assistant", "content": ANSWER}
             choice = {"index": 0, "message": message, "finish_reason": "stop"}
@@ -150,6 +165,25 @@ class _Handler(BaseHTTPRequestHandler):
         self._chunk(_event(_delta(model, {}, "stop")))
         if self.usage_wanted:  # as OpenAI does: a last chunk with no choices, only the usage
             self._chunk(_event({**_envelope(model, "chat.completion.chunk"), "choices": [], "usage": USAGE}))
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
+    def _responses(self, model: str, streamed: bool) -> None:
+        if not streamed:
+            self._send(200, "application/json", response_answer(model))
+            return
+        self._start_stream()
+        for event in response_events(model):
+            self._chunk(event)
+        self._chunk(b"")
+
+    def _tool_call(self, model: str, streamed: bool) -> None:
+        if not streamed:
+            self._json(200, tool_call_answer(model))
+            return
+        self._start_stream()
+        for delta, finish_reason in tool_call_deltas():
+            self._chunk(_event(_delta(model, delta, finish_reason)))
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
 
@@ -199,7 +233,7 @@ def _envelope(model: str, kind: str) -> dict[str, Any]:
     return {"id": "chatcmpl-faults", "object": kind, "created": 0, "model": model}
 
 
-def _delta(model: str, delta: dict[str, str], finish_reason: str | None) -> dict[str, Any]:
+def _delta(model: str, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
     choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
     return {**_envelope(model, "chat.completion.chunk"), "choices": [choice]}
 

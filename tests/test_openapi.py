@@ -109,7 +109,7 @@ def aimed(case: Case, request_id: str) -> None:
     keyless target: its 502 is a server error by design, checked in KNOWN.)"""
     body = case.body
     model = body.get("model") if isinstance(body, dict) else None
-    answered = ("/v1/chat/completions", "/v1/completions")
+    answered = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
     if case.path in answered and isinstance(body, dict) and isinstance(model, str):
         body["model"] = (model, "router", "local")[len(model) % 3]
     if (
@@ -176,6 +176,13 @@ KNOWN: list[tuple[str, str, dict[str, Any] | None, dict[str, str], int]] = [
     ),
     ("post", "/v1/completions", {"model": "router", "prompt": ["one", "two"]}, {}, 400),
     ("post", "/v1/completions", {"model": "keyless", "prompt": "Who wrote Hamlet?"}, {}, 502),
+    ("post", "/v1/responses", {"model": "router", "input": "Who wrote Hamlet?"}, {}, 200),
+    ("post", "/v1/responses", {"model": "local", "input": "Who wrote Hamlet?", "stream": True}, {}, 200),
+    ("post", "/v1/responses", {"model": "router", "input": "Hi", "user": "refuse", "stream": True}, {}, 200),
+    ("post", "/v1/responses", {"model": "router", "input": [{"type": "reasoning"}]}, {}, 400),
+    ("post", "/v1/responses", {"model": "keyless", "input": "Who wrote Hamlet?"}, {}, 502),
+    ("get", "/v1/responses/resp_unknown", None, {}, 404),
+    ("delete", "/v1/responses/resp_unknown", None, {}, 404),
     ("post", "/v1/embeddings", {"model": "m", "input": ["one", "two"]}, {}, 200),
     ("post", "/v1/embeddings", {"model": "m"}, {}, 400),
     ("post", "/v1/score", {"question": "Who wrote Hamlet?"}, {}, 200),
@@ -195,6 +202,12 @@ def test_known_responses_are_what_the_document_says(
     headers: dict[str, str],
     status: int,
 ) -> None:
+    if path.startswith("/v1/responses/"):  # a path parameter: the operation is the template's
+        operation = api["/v1/responses/{response_id}"][method.upper()]
+        case = operation.Case(headers=headers, path_parameters={"response_id": path.rsplit("/", 1)[1]})
+        response = case.call_and_validate(checks=CHECKS, timeout=60)
+        assert response.status_code == status, response.text
+        return
     operation = api[path][method.upper()]
     if body is None:
         case = operation.Case(headers=headers)
@@ -222,6 +235,15 @@ def test_feedback_answers_are_what_the_document_says(api: BaseSchema, served: Se
         assert case.call_and_validate(checks=CHECKS, timeout=60).status_code == status
 
 
+def test_stored_responses_are_what_the_document_says(api: BaseSchema, served: Served) -> None:
+    body = {"model": "router", "input": "Who wrote Hamlet?"}
+    created = httpx.post(f"{served.base_url}/v1/responses", json=body, timeout=60).json()
+    stored = api["/v1/responses/{response_id}"]
+    for method, status in (("GET", 200), ("DELETE", 200), ("GET", 404), ("DELETE", 404)):
+        case = stored[method].Case(path_parameters={"response_id": created["id"]})
+        assert case.call_and_validate(checks=CHECKS, timeout=60).status_code == status
+
+
 def test_the_document_covers_every_route(api: BaseSchema) -> None:
     results = list(api.get_all_operations())
     operations = [result.ok() for result in results if isinstance(result, Ok)]
@@ -239,9 +261,18 @@ def test_the_document_declares_the_real_errors_and_media_types(served: Served) -
             assert operation["responses"]["500"]["content"]["application/json"]["schema"] == {
                 "$ref": "#/components/schemas/Error"
             }
-    chat = paths["/v1/chat/completions"]["post"]["responses"]
-    assert set(chat) == {"200", "400", "401", "403", "404", "413", "429", "500", "502", "503", "504"}
-    assert set(chat["200"]["content"]) == {"application/json", "text/event-stream"}
+    for routed in ("/v1/chat/completions", "/v1/responses"):
+        answers = paths[routed]["post"]["responses"]
+        assert set(answers) == {"200", "400", "401", "403", "404", "413", "429", "500", "502", "503", "504"}
+        assert set(answers["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert set(paths["/v1/responses/{response_id}"]["get"]["responses"]) == {
+        "200",
+        "401",
+        "404",
+        "429",
+        "500",
+        "503",
+    }
     assert set(paths["/v1/feedback"]["post"]["responses"]) == {
         "200",
         "400",

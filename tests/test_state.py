@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from router.state import MemoryStore, RedisStore, StateStore
+from router.state import MemoryStore, RedisStore, StateStore, Write
 from tests.conftest import BACKENDS, emptied
 
 Check = Callable[[StateStore], Awaitable[None]]
@@ -77,5 +77,20 @@ def test_logs_keep_the_newest_values_and_expire_after_the_newest(run: Callable[[
         assert await store.recent("log", 100) == ["3", "4", "5", "6"]
         await asyncio.sleep(0.7)
         assert await store.recent("log", 100) == []
+
+    run(check)
+
+
+def test_a_deleted_key_is_gone_and_a_replayed_delete_deletes(run: Callable[[Check], None]) -> None:
+    async def check(store: StateStore) -> None:
+        await store.set_indexed("kept", "v", ttl_s=60, index="ix", max_len=4)
+        await store.delete("kept")
+        await store.delete("never-set")  # nothing to delete is no error
+        assert await store.get("kept") is None
+        if isinstance(store, RedisStore):  # a delete kept through an outage, replayed in order
+            await store.set("replayed", "v")
+            applied = await store.apply([Write("delete", "replayed", "")])
+            assert applied.rejected == 0 and not applied.unwritten
+            assert await store.get("replayed") is None
 
     run(check)

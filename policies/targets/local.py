@@ -16,6 +16,9 @@ class LocalTarget(Target):
     max_tokens: int = Field(256, gt=0)
     cost: Cost | None = None
     """None: free (the replica's own cores)."""
+    accepts_tools: bool = False
+    """Whether it may answer a request that offers tools. The local model cannot call them: it answers in
+    text, the tools unused. False: a rule that sends such a request here is a 400 (docs/policies.md)."""
     answerer: str | None = None
     """A failure-aware answerer folder (`router train-answerer`): the target answers with that adapter on
     the scorer's model, stating its own decision in the failure-aware JSON (needs `failure_aware: true`).

@@ -8,11 +8,13 @@ import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from localmodel import Message
 from policies import Decision, Policy, action
 from router.completions import Completion
 from router.cooldown import Cooldowns
+from router.errors import APIError
 from router.fallback import first_answer
 from router.local_batch import GenerationBatcher
 from router.metrics import Metrics
@@ -36,6 +38,11 @@ class Answer:
     chunks: Chunks | None = None
     fallback: str | None = None
     """The targets passed over and why (x-router-fallback), when a fallback answered."""
+    passed: bool = False
+    """The target's own Responses answer (POST /v1/responses passed through): `body` a Response object,
+    `chunks` its events; never shaped."""
+    raw: bytes | None = None
+    """A passed answer's body as the target wrote it, byte for byte."""
 
 
 class Answering:
@@ -69,29 +76,67 @@ class Answering:
         decision: Decision,
         spent: Spent | None,
         stream: bool,
+        passthrough: dict[str, Any] | None = None,
     ) -> Answer:
-        """`stream`: the target's chunks as it writes them, else its whole answer."""
+        """`stream`: the target's chunks as it writes them, else its whole answer. `passthrough`: the fields
+        of a Responses request, which a target that speaks that API gets as they are (the others answer
+        `request`, its translation to chat)."""
         if not action(decision.action).generates:
             return Answer(decision)
         assert decision.target is not None
-        order = [decision.target, *self.policy.targets[decision.target].fallbacks]
+        order = self.order(request, decision)
+
+        def passes(name: str) -> bool:
+            return passthrough is not None and self.targets[name].speaks_responses
+
         if stream:
 
             async def opened(name: str) -> Chunks:  # a provider's chunks pass through untouched
                 metered = functools.partial(self._meter, decision, name, spent)
+                if passthrough is not None and passes(name):
+                    return await self.targets[name].respond_stream(passthrough, metered)
                 return await self.targets[name].stream(request, asked, metered)
 
             streamed = await first_answer(order, opened, self.cooldowns, self.metrics)
             answered = answered_by(decision, streamed.target)
-            return Answer(answered, chunks=streamed.result, fallback=streamed.fallback)
+            passed = passes(streamed.target)
+            return Answer(answered, chunks=streamed.result, fallback=streamed.fallback, passed=passed)
 
-        async def completed(name: str) -> Completion:
+        async def completed(name: str) -> tuple[Completion, bytes | None]:
+            if passthrough is not None and passes(name):
+                metered = functools.partial(self._meter, decision, name, spent)
+                responded = await self.targets[name].respond(passthrough, metered)
+                return responded.body, responded.content
             body = await self.targets[name].complete(request, asked)
             self._meter(decision, name, spent, body.get("usage"))
-            return body
+            return body, None
 
         whole = await first_answer(order, completed, self.cooldowns, self.metrics)
-        return Answer(answered_by(decision, whole.target), body=whole.result, fallback=whole.fallback)
+        (body, raw), answered = whole.result, answered_by(decision, whole.target)
+        return Answer(answered, body=body, fallback=whole.fallback, passed=raw is not None, raw=raw)
+
+    def order(self, request: ChatCompletionRequest, decision: Decision) -> list[str]:
+        """The decided target, then its fallbacks; for a request that offers tools, only targets that take
+        them, and a 400 when the decided one does not."""
+        assert decision.target is not None
+        first, fallbacks = decision.target, self.policy.targets[decision.target].fallbacks
+        if not request.has_tools:
+            return [first, *fallbacks]
+        if not self.targets[first].takes_tools:
+            raise APIError(
+                400,
+                f"This request offers tools, and the policy's rule '{decision.rule}' sends it to the target "
+                f"'{first}', which does not take them (a local target takes them only with accepts_tools: "
+                "true, and answers in text); send it without tools, or ask the router's operator for a rule "
+                "that routes requests with tools (has_tools) to a target that takes them",
+                param="tools",
+                code="tools_not_supported",
+            )
+        return [first, *(name for name in fallbacks if self.targets[name].takes_tools)]
+
+    def speaks_responses(self, target: str | None) -> bool:
+        """Whether a Responses request passes through to `target` as it is."""
+        return target is not None and self.targets[target].speaks_responses
 
     def _meter(
         self, decision: Decision, name: str, spent: Spent | None, usage: dict[str, int] | None

@@ -4,8 +4,9 @@ and trained on later (the policy's `capture:`; `router traffic export` reads the
 Each tenant's rows are a log of their own in the store, `capture:<tenant>` (`-` without a key): its newest
 `max_rows`, expiring `retention_days` after the newest. Every match of a `redact` pattern is replaced before
 the row is built, so what the store holds never had it. A streamed answer is gathered as the client
-receives it, and its row is written once the stream has ended; a stream that fails or that the client
-leaves stores nothing, since part of an answer would be labelled as the answer. A request the policy's
+receives it (a Responses answer passed through: its output text), and its row is written once the stream
+has ended; a stream that fails or that the client leaves stores nothing, since part of an answer would be
+labelled as the answer. A request the policy's
 `explore:` picks is handed to exploring (router/stages/exploring.py) instead, which writes its row with the
 candidates' shadow answers beside the client's (`shadow`, target -> text) once they are in.
 
@@ -34,6 +35,7 @@ from router.schemas import ChatCompletionRequest
 from router.stages.exploring import Exploring
 from router.state import StateStore, StoreUnavailable
 from router.targets import Asked, Chunks
+from router.targets.responses_upstream import output_text
 
 if TYPE_CHECKING:  # they import the model, which `router traffic` must not load
     from router.stages.scoring import Scored
@@ -98,7 +100,9 @@ class Capturing:
             shadowed = (request, asked) if request is not None and asked is not None else None
         if routed.chunks is None:
             assert routed.body is not None
-            await self._keep(row, completions.content_of(routed.body), shadowed)
+            body = routed.body
+            text = output_text(body) if routed.passed else completions.content_of(body)
+            await self._keep(row, text, shadowed)
             return routed
         gathered = Gathered(routed.chunks, lambda text: self._keep(row, text, shadowed), self._aborted)
         return dataclasses.replace(routed, chunks=gathered)
@@ -195,6 +199,8 @@ class Gathered:
             delta = ((chunk.get("choices") or [{}])[0]).get("delta") or {}
             if delta.get("content"):
                 parts.append(delta["content"])
+            elif chunk.get("type") == "response.output_text.delta":  # a Responses stream passed through
+                parts.append(str(chunk.get("delta") or ""))
             yield chunk
         self._ended = True
         await self.done("".join(parts))

@@ -22,6 +22,6 @@ class Deciding:
         confidences: Callable[[], Awaitable[Confidences]],
     ) -> Decision:
         """`tenant`: the caller's key name (None without auth), a fact rules can match."""
-        facts = RequestFacts(request.model, request.user, tenant)
+        facts = RequestFacts(request.model, request.user, tenant, request.has_tools, request.tool_names)
         thresholds = await self.budget.thresholds()
         return await decide(self.policy, facts, confidences, thresholds, self.prices)

@@ -39,6 +39,12 @@ class Routed:
     scorer: str | None = None
     """The scorer version in force (x-router-scorer), whether or not this request was scored; set by
     recording."""
+    session: str | None = None
+    """x-router-session: `new` or `pinned` for a turn of a pinned conversation (router/stages/sessions.py)."""
+    passed: bool = False
+    """A Responses answer passed through as the target wrote it (router/stages/answering.py's Answer)."""
+    raw: bytes | None = None
+    """A passed answer's body, byte for byte."""
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -59,6 +65,8 @@ class Routed:
             headers["x-router-scorer"] = self.scorer
         if self.fallback is not None:
             headers["x-router-fallback"] = self.fallback
+        if self.session is not None:
+            headers["x-router-session"] = self.session
         return headers
 
 
@@ -74,6 +82,9 @@ class Shaping:
 
     def shape(self, request: ChatCompletionRequest, request_id: str, answer: Answer) -> Routed:
         decision, fallback = answer.decision, answer.fallback
+        if answer.passed:  # the client gets it as the target wrote it: a hedge is in the headers alone
+            body, chunks, raw = answer.body, answer.chunks, answer.raw
+            return Routed(request_id, decision, body, chunks, fallback, passed=True, raw=raw)
         if answer.chunks is not None:
             prefix = self._prefix(request, decision)
             chunks = Prefixed(answer.chunks, prefix) if prefix else answer.chunks

@@ -34,9 +34,9 @@ class StoreHealth:
 class Write:
     """A write kept for replay. `expires_at` is on the monotonic clock, so a replayed TTL is what is left.
     An `increment` adds `value` (a float) to a counter (INCRBYFLOAT); a `set_indexed` also enters `entry` in
-    `index`; an `append` is a `push` whose list expires at `expires_at`."""
+    `index`; an `append` is a `push` whose list expires at `expires_at`; a `delete` removes `key`."""
 
-    op: Literal["set", "set_if_absent", "push", "increment", "set_indexed", "append"]
+    op: Literal["set", "set_if_absent", "push", "increment", "set_indexed", "append", "delete"]
     key: str
     value: str
     expires_at: float | None = None
@@ -60,6 +60,10 @@ class StateStore(ABC):
     @abstractmethod
     async def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
         """Set only when the key holds nothing; True when this call set it (one winner across replicas)."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove a key (an index's entry for it stays, and deletes nothing when it is pushed out)."""
 
     @abstractmethod
     async def push(self, key: str, value: str, max_len: int) -> None:

@@ -37,6 +37,9 @@ class MemoryStore(StateStore):
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
 
+    async def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
     async def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
         if await self.get(key) is not None:
             return False

@@ -101,6 +101,9 @@ class RedisStore(StateStore):
         px = None if ttl_s is None else int(ttl_s * 1000)
         return bool(await self._redis.set(self.prefix + key, value, px=px, nx=True))
 
+    async def delete(self, key: str) -> None:
+        await self._redis.delete(self.prefix + key)
+
     async def push(self, key: str, value: str, max_len: int) -> None:
         await self._push([self.prefix + key], [value, max_len])
 
@@ -149,6 +152,8 @@ class RedisStore(StateStore):
                         pipe.eval(_PUSH, 1, key, write.value, write.max_len)
                     elif write.op == "increment":
                         pipe.incrbyfloat(key, float(write.value))
+                    elif write.op == "delete":
+                        pipe.delete(key)
                     elif px is not None and px <= 0:
                         if write.op == "set":
                             pipe.delete(key)

@@ -123,6 +123,17 @@ class ResilientStore(StateStore):
         await self.mirror.set(key, value, ttl_s)
         self._keep(Write("set", key, value, _expiry(ttl_s)))
 
+    async def delete(self, key: str) -> None:
+        await self.mirror.delete(key)
+        if self._up:
+            try:
+                await self.remote.delete(key)
+            except Exception as exc:
+                self._went_down(exc)
+            else:
+                return
+        self._keep(Write("delete", key, ""))
+
     async def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
         if self._up:
             try:

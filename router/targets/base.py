@@ -71,6 +71,16 @@ class Embedded:
 
 
 @dataclass(frozen=True)
+class Responded:
+    """A Responses request as a target that speaks that API answered it (POST /v1/responses)."""
+
+    content: bytes
+    """The upstream's body, byte for byte: what the client gets."""
+    body: dict[str, Any]
+    """The same, parsed: what the router stores and meters."""
+
+
+@dataclass(frozen=True)
 class LocalModelAccess:
     """What answering with the in-process model needs from the router that owns it."""
 
@@ -126,6 +136,29 @@ class Answerer(ABC):
             param="model",
             code="model_not_found",
         )
+
+    @property
+    def takes_tools(self) -> bool:
+        """Whether it may answer a request that offers tools: every remote kind; a local target only when its
+        policy entry says `accepts_tools` (the local model cannot call them)."""
+        return True
+
+    @property
+    def speaks_responses(self) -> bool:
+        """Whether its API takes OpenAI Responses requests (POST /v1/responses passes through to it, its
+        answer passed back as it came); the others answer the request translated to chat."""
+        return False
+
+    async def respond(self, payload: dict[str, Any], on_usage: Callable[[Usage | None], None]) -> Responded:
+        """A Responses request's answer, whole (`speaks_responses` kinds only); `payload`: the request's
+        fields but the model, which is the target's."""
+        raise NotImplementedError(f"target kind {self.kind} does not speak the Responses API")
+
+    async def respond_stream(
+        self, payload: dict[str, Any], on_usage: Callable[[Usage | None], None]
+    ) -> Chunks:
+        """A Responses request's answer as its stream of events, opened (`speaks_responses` kinds only)."""
+        raise NotImplementedError(f"target kind {self.kind} does not speak the Responses API")
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """US dollars at the target's declared cost; 0 without one."""

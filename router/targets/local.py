@@ -56,6 +56,10 @@ class LocalAnswerer(Answerer, kind="local"):
         assert isinstance(spec, LocalTarget)
         return cls(name, spec, local)
 
+    @property
+    def takes_tools(self) -> bool:
+        return self.target.accepts_tools
+
     async def complete(self, request: ChatCompletionRequest, asked: Asked) -> Completion:
         # The scored draft is the answer: the confidence is about exactly this text. Sampling parameters
         # do not apply to it for that reason. An answerer writes its own reply (the draft is the base

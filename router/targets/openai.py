@@ -18,7 +18,7 @@ import functools
 import importlib.util
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +27,16 @@ import aiohttp
 from policies import OpenAITarget, Target
 from router.completions import Completion
 from router.schemas import ChatCompletionRequest
-from router.targets.base import Asked, Embedded, LocalModelAccess, Usage
+from router.targets import responses_upstream
+from router.targets.base import Asked, Embedded, LocalModelAccess, Responded, Usage
 from router.targets.litellm_errors import Malformed
 from router.targets.remote import Opened, RemoteAnswerer, StreamUsage
+from router.targets.upstream_status import UpstreamStatus, upstream_json
 
 log = logging.getLogger("router")
 
 KEEPALIVE_S = 30.0
 """How long an idle pooled connection is kept for the next request."""
-
-
-class UpstreamStatus(Exception):
-    """The upstream answered with an error status. Shaped as litellm's errors are for `classify`: the status
-    in `status_code`, the response headers in `headers` (Retry-After), OpenAI's error object in `body`."""
-
-    def __init__(self, status: int, headers: Mapping[str, str], content: bytes) -> None:
-        error = _error_object(content)
-        message = error.get("message") if isinstance(error.get("message"), str) else None
-        super().__init__(f"HTTP {status}: {message or content[:200].decode(errors='replace')}")
-        self.status_code, self.headers = status, headers
-        self.body = error if message else None
-        self.param = error.get("param")
-
-
-def _error_object(content: bytes) -> dict[str, Any]:
-    try:
-        parsed = json.loads(content)
-    except ValueError:
-        return {}
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    return error if isinstance(error, dict) else {}
 
 
 class OpenAIUpstream(RemoteAnswerer, kind="openai"):
@@ -66,6 +46,7 @@ class OpenAIUpstream(RemoteAnswerer, kind="openai"):
         super().__init__(name, target)
         self.url = target.api_base.rstrip("/") + "/chat/completions"
         self.embeddings_url = target.api_base.rstrip("/") + "/embeddings"
+        self.responses_url = target.api_base.rstrip("/") + "/responses"
         # No redirects: one would be a wrong api_base (and may point the key at another host).
         self._options = {"allow_redirects": False, **_env_proxy(self.url)}
         self._prices = listed_prices(target.model) if target.cost is None else None
@@ -128,7 +109,7 @@ class OpenAIUpstream(RemoteAnswerer, kind="openai"):
                 content = await response.read()
             if response.status >= 300:
                 raise UpstreamStatus(response.status, response.headers, content)
-            answer = _json(content)
+            answer = upstream_json(content)
             if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
                 raise Malformed("an embeddings answer without data")
             usage = answer.get("usage")
@@ -144,7 +125,7 @@ class OpenAIUpstream(RemoteAnswerer, kind="openai"):
                 content = await response.read()
             if response.status >= 300:
                 raise UpstreamStatus(response.status, response.headers, content)
-            answer = _json(content)
+            answer = upstream_json(content)
             if not isinstance(answer, dict) or not answer.get("choices"):
                 raise Malformed("a completion without choices")
             return answer
@@ -179,6 +160,12 @@ class OpenAIUpstream(RemoteAnswerer, kind="openai"):
             return response, chunks, first
 
         response, chunks, first = await self.retrying(attempt)
+        usage = StreamUsage(on_usage, request.include_usage)
+        release = self.held(response)
+        return Opened(self.relay(first, chunks, usage, release), release)
+
+    def held(self, response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
+        """Counts a stream being passed on (`close` waits for it); what releases it, once, however it ends."""
         self._open.add(response)
 
         async def release() -> None:
@@ -192,8 +179,20 @@ class OpenAIUpstream(RemoteAnswerer, kind="openai"):
             if self._closing and not self._open:
                 await self.close()
 
-        usage = StreamUsage(on_usage, request.include_usage)
-        return Opened(self.relay(first, chunks, usage, release), release)
+        return release
+
+    @property
+    def speaks_responses(self) -> bool:
+        return True
+
+    async def respond(self, payload: dict[str, Any], on_usage: Callable[[Usage | None], None]) -> Responded:
+        """POSTs to `{api_base}/responses` (router/targets/responses_upstream.py)."""
+        return await responses_upstream.respond(self, payload, on_usage)
+
+    async def respond_stream(
+        self, payload: dict[str, Any], on_usage: Callable[[Usage | None], None]
+    ) -> Opened:
+        return await responses_upstream.respond_stream(self, payload, on_usage)
 
     async def close(self) -> None:
         """Closes the pool once the streams it still passes on are done."""
@@ -263,15 +262,8 @@ async def events(pieces: AsyncIterator[bytes]) -> AsyncIterator[Completion]:
         yield _chunk(b"\n".join(data))
 
 
-def _json(content: bytes) -> Any:
-    try:
-        return json.loads(content)
-    except ValueError as exc:  # not JSON, or not UTF-8
-        raise Malformed("an answer that is not JSON") from exc
-
-
 def _chunk(event: bytes) -> Completion:
-    chunk = _json(event)
+    chunk = upstream_json(event)
     if not isinstance(chunk, dict):
         raise Malformed("an event that is not a chat completion chunk")
     error = chunk.get("error")

@@ -1,0 +1,41 @@
+"""How an OpenAI-compatible upstream's answer is read where it is not what was asked for: an error status, or
+a body that is not JSON. Shared by the `openai` kind's chat calls (openai.py) and its Responses calls
+(responses_upstream.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from router.targets.litellm_errors import Malformed
+
+
+class UpstreamStatus(Exception):
+    """The upstream answered with an error status. Shaped as litellm's errors are for `classify`: the status
+    in `status_code`, the response headers in `headers` (Retry-After), OpenAI's error object in `body`."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], content: bytes) -> None:
+        error = _error_object(content)
+        message = error.get("message") if isinstance(error.get("message"), str) else None
+        super().__init__(f"HTTP {status}: {message or content[:200].decode(errors='replace')}")
+        self.status_code, self.headers = status, headers
+        self.body = error if message else None
+        self.param = error.get("param")
+
+
+def _error_object(content: bytes) -> dict[str, Any]:
+    try:
+        parsed = json.loads(content)
+    except ValueError:
+        return {}
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def upstream_json(content: bytes) -> Any:
+    """The body parsed; Malformed (a 502 that may fall back) when it is not JSON, or not UTF-8."""
+    try:
+        return json.loads(content)
+    except ValueError as exc:
+        raise Malformed("an answer that is not JSON") from exc
