@@ -31,7 +31,7 @@ from router.targets import responses_upstream
 from router.targets.base import Asked, Embedded, LocalModelAccess, Responded, Usage
 from router.targets.litellm_errors import Malformed
 from router.targets.remote import Opened, RemoteAnswerer, StreamUsage
-from router.targets.upstream_status import UpstreamStatus, upstream_json
+from router.targets.upstream_status import UpstreamStatus, opened_stream, upstream_json
 
 log = logging.getLogger("router")
 
@@ -145,19 +145,7 @@ class OpenAIUpstream(RemoteAnswerer, kind="openai"):
         http = self._http()
 
         async def attempt(_: float) -> tuple[aiohttp.ClientResponse, AsyncIterator[Completion], Completion]:
-            response = await http.post(self.url, data=body, headers=headers, **self._options)
-            try:
-                if response.status >= 300:
-                    raise UpstreamStatus(response.status, response.headers, await response.read())
-                chunks = events(response.content.iter_any())
-                try:
-                    first = await anext(chunks)
-                except StopAsyncIteration:
-                    raise Malformed("an empty stream") from None
-            except BaseException:
-                response.close()
-                raise
-            return response, chunks, first
+            return await opened_stream(http, self.url, body, headers, self._options, events)
 
         response, chunks, first = await self.retrying(attempt)
         usage = StreamUsage(on_usage, request.include_usage)

@@ -25,7 +25,7 @@ from router.errors import APIError
 from router.targets.base import Responded, Usage
 from router.targets.litellm_errors import Malformed, classify
 from router.targets.remote import Opened
-from router.targets.upstream_status import UpstreamStatus, upstream_json
+from router.targets.upstream_status import UpstreamStatus, opened_stream, upstream_json
 
 log = logging.getLogger("router")
 T = TypeVar("T")
@@ -117,19 +117,8 @@ async def respond_stream(
     http = upstream._http()
 
     async def attempt(_: float) -> tuple[aiohttp.ClientResponse, AsyncIterator[Event], Event]:
-        response = await http.post(upstream.responses_url, data=body, headers=headers, **upstream._options)
-        try:
-            if response.status >= 300:
-                raise UpstreamStatus(response.status, response.headers, await response.read())
-            events = response_events(response.content.iter_any())
-            try:
-                first = await anext(events)
-            except StopAsyncIteration:
-                raise Malformed("an empty stream") from None
-        except BaseException:
-            response.close()
-            raise
-        return response, events, first
+        url, options = upstream.responses_url, upstream._options
+        return await opened_stream(http, url, body, headers, options, response_events)
 
     response, events, first = await upstream.retrying(attempt)
     release = upstream.held(response)

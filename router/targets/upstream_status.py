@@ -1,14 +1,18 @@
-"""How an OpenAI-compatible upstream's answer is read where it is not what was asked for: an error status, or
-a body that is not JSON. Shared by the `openai` kind's chat calls (openai.py) and its Responses calls
+"""How an OpenAI-compatible upstream's answer is read: an error status, a body that is not JSON, a stream's
+first event. Shared by the `openai` kind's chat calls (openai.py) and its Responses calls
 (responses_upstream.py)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
+
+import aiohttp
 
 from router.targets.litellm_errors import Malformed
+
+T = TypeVar("T")
 
 
 class UpstreamStatus(Exception):
@@ -39,3 +43,28 @@ def upstream_json(content: bytes) -> Any:
         return json.loads(content)
     except ValueError as exc:
         raise Malformed("an answer that is not JSON") from exc
+
+
+async def opened_stream(
+    http: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    options: Mapping[str, Any],
+    parse: Callable[[AsyncIterator[bytes]], AsyncIterator[T]],
+) -> tuple[aiohttp.ClientResponse, AsyncIterator[T], T]:
+    """POST a streamed call and read its first event: an upstream that fails before it has said anything is
+    then an error the caller may retry, not a cut stream. The response is closed on any failure."""
+    response = await http.post(url, data=body, headers=headers, **options)
+    try:
+        if response.status >= 300:
+            raise UpstreamStatus(response.status, response.headers, await response.read())
+        events = parse(response.content.iter_any())
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            raise Malformed("an empty stream") from None
+    except BaseException:
+        response.close()
+        raise
+    return response, events, first
