@@ -11,10 +11,14 @@
    head, at batch 1 and batch 32.
 6. The same scorer with a kind-of-request head (a softmax over the seven task families on the same states)
    vs without, at batch 1 and batch 32.
+7. The shipped scorer (policies/scorers/smollm2-head) at the precision `auto` picks on this machine (bf16
+   on a CPU with AMX) vs fp32, at batch 1 and batch 32, and how far its raw scores move.
 
-Speed does not depend on what the adapters learned, so they are freshly initialised here.
+Section 4 measures a serving process at `scorer.precision: fp32` (the path before reduced precision) and at
+`auto`, each after the scoring burst and again after one local answer. Speed does not depend on what the
+adapters learned, so sections 1-6 use freshly initialised ones.
 
-    python -m bench.scorer [--layer 20] [--prompts 40] [--sections 1,2,3,4,5,6] [--targets 2]
+    python -m bench.scorer [--layer 20] [--prompts 40] [--sections 1,2,3,4,5,6,7] [--targets 2]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -38,6 +43,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from localmodel import catalog as models
+from localmodel.interface import PRECISION_ENV
 from localmodel.model import LocalModel
 from policies import load_policy
 from policies.facts import TASK_FAMILIES
@@ -140,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layer", type=int, default=20)  # the shipped scorer's
     parser.add_argument("--prompts", type=int, default=40)
-    parser.add_argument("--sections", default="1,2,3,4,5,6", help="Which figures to measure.")
+    parser.add_argument("--sections", default="1,2,3,4,5,6,7", help="Which figures to measure.")
     parser.add_argument("--targets", type=int, default=2, help="Section 5: heads in the multi-target scorer.")
     args = parser.parse_args()
     sections = {int(x) for x in args.sections.split(",")}
@@ -177,8 +183,12 @@ def main() -> None:
             HeadScorer(model, with_task_head(head_dir, work / "t")),
             prompts,
         )
-    if sections <= {5, 6}:
-        if 6 in sections:
+    if 7 in sections:
+        reduced = precision_figures(model, prompts)
+    if sections <= {5, 6, 7}:
+        if 7 in sections:
+            print(f"headline: the shipped scorer at {reduced}")
+        elif 6 in sections:
             print(f"headline: scoring with a task head costs {tasks:.3f}x scoring without")
         else:
             print(f"headline: scoring {k} targets costs {ratio:.3f}x scoring one")
@@ -194,7 +204,8 @@ def main() -> None:
     policy_file = work / "policy.yaml"
     policy_file.write_text(
         f"scorer: {{method: head, model: {MODEL}, adapter: {head_dir}, cache_ttl_s: 0,"
-        " batch: {max_size: 32, max_wait_ms: 10}}\n"
+        # fp32, as the bare head it is compared with; section 4 sets the precision by the environment
+        " batch: {max_size: 32, max_wait_ms: 10}, precision: fp32}\n"
         "targets: {local: {kind: local}}\nrules: [{action: answer_with, target: local}]\n"
     )
     router = Router(load_policy(policy_file), model)
@@ -235,12 +246,22 @@ def main() -> None:
         f"pre-generation head {pre10 * 1000:.1f} ms; ratio {pre10 / post:.3f}x (target <= 0.1)"
     )
 
-    # 4. peak memory of a serving process vs the weights
+    # 4. peak memory of a serving process vs the weights, with and without the reduced-precision twin
     weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
-    peak = serving_peak_rss(policy_file, prompts[:32])
+    served = {}
+    for precision in ("fp32", "auto"):
+        served[precision] = serving_peak_rss(policy_file, prompts[:32], precision)
+        startup, peak, answered = served[precision]
+        print(
+            f"4. precision {precision}: start-up {startup:.1f} s; peak RSS after 32 scores "
+            f"{peak / 2**20:.0f} MiB, after a local answer {answered / 2**20:.0f} MiB, "
+            f"vs weights {weights / 2**20:.0f} MiB ({peak / weights:.2f}x)"
+        )
     print(
-        f"4. serving process peak RSS {peak / 2**20:.0f} MiB vs weights {weights / 2**20:.0f} MiB; "
-        f"ratio {peak / weights:.2f}x"
+        "4. auto vs fp32: peak RSS scoring "
+        f"{served['auto'][1] / served['fp32'][1]:.3f}x, after a local answer "
+        f"{served['auto'][2] / served['fp32'][2]:.3f}x (target <= 1.0); start-up {served['auto'][0]:.1f} s "
+        "(target < 10)"
     )
     print(f"headline: pre-generation score at batch 1 = {pre / full:.3f}x a bare full forward pass")
 
@@ -264,7 +285,42 @@ def compare(label: str, one: HeadScorer, other: HeadScorer, prompts: list[Messag
     return max(ratio1, ratio32)
 
 
-def serving_peak_rss(policy_file: Path, prompts: list[Messages]) -> int:
+def precision_figures(model: LocalModel, prompts: list[Messages]) -> str:
+    """Section 7: the shipped scorer through the twin `auto` builds here against fp32, on the same model;
+    rounds alternate and each side reports its best, as in section 2."""
+    from localmodel.reduced import amx_bf16
+
+    folder = Path(__file__).parents[1] / "policies" / "scorers" / "smollm2-head"
+    fp32 = HeadScorer(model, folder, "fp32")
+    started = time.perf_counter()
+    fast = HeadScorer(model, folder, "auto")
+    built = time.perf_counter() - started
+    label = str(fast.twin.dtype).removeprefix("torch.") if fast.twin else "fp32 (no twin: no AMX here)"
+    batch32 = [ScoreItem(m) for m in prompts[:32]]
+    moved = max(
+        abs(a.raw[t] - b.raw[t])
+        for a, b in zip(fp32.score_batch(batch32), fast.score_batch(batch32), strict=True)
+        for t in fp32.targets
+    )
+    one, other, one32, other32 = [], [], 0.0, 0.0
+    for _ in range(ROUNDS):
+        one.append(median_time(lambda m: fp32.score_batch([ScoreItem(m)]), prompts))
+        other.append(median_time(lambda m: fast.score_batch([ScoreItem(m)]), prompts))
+        one32 = max(one32, 32 / timed(lambda: fp32.score_batch(batch32)))
+        other32 = max(other32, 32 / timed(lambda: fast.score_batch(batch32)))
+    fast.close()
+    ratio1, ratio32 = min(other) / min(one), other32 / one32
+    print(
+        f"7. shipped scorer, auto = {label} (AMX: {amx_bf16()}), built in {built:.2f} s, best of {ROUNDS} "
+        f"alternating rounds: batch 1 {min(other) * 1000:.1f} vs fp32 {min(one) * 1000:.1f} ms, ratio "
+        f"{ratio1:.3f}x (target <= 0.35); batch 32 {other32:.1f} vs {one32:.1f} req/s, {ratio32:.2f}x "
+        f"(target >= 2.5); raw scores moved at most {moved:.4f} on {len(batch32)} prompts"
+    )
+    return f"{label}: batch 1 {ratio1:.3f}x fp32's time, batch 32 {ratio32:.2f}x its throughput"
+
+
+def serving_peak_rss(policy_file: Path, prompts: list[Messages], precision: str) -> tuple[float, int, int]:
+    """Seconds to ready, then peak RSS after a burst of scores and after one local answer as well."""
     from tests.conftest import free_port, wait_ready
 
     port = free_port()
@@ -280,17 +336,25 @@ def serving_peak_rss(policy_file: Path, prompts: list[Messages]) -> int:
         "--log-level",
         "warning",
     ]
-    server = subprocess.Popen(command)
+    started = time.perf_counter()
+    server = subprocess.Popen(command, env={**os.environ, PRECISION_ENV: precision})
     try:
         wait_ready(f"http://127.0.0.1:{port}")
+        startup = time.perf_counter() - started
 
         async def burst() -> None:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
                 await asyncio.gather(*(client.post("/v1/score", json={"messages": m}) for m in prompts))
 
+        def peak() -> int:
+            status = Path(f"/proc/{server.pid}/status").read_text().splitlines()
+            return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) * 1024
+
         asyncio.run(burst())
-        status = Path(f"/proc/{server.pid}/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) * 1024
+        scored = peak()
+        body = {"model": "router", "messages": prompts[0], "max_tokens": 16}
+        httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=120).raise_for_status()
+        return startup, scored, peak()
     finally:
         server.terminate()
         server.wait()

@@ -10,12 +10,12 @@ and `router policy validate` stay light.
 
 from typing import TYPE_CHECKING, Any
 
-from localmodel.interface import Aborted, Draft, Message, Pooling
+from localmodel.interface import Aborted, Draft, Message, Pooling, Precision
 
 if TYPE_CHECKING:
     from localmodel.model import LocalModel
 
-__all__ = ["Aborted", "Draft", "LocalModel", "Message", "Pooling"]
+__all__ = ["Aborted", "Draft", "LocalModel", "Message", "Pooling", "Precision"]
 
 
 def __getattr__(name: str) -> Any:

@@ -8,21 +8,26 @@ thread may call into it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from localmodel.catalog import resolve
-from localmodel.interface import Aborted, Draft, Message, Pooling
+from localmodel.interface import Aborted, Draft, Message, Pooling, Precision
+
+if TYPE_CHECKING:
+    from localmodel.reduced import Twin
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 BASE_WEIGHTS = "__base__"
 """PEFT's name, in a mixed batch, for the rows that no adapter touches."""
 
@@ -254,17 +259,50 @@ class LocalModel:
 
     @torch.inference_mode()
     def prompt_states_at(
-        self, texts: list[str], layers: list[int], pooling: Pooling, adapter: str | None
+        self,
+        texts: list[str],
+        layers: list[int],
+        pooling: Pooling,
+        adapter: str | None,
+        twin: Twin | None = None,
     ) -> dict[int, torch.Tensor]:
-        """`prompt_states` at each of `layers`, from one forward pass that stops at the deepest."""
+        """`prompt_states` at each of `layers`, from one forward pass that stops at the deepest; through
+        `twin` (built by `scoring_twin` for this adapter) where given, else through the model itself."""
         for layer in layers:
             if not 1 <= layer <= self.num_layers:
                 raise ValueError(f"layer must be in 1..{self.num_layers}, not {layer}")
-        with self.adapter(adapter):
+        # A twin has its adapter merged in: no adapter to switch, the twin's layers in its precision.
+        with twin.autocast() if twin else self.adapter(adapter):
             batch = self.encode(texts)
-            hidden = hidden_at(self.decoder, batch, layers)
+            hidden = hidden_at(twin.decoder if twin else self.decoder, batch, layers)
             mask = batch["attention_mask"]
-            return {k: pool(self.decoder.norm(h), mask, pooling).float() for k, h in hidden.items()}
+            return {k: pool(self.decoder.norm(h.float()), mask, pooling).float() for k, h in hidden.items()}
+
+    def scoring_twin(self, adapter: str | None, deepest: int, precision: Precision) -> Twin | None:
+        """A reduced-precision copy of layers 1..deepest for a scorer reading them with `adapter`, or None
+        where the scorer should read the model itself: `precision` fp32, CUDA, `auto` on a CPU without AMX,
+        or an adapter that does not merge (logged)."""
+        from localmodel.reduced import Twin, Unsupported, check_adapter, twin_dtype
+
+        dtype = twin_dtype(precision, self.device)
+        if dtype is None:
+            return None
+        try:
+            if adapter is not None:
+                check_adapter(self.adapter_config(adapter))
+            with torch.inference_mode():
+                twin = Twin(self.decoder, deepest, adapter, dtype, self._check_abort)
+        except Unsupported as exc:
+            log.warning("scoring in %s, not %s: %s", self.dtype, dtype, exc)
+            return None
+        log.info(
+            "scoring through a %s copy of layers 1-%d; %.0f MiB of %s pages handed back",
+            dtype,
+            deepest,
+            twin.released / 2**20,
+            self.dtype,
+        )
+        return twin
 
 
 def prompt_state(decoder: Any, batch: dict[str, torch.Tensor], layer: int, pooling: Pooling) -> torch.Tensor:

@@ -15,6 +15,7 @@ import typer
 
 import calibrators
 import scorers  # noqa: F401  (registers scorers/checks.py: the scorer checks load_policy runs)
+from localmodel.interface import PRECISION_ENV, precision_override
 from policies import DEFAULT_POLICY_PATH, Policy, PolicyError, RequestFacts, decide, load_policy
 
 models_app = typer.Typer(help="Fetch and list local models.", no_args_is_help=True)
@@ -59,6 +60,7 @@ def serve(
             help="Reload when the policy file's content changes, looking every SECONDS (0: off).",
         ),
     ] = 0.0,
+    scorer_precision: ScorerPrecision = None,
 ) -> None:
     """Serve the OpenAI-compatible proxy."""
     import signal
@@ -69,6 +71,7 @@ def serve(
     from router.app import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _set_precision(scorer_precision)
     if logging.getLogger().level > logging.DEBUG:
         # One line per request, the router's own (router/asgi.py): none per upstream call from the HTTP
         # client or from litellm (which logs each call at INFO, twice: through its own handler too).
@@ -112,6 +115,28 @@ def serve(
     for drained in (signal.SIGTERM, signal.SIGINT):
         signal.signal(drained, lambda *_: None)
     uvicorn.Server(config).run()
+
+
+ScorerPrecision = Annotated[
+    str | None,
+    typer.Option(
+        envvar=PRECISION_ENV,
+        help="The head scorer's forward pass on this machine, over the policy's scorer.precision: "
+        "auto (bf16 on a CPU with AMX), fp32 (off) or bf16.",
+    ),
+]
+
+
+def _set_precision(precision: str | None) -> None:
+    """The model reads the setting where the scorer is built, in this process: through the environment."""
+    if precision is None:
+        return
+    os.environ[PRECISION_ENV] = precision
+    try:
+        precision_override()
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 def _loopback(host: str) -> bool:
@@ -159,6 +184,7 @@ def calibrate(
 def score(
     question: Annotated[str, typer.Argument(help="The question, as a single user message.")],
     policy: Annotated[Path | None, typer.Option(help="Take the scorer from this policy.")] = None,
+    scorer_precision: ScorerPrecision = None,
 ) -> None:
     """Score one question with the policy's scorer and print JSON."""
     import asyncio
@@ -167,6 +193,7 @@ def score(
     from localmodel import LocalModel
     from router.service import Router
 
+    _set_precision(scorer_precision)
     loaded = _load_or_exit(policy or DEFAULT_POLICY_PATH)
 
     async def run() -> dict[str, object]:

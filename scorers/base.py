@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike
 
 if TYPE_CHECKING:
     from calibrators import Calibrator
-    from localmodel import Draft, LocalModel, Message
+    from localmodel import Draft, LocalModel, Message, Precision
 
 SCORERS: dict[str, type[Scorer]] = {}
 
@@ -53,6 +53,8 @@ class ScorerSettings:
     adapter: Path | None = None
     samples: int = 5
     temperature: float = 0.7
+    precision: Precision = "auto"
+    """The head scorer's forward pass: auto (bf16 on a CPU with AMX, else the model's own), fp32 or bf16."""
 
 
 class Scorer(ABC):

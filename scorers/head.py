@@ -16,7 +16,7 @@ from scorers.card import ScorerCard, folder_digest
 if TYPE_CHECKING:
     import torch
 
-    from localmodel import LocalModel
+    from localmodel import LocalModel, Precision
 
 ADAPTER_NAME = "certainty_head"
 _LOADS = count()
@@ -64,7 +64,9 @@ class HeadScorer(Scorer, method="head"):
     pre_generation = True
     needs_adapter = True
 
-    def __init__(self, model: LocalModel, folder: Path) -> None:
+    def __init__(self, model: LocalModel, folder: Path, precision: Precision = "fp32") -> None:
+        """`precision`: the forward pass's (localmodel/reduced.py); fp32 reads the model itself, as training
+        and evaluation do."""
         card = ScorerCard.load(folder)
         if card.method != "head":
             raise ValueError(f"{folder}: a '{card.method}' scorer, not a head scorer")
@@ -105,13 +107,18 @@ class HeadScorer(Scorer, method="head"):
             except Exception:
                 model.unload_adapter(self.adapter)  # PEFT adds an adapter before it reads the weights
                 raise
+        # Built after the adapter, whose LoRA it merges; the model's weights (generation's) stay as loaded.
+        self.twin = model.scoring_twin(self.adapter, max(self.layers), precision)
+        if self.twin is not None:  # its scores differ from fp32's in the third decimal: not the same cache
+            self.version += f":{str(self.twin.dtype).removeprefix('torch.')}"
 
     @classmethod
     def build(cls, model: LocalModel, settings: ScorerSettings) -> HeadScorer:
         assert settings.adapter is not None
-        return cls(model, settings.adapter)
+        return cls(model, settings.adapter, settings.precision)
 
     def close(self) -> None:
+        self.twin = None  # its weights go with it
         if self.adapter:
             self.model.unload_adapter(self.adapter)
 
@@ -127,7 +134,7 @@ class HeadScorer(Scorer, method="head"):
     def states_at(self, items: list[ScoreItem], layers: list[int]) -> dict[int, torch.Tensor]:
         """The pooled prompt states at each of `layers`, from one forward pass."""
         texts = [self.model.prompt_text(as_trained(i.messages)) for i in items]
-        return self.model.prompt_states_at(texts, layers, self.pooling, self.adapter)
+        return self.model.prompt_states_at(texts, layers, self.pooling, self.adapter, self.twin)
 
     def raw_scores(self, items: list[ScoreItem]) -> np.ndarray:
         """Rows x targets."""

@@ -14,10 +14,17 @@ import pytest
 import uvicorn
 
 from localmodel import catalog as models
+from localmodel.interface import PRECISION_ENV
 from policies import Policy, load_policy
 from router.app import create_app
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# Tests compare scores served with scores computed in-process within float noise (tests/tolerance.py); on a
+# CPU with AMX a served head scorer reads prompts in bf16 (`scorer.precision: auto`), which moves them in the
+# third decimal. So the suite, and the servers it starts, score in fp32 unless a test says otherwise:
+# tests/test_scorer_precision.py covers bf16 and `auto`.
+os.environ.setdefault(PRECISION_ENV, "fp32")
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import numpy as np
 
 import calibrators
 from localmodel import Draft, Message
+from localmodel.interface import precision_override
 from policies import Confidences, LocalTarget, Policy
 from router.batcher import BatchLimits, MicroBatcher, Overloaded
 from router.errors import APIError
@@ -54,7 +55,10 @@ class Scoring:
     ) -> None:
         spec = policy.scorer
         settings = ScorerSettings(
-            Path(spec.adapter) if spec.adapter else None, spec.samples, spec.temperature
+            Path(spec.adapter) if spec.adapter else None,
+            spec.samples,
+            spec.temperature,
+            precision_override() or spec.precision,  # the machine's setting over the policy's
         )
         self.scorer: Scorer = build_scorer(spec.method, worker.model, settings)
         self.tag = scorer_tag(self.scorer.version)
