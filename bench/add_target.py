@@ -81,11 +81,13 @@ def main() -> None:
             added = head_on(out, model, test, cache)
             gap = bootstrap(lambda a, y, b: auroc(a, y) - auroc(b, y), added, labels, full)
             ours, theirs = auroc(added, labels), auroc(full, labels)
-            headline = (
+            line = (
                 f"{report['rows']['train']} rows: added head AUROC {ours:.3f}, "
                 f"full retrain {theirs:.3f}, ratio {ours / theirs:.3f}"
             )
-            print(f"{headline}; difference {gap}; layer {report['layer']}; fit {report['seconds']} s")
+            line = f"{line}; difference {gap}; layer {report['layer']}; fit {report['seconds']} s"
+            print(line)
+            headline = line if size == "1000" or not headline else headline
     print(f"add-target 1,000 rows {seconds:.0f} s (goal 300 s); at {headline}")
 
 
