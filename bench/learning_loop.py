@@ -84,7 +84,7 @@ def serve(
     )
     for _ in range(600):
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                 return process
         except httpx.HTTPError:
             pass

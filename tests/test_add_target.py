@@ -143,3 +143,24 @@ def test_a_folder_that_is_not_empty_is_never_written_over(scorer: Path, added: P
     assert result.exit_code == 2 and "not empty" in result.output
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
     assert json.loads((added / "scorer.json").read_text())["targets"][-1]["model"] == "gemma-3-270m"
+
+
+def test_without_right_and_wrong_dev_rows_the_head_reads_the_scorers_layer(
+    scorer: Path, labels: Path, tmp_path: Path
+) -> None:
+    from train.splits import split_of
+
+    rows = [json.loads(line) for line in labels.read_text().splitlines()]
+    all_wrong = tmp_path / "dev-all-wrong.jsonl"
+    all_wrong.write_text(
+        "".join(
+            json.dumps({**r, "correct": r["correct"] and split_of(r["id"], 0) != "dev"}) + "\n" for r in rows
+        )
+    )
+    out = tmp_path / "added"
+    result = CliRunner().invoke(
+        app, ["add-target", "--scorer", str(scorer), "--labels", str(all_wrong), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "dev rows are all right or all wrong" in result.output
+    assert ScorerCard.load(out).targets[-1].layer == ScorerCard.load(scorer).layer == 3

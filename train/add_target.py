@@ -109,8 +109,12 @@ def fit_head(
             f"{model}'s {len(train)} training rows are all right or all wrong; a head needs both"
         )
     top = states.scorer.layer
+    y_train, y_dev = _labels(train), _labels(dev)
+    if not layer and not 0 < y_dev.sum() < len(y_dev):  # nothing to rank layers by
+        log(f"{model}: its {len(dev)} dev rows are all right or all wrong; the head reads layer {top}")
+        layer = top
     candidates = [layer] if layer else sorted({*range(LAYER_STEP, top, LAYER_STEP), top})
-    x_train, y_train, y_dev = row_states(states, train, candidates), _labels(train), _labels(dev)
+    x_train = row_states(states, train, candidates)
     by_layer: dict[int, float] = {}
     chosen = layer or 0
     if not layer:  # a layer given is no choice: dev rows are not read
