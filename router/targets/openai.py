@@ -31,7 +31,7 @@ from router.targets import responses_upstream
 from router.targets.base import Asked, Embedded, LocalModelAccess, Responded, Usage
 from router.targets.litellm_errors import Malformed
 from router.targets.remote import Opened, RemoteAnswerer, StreamUsage
-from router.targets.upstream_status import UpstreamStatus, opened_stream, upstream_json
+from router.targets.upstream_status import UpstreamStatus, opened_stream, sse_data, upstream_json
 
 log = logging.getLogger("router")
 
@@ -220,34 +220,8 @@ async def events(pieces: AsyncIterator[bytes]) -> AsyncIterator[Completion]:
     size), until `data: [DONE]` or its end. A data line that is not a JSON object raises Malformed; an
     error event raises UpstreamStatus with the status it names (else 502). Comments
     (keep-alives) and other fields are skipped."""
-    pending = b""
-    data: list[bytes] = []
-    done = False
-    async for piece in pieces:
-        if done:  # read to the end all the same, so that the connection goes back to the pool
-            continue
-        lines = (pending + piece).split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            line = line.removesuffix(b"\r")
-            if line:
-                name, _, value = line.partition(b":")
-                if name == b"data":  # a comment has no name (":..."); event, id, retry say nothing here
-                    data.append(value.removeprefix(b" "))
-                continue
-            if not data:
-                continue
-            event, data = b"\n".join(data), []
-            if event == b"[DONE]":
-                done = True
-                break
-            yield _chunk(event)
-    if done:
-        return
-    if pending.startswith(b"data:"):  # a last event without its blank line
-        data.append(pending[5:].removeprefix(b" "))
-    if data and data != [b"[DONE]"]:
-        yield _chunk(b"\n".join(data))
+    async for event in sse_data(pieces):
+        yield _chunk(event)
 
 
 def _chunk(event: bytes) -> Completion:

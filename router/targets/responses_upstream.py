@@ -25,7 +25,7 @@ from router.errors import APIError
 from router.targets.base import Responded, Usage
 from router.targets.litellm_errors import Malformed, classify
 from router.targets.remote import Opened
-from router.targets.upstream_status import UpstreamStatus, opened_stream, upstream_json
+from router.targets.upstream_status import UpstreamStatus, opened_stream, sse_data, upstream_json
 
 log = logging.getLogger("router")
 T = TypeVar("T")
@@ -168,27 +168,8 @@ async def response_events(pieces: AsyncIterator[bytes]) -> AsyncIterator[Event]:
     """The events of a Responses server-sent event stream (its body as it arrives, in pieces of any size),
     until its end or a `data: [DONE]` some servers add. `event:` names are skipped (each event's `type` says
     the same); a data line that is not a JSON object raises Malformed."""
-    pending = b""
-    data: list[bytes] = []
-    async for piece in pieces:
-        lines = (pending + piece).split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            line = line.removesuffix(b"\r")
-            if line:
-                name, _, value = line.partition(b":")
-                if name == b"data":
-                    data.append(value.removeprefix(b" "))
-                continue
-            if data:
-                raw, data = b"\n".join(data), []
-                if raw == b"[DONE]":
-                    return
-                yield _event(raw)
-    if pending.startswith(b"data:"):  # a last event without its blank line
-        data.append(pending[5:].removeprefix(b" "))
-    if data and data != [b"[DONE]"]:
-        yield _event(b"\n".join(data))
+    async for raw in sse_data(pieces):
+        yield _event(raw)
 
 
 def _event(raw: bytes) -> Event:

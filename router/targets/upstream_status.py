@@ -68,3 +68,37 @@ async def opened_stream(
         response.close()
         raise
     return response, events, first
+
+
+async def sse_data(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Each event's data of a server-sent event stream (its body as it arrives, in pieces of any size), until
+    `data: [DONE]` or its end. Comments (keep-alives) and other fields are skipped. After [DONE] the body is
+    still read to its end, so that the connection goes back to the pool."""
+    pending = b""
+    data: list[bytes] = []
+    done = False
+    async for piece in pieces:
+        if done:
+            continue
+        lines = (pending + piece).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            line = line.removesuffix(b"\r")
+            if line:
+                name, _, value = line.partition(b":")
+                if name == b"data":  # a comment has no name (":..."); event, id, retry say nothing here
+                    data.append(value.removeprefix(b" "))
+                continue
+            if not data:
+                continue
+            event, data = b"\n".join(data), []
+            if event == b"[DONE]":
+                done = True
+                break
+            yield event
+    if done:
+        return
+    if pending.startswith(b"data:"):  # a last event without its blank line
+        data.append(pending[5:].removeprefix(b" "))
+    if data and data != [b"[DONE]"]:
+        yield b"\n".join(data)
