@@ -22,6 +22,7 @@ LABEL_DIR = Path(__file__).parents[1] / "train" / "labels"
 LABELS = LABEL_DIR / "smollm2-135m-instruct.jsonl"
 EFFICIENTQA = LABEL_DIR / "smollm2-135m-instruct-efficientqa.jsonl"
 PASSAGES = LABEL_DIR / "smollm2-135m-instruct-passages.jsonl"
+FAMILIES = (LABEL_DIR / "smollm2-135m-instruct-families.jsonl", LABEL_DIR / "gemma-3-270m-families.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_the_card_records_its_data_split_and_calibration(folder: Path) -> None:
     assert card.base_model == "smollm2-135m-instruct" and card.layer == 20 and card.pooling == "last+mean"
     assert training["labels"] == [
         {"file": str(path.relative_to(LABEL_DIR.parents[1])), "rows": len(read_labels([path]))}
-        for path in (LABELS, EFFICIENTQA, PASSAGES, LABEL_DIR / "gemma-3-270m.jsonl")
+        for path in (LABELS, EFFICIENTQA, PASSAGES, LABEL_DIR / "gemma-3-270m.jsonl", *FAMILIES)
     ]
     assert [t.model for t in card.targets] == ["smollm2-135m-instruct", "gemma-3-270m"]
     assert training["held_out_sources"] == ["boolq", "jeopardy", "nq_open_efficientqa_test"]
