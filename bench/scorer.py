@@ -12,7 +12,9 @@
 6. The same scorer with a kind-of-request head (a softmax over the seven task families on the same states)
    vs without, at batch 1 and batch 32.
 7. The shipped scorer (policies/scorers/smollm2-head) at the precision `auto` picks on this machine (bf16
-   on a CPU with AMX) vs fp32, at batch 1 and batch 32, and how far its raw scores move.
+   on a CPU with AMX), and in fp32, each reading the chat template's head from a pass kept once
+   (localmodel/prefix.py), vs fp32 running every prompt whole, at batch 1 and batch 32, and how far their
+   raw scores move.
 
 Section 4 measures a serving process at `scorer.precision: fp32` (the path before reduced precision) and at
 `auto`, each after the scoring burst and again after one local answer. Speed does not depend on what the
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -82,6 +85,11 @@ def median_time(fn: Callable[[Messages], object], prompts: list[Messages]) -> fl
         fn(messages)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def alone(scorer: HeadScorer) -> Callable[[Messages], object]:
+    """Score one conversation by itself (batch 1)."""
+    return lambda messages: scorer.score_batch([ScoreItem(messages)])
 
 
 def build_adapters(base: Path, out: Path, layer: int) -> tuple[Path, Path]:
@@ -286,8 +294,9 @@ def compare(label: str, one: HeadScorer, other: HeadScorer, prompts: list[Messag
 
 
 def precision_figures(model: LocalModel, prompts: list[Messages]) -> str:
-    """Section 7: the shipped scorer through the twin `auto` builds here against fp32, on the same model;
-    rounds alternate and each side reports its best, as in section 2."""
+    """Section 7: the shipped scorer through the twin `auto` builds here, and in fp32, both reading the
+    template head kept once (localmodel/prefix.py), against fp32 running every prompt whole (the path before
+    either), on the same model; rounds alternate and each side reports its best, as in section 2."""
     from localmodel.reduced import amx_bf16
 
     folder = Path(__file__).parents[1] / "policies" / "scorers" / "smollm2-head"
@@ -297,26 +306,43 @@ def precision_figures(model: LocalModel, prompts: list[Messages]) -> str:
     built = time.perf_counter() - started
     label = str(fast.twin.dtype).removeprefix("torch.") if fast.twin else "fp32 (no twin: no AMX here)"
     batch32 = [ScoreItem(m) for m in prompts[:32]]
-    moved = max(
-        abs(a.raw[t] - b.raw[t])
-        for a, b in zip(fp32.score_batch(batch32), fast.score_batch(batch32), strict=True)
-        for t in fp32.targets
-    )
-    one, other, one32, other32 = [], [], 0.0, 0.0
+    # side: (scorer, whether it reads the kept head); the first is the baseline
+    sides = {"fp32 whole": (fp32, False), "fp32+head": (fp32, True), f"{label}+head": (fast, True)}
+    raw = {}
+    for name, (scorer, reuse) in sides.items():
+        model.reuse_prefix = reuse
+        raw[name] = scorer.score_batch(batch32)
+    moved = {
+        name: max(
+            abs(a.raw[t] - b.raw[t])
+            for a, b in zip(raw["fp32 whole"], rows, strict=True)
+            for t in fp32.targets
+        )
+        for name, rows in raw.items()
+    }
+    one: dict[str, list[float]] = {name: [] for name in sides}
+    many = dict.fromkeys(sides, 0.0)
     for _ in range(ROUNDS):
-        one.append(median_time(lambda m: fp32.score_batch([ScoreItem(m)]), prompts))
-        other.append(median_time(lambda m: fast.score_batch([ScoreItem(m)]), prompts))
-        one32 = max(one32, 32 / timed(lambda: fp32.score_batch(batch32)))
-        other32 = max(other32, 32 / timed(lambda: fast.score_batch(batch32)))
+        for name, (scorer, reuse) in sides.items():
+            model.reuse_prefix = reuse
+            one[name].append(median_time(alone(scorer), prompts))
+            many[name] = max(many[name], 32 / timed(partial(scorer.score_batch, batch32)))
+    model.reuse_prefix = True
     fast.close()
-    ratio1, ratio32 = min(other) / min(one), other32 / one32
-    print(
-        f"7. shipped scorer, auto = {label} (AMX: {amx_bf16()}), built in {built:.2f} s, best of {ROUNDS} "
-        f"alternating rounds: batch 1 {min(other) * 1000:.1f} vs fp32 {min(one) * 1000:.1f} ms, ratio "
-        f"{ratio1:.3f}x (target <= 0.35); batch 32 {other32:.1f} vs {one32:.1f} req/s, {ratio32:.2f}x "
-        f"(target >= 2.5); raw scores moved at most {moved:.4f} on {len(batch32)} prompts"
+    base = "fp32 whole"
+    for name in sides:
+        print(
+            f"7. shipped scorer, {name} (auto = {label}, AMX: {amx_bf16()}, built in {built:.2f} s), best of "
+            f"{ROUNDS} alternating rounds: batch 1 {min(one[name]) * 1000:.1f} ms, "
+            f"{min(one[name]) / min(one[base]):.3f}x fp32 whole's (target <= 0.35); batch 32 "
+            f"{many[name]:.1f} req/s, {many[name] / many[base]:.2f}x (target >= 2.5); raw scores moved at "
+            f"most {moved[name]:.4f} on {len(batch32)} prompts"
+        )
+    name = f"{label}+head"
+    return (
+        f"{name}: batch 1 {min(one[name]) / min(one[base]):.3f}x fp32 whole's time, batch 32 "
+        f"{many[name] / many[base]:.2f}x its throughput"
     )
-    return f"{label}: batch 1 {ratio1:.3f}x fp32's time, batch 32 {ratio32:.2f}x its throughput"
 
 
 def serving_peak_rss(policy_file: Path, prompts: list[Messages], precision: str) -> tuple[float, int, int]:

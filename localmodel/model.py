@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.utils import logging as transformers_logging
 
 from localmodel.catalog import resolve
 from localmodel.interface import Aborted, Draft, Message, Pooling, Precision
+from localmodel.prefix import Prefix, PrefixCache, pool_after, shared_tokens
 
 if TYPE_CHECKING:
     from localmodel.reduced import Twin
@@ -69,6 +70,11 @@ class LocalModel:
         self.closing = threading.Event()
         """Set once the server shuts down: every running job stops at its next layer."""
         self._abort: threading.Event | None = None
+        self.template_head = self._template_head()
+        self.prefixes = PrefixCache()
+        """The template head's pass per adapter (localmodel/prefix.py), for scoring through the model."""
+        self.reuse_prefix = True
+        """Whether scoring reuses that pass; off, every prompt runs whole (a benchmark's baseline)."""
         for layer in self.decoder.layers:
             # A check before each layer stops a long prompt within one layer's time, and a generation
             # within one step, without cooperation from transformers' generate.
@@ -86,6 +92,16 @@ class LocalModel:
         finally:
             self._abort = None
 
+    def _template_head(self) -> list[int]:
+        """The tokens the chat template puts before a lone user message's text (system turn included)."""
+        marker = "\x00question\x00"
+        try:
+            text = self.prompt_text([{"role": "user", "content": marker}])
+        except ValueError:  # no chat template
+            return []
+        head, found, _ = text.partition(marker)
+        return list(self.tokenizer(head, add_special_tokens=False).input_ids) if found else []
+
     def _eos_ids(self) -> set[int]:
         ids = self.model.generation_config.eos_token_id
         found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
@@ -98,6 +114,7 @@ class LocalModel:
     def load_adapter(self, folder: Path, name: str) -> None:
         from peft import PeftModelForCausalLM
 
+        self.prefixes.clear()  # kept passes read the weights as they were
         if self._peft is None:
             # Always the causal-LM wrapper, whatever task the first adapter was saved for: it is the one that
             # activates aLoRA adapters at their invocation tokens.
@@ -112,6 +129,7 @@ class LocalModel:
         """Free an adapter that nothing uses any more (no-op for one not loaded)."""
         if self._peft is None or name not in self._peft.peft_config:
             return
+        self.prefixes.clear()
         others = [other for other in self._peft.peft_config if other != name]
         if others and self._peft.active_adapter == name:
             self._peft.set_adapter(others[0])  # else PEFT warns as it picks the next active one itself
@@ -273,10 +291,51 @@ class LocalModel:
                 raise ValueError(f"layer must be in 1..{self.num_layers}, not {layer}")
         # A twin has its adapter merged in: no adapter to switch, the twin's layers in its precision.
         with twin.autocast() if twin else self.adapter(adapter):
-            batch = self.encode(texts)
-            hidden = hidden_at(twin.decoder if twin else self.decoder, batch, layers)
+            decoder = twin.decoder if twin else self.decoder
+            # The chat template already holds the special tokens; adding them again would double the BOS.
+            rows = self.tokenizer(texts, add_special_tokens=False).input_ids
+            shared = shared_tokens(self.template_head, rows) if self.reuse_prefix else 0
+            if shared:
+                kept = twin.prefixes if twin else self.prefixes
+                prefix = kept.get(adapter, max(layers), lambda: self._run_head(decoder, max(layers)))
+                return self._states_after(prefix, shared, decoder, rows, layers, pooling)
+            batch = self.pad_batch(rows)
+            hidden = hidden_at(decoder, batch, layers)
             mask = batch["attention_mask"]
             return {k: pool(self.decoder.norm(h.float()), mask, pooling).float() for k, h in hidden.items()}
+
+    def _run_head(self, decoder: Any, deepest: int) -> Prefix:
+        """The template head's pass through `decoder`'s layers 1..deepest (see localmodel/prefix.py)."""
+        cache = DynamicCache(config=decoder.config)
+        layers = list(range(1, deepest + 1))
+        hidden = hidden_at(decoder, self.pad_batch([self.template_head]), layers, cache)
+        return Prefix(
+            keys=[cache.layers[k].keys for k in range(deepest)],
+            values=[cache.layers[k].values for k in range(deepest)],
+            normed={k: self.decoder.norm(h.float())[0].float() for k, h in hidden.items()},
+        )
+
+    def _states_after(
+        self,
+        prefix: Prefix,
+        shared: int,
+        decoder: Any,
+        rows: list[list[int]],
+        layers: list[int],
+        pooling: Pooling,
+    ) -> dict[int, torch.Tensor]:
+        """`prompt_states_at` for rows whose first `shared` tokens are the template head's: only the rest run,
+        attending to the head's kept keys and values."""
+        batch = self.pad_batch([row[shared:] for row in rows])
+        mask = batch["attention_mask"]
+        # The padding sits between the head and each row's own tokens; the mask hides it from every query.
+        batch["attention_mask"] = torch.cat([mask.new_ones(len(rows), shared), mask], dim=1)
+        batch["position_ids"] = batch["position_ids"] + shared
+        hidden = hidden_at(decoder, batch, layers, prefix.cache(shared, len(rows), decoder.config))
+        return {
+            k: pool_after(self.decoder.norm(h.float()), mask, prefix.normed[k][:shared], pooling).float()
+            for k, h in hidden.items()
+        }
 
     def scoring_twin(self, adapter: str | None, deepest: int, precision: Precision) -> Twin | None:
         """A reduced-precision copy of layers 1..deepest for a scorer reading them with `adapter`, or None
@@ -330,9 +389,12 @@ def hidden_after(decoder: Any, batch: dict[str, torch.Tensor], layer: int) -> to
     return hidden_at(decoder, batch, [layer])[layer]
 
 
-def hidden_at(decoder: Any, batch: dict[str, torch.Tensor], layers: list[int]) -> dict[int, torch.Tensor]:
+def hidden_at(
+    decoder: Any, batch: dict[str, torch.Tensor], layers: list[int], cache: DynamicCache | None = None
+) -> dict[int, torch.Tensor]:
     """The outputs of decoder layers `layers` (1-based) at every position, from one pass that stops at the
-    deepest of them: heads reading different layers share the layers below."""
+    deepest of them: heads reading different layers share the layers below. With `cache`, the batch's
+    tokens follow the ones it holds, and their keys and values are added to it."""
     kept: dict[int, torch.Tensor] = {}
     deepest = max(layers)
 
@@ -346,7 +408,7 @@ def hidden_at(decoder: Any, batch: dict[str, torch.Tensor], layers: list[int]) -
 
     handles = [decoder.layers[k - 1].register_forward_hook(keep(k)) for k in sorted(set(layers))]
     try:
-        decoder(**batch, use_cache=False)
+        decoder(**batch, cache=cache, use_cache=cache is not None)
         raise AssertionError("the early-exit hook did not fire")
     except _EarlyExit:
         return kept

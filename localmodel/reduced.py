@@ -27,6 +27,7 @@ from torch import nn
 
 from localmodel.interface import Precision
 from localmodel.pages import Pages
+from localmodel.prefix import PrefixCache
 
 
 class Unsupported(ValueError):
@@ -69,6 +70,8 @@ class Twin:
         before_layer: Callable[[nn.Module, Any], None],
     ) -> None:
         self.dtype = dtype
+        self.prefixes = PrefixCache()
+        """The template head's pass through these layers (localmodel/prefix.py); they never change."""
         self.released = 0
         """Bytes of fp32 weights handed back once copied (localmodel/pages.py): RSS does not grow by the twin
         until a local answer reads them again."""

@@ -123,7 +123,10 @@ def test_batching_changes_nothing_in_bf16(model: LocalModel, folder: Path) -> No
     scorer = HeadScorer(model, folder, "bf16")
     batched = scorer.raw_scores(items())
     alone = np.concatenate([scorer.raw_scores([item]) for item in items()])
-    np.testing.assert_allclose(batched, alone, atol=1e-3)  # padding does not leak into a row
+    # Padding does not leak into a row (attending to it moves these scores by 0.6). It does move bf16
+    # rounding in torch's attention kernel, the more where it sits between the kept template head and the
+    # row (localmodel/prefix.py): 0.0034 here, 0.0018 for the shipped scorer, in either path.
+    np.testing.assert_allclose(batched, alone, atol=1e-2)
 
 
 def test_auto_is_bf16_only_on_a_cpu_with_amx_and_never_on_cuda(
