@@ -98,7 +98,13 @@ def test_a_streamed_answer_is_the_answer_with_the_same_headers(served: Served, m
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole.json()["usage"]
     assert "".join(contents) == whole.json()["choices"][0]["message"]["content"]
     assert {c["id"] for c in chunks} == {chunks[0]["id"]} and chunks[0]["model"] == "local"
-    per_request = {"x-router-request-id", "x-router-confidence", "x-router-confidences", "content-type"}
+    # Each request draws its own id, and its own lot for the decision log's sampled share.
+    per_request = {
+        "x-router-request-id",
+        "x-router-confidence",
+        "x-router-confidences",
+        "x-router-decision-kept",
+    }
     same = {k: v for k, v in whole.headers.items() if k.startswith("x-router") and k not in per_request}
     assert same == {k: v for k, v in response.headers.items() if k in same}
     assert ("x-router-confidence" in response.headers) == (model == "router")
