@@ -22,7 +22,7 @@ from transformers.utils import logging as transformers_logging
 
 from localmodel.catalog import resolve
 from localmodel.interface import Aborted, Draft, Message, Pooling, Precision
-from localmodel.prefix import Prefix, PrefixCache, pool_after, shared_tokens
+from localmodel.prefix import Prefix, PrefixCache, shared_tokens
 
 if TYPE_CHECKING:
     from localmodel.reduced import Twin
@@ -333,7 +333,7 @@ class LocalModel:
         batch["position_ids"] = batch["position_ids"] + shared
         hidden = hidden_at(decoder, batch, layers, prefix.cache(shared, len(rows), decoder.config))
         return {
-            k: pool_after(self.decoder.norm(h.float()), mask, prefix.normed[k][:shared], pooling).float()
+            k: pool(self.decoder.norm(h.float()), mask, pooling, prefix.normed[k][:shared]).float()
             for k, h in hidden.items()
         }
 
@@ -375,13 +375,20 @@ def prompt_state(decoder: Any, batch: dict[str, torch.Tensor], layer: int, pooli
     return pool(decoder.norm(hidden_after(decoder, batch, layer)), batch["attention_mask"], pooling)
 
 
-def pool(states: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """Rows are left-padded, so the last position is every row's last token; the mean skips the padding."""
+def pool(
+    states: torch.Tensor, mask: torch.Tensor, pooling: Pooling, head: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rows are left-padded, so the last position is every row's last token; the mean skips the padding.
+    `head`: the states of tokens run before these, kept once for every row (localmodel/prefix.py), which
+    the mean counts too."""
     last = states[:, -1, :]
     if pooling == "last":
         return last
     weights = mask.unsqueeze(-1).to(states.dtype)
-    return torch.cat([last, (states * weights).sum(1) / weights.sum(1)], dim=-1)
+    total, count = (states * weights).sum(1), weights.sum(1)
+    if head is not None:
+        total, count = total + head.sum(0), count + len(head)
+    return torch.cat([last, total / count], dim=-1)
 
 
 def hidden_after(decoder: Any, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:

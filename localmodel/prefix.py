@@ -17,8 +17,6 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from localmodel.interface import Pooling
-
 
 @dataclass(frozen=True)
 class Prefix:
@@ -67,16 +65,3 @@ def shared_tokens(head: Sequence[int], rows: Sequence[Sequence[int]]) -> int:
     for row in rows:
         shared = next((i for i in range(shared) if row[i] != head[i]), shared)
     return max(shared, 0)
-
-
-def pool_after(
-    states: torch.Tensor, mask: torch.Tensor, head: torch.Tensor, pooling: Pooling
-) -> torch.Tensor:
-    """`localmodel.model.pool` over the head's `head` states followed by each row's `states` (left-padded by
-    `mask`): the last token is the row's, the mean counts the head's tokens too."""
-    last = states[:, -1, :]
-    if pooling == "last":
-        return last
-    weights = mask.unsqueeze(-1).to(states.dtype)
-    total = (states * weights).sum(1) + head.sum(0)
-    return torch.cat([last, total / (weights.sum(1) + len(head))], dim=-1)
