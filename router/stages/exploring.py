@@ -11,10 +11,11 @@ refusal is not explored: the policy decided that no target should answer that re
 Shadow answers cost dollars of their own, metered apart from the client's (`router_explore_dollars`, never
 a tenant's spend or limits) and capped per UTC day across replicas by one Redis counter per day: a
 candidate is asked only while the day's total is below `budget_usd_per_day`, and its cost is added once
-it has answered. Replicas asking at once may each pass the check, so the day may end over the cap by at
-most the answers in flight (`concurrency` per replica). With Redis away no priced candidate is asked: the
-total cannot be read, and spending blind is what the cap is there to prevent. A candidate that costs
-nothing (the local model, a target priced at 0) is asked whatever the day's total.
+it has answered. A replica reads that total and adds to it at most a second late (`SYNC_S`), and replicas
+asking at once may each pass the check, so the day may end over the cap by the answers in flight
+(`concurrency` per replica) and about a second of each replica's shadow spend. With Redis away no priced
+candidate is asked: the total cannot be read, and spending blind is what the cap is there to prevent. A
+candidate that costs nothing (the local model, a target priced at 0) is asked whatever the day's total.
 
 The local model answers the client's requests too, so a local candidate is asked one at a time per
 replica, and only when the local writer has a free turn: it never waits for one ahead of a client.
@@ -28,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +57,8 @@ FREE_TURN_POLL_S = 0.05
 BUDGET_PREFIX = "explore:spent:"
 BUDGET_TTL_S = 2 * 86400
 """A day's total outlives its day, for whoever reads it the next morning, and then goes."""
+SYNC_S = 1.0
+"""How stale a replica's view of the day's shadow spend may be, both ways (see DailyBudget)."""
 
 _SPEND = """
 local total = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
@@ -87,36 +92,63 @@ class Job:
 
 
 class DailyBudget:
-    """The day's shadow spend, shared by every replica through Redis; unknown (so spent) without it."""
+    """The day's shadow spend, shared by every replica through Redis; unknown (so spent) without it.
 
-    def __init__(self, store: StateStore, limit: float, prefix: str = "confidence-router:") -> None:
-        self.store, self.limit, self.prefix = store, limit, prefix
+    Each replica keeps a view of the day's total, read from Redis at most every `sync_s`, and adds what it
+    spent at most `sync_s` late (at once where that reaches the cap): two round trips a shadow answer cost
+    the gateway as much again as the answer's own call (docs/benchmarks.md)."""
+
+    def __init__(
+        self, store: StateStore, limit: float, prefix: str = "confidence-router:", sync_s: float = SYNC_S
+    ) -> None:
+        self.store, self.limit, self.prefix, self.sync_s = store, limit, prefix, sync_s
         self.client: Any = getattr(store, "client", None)
         self._spend = self.client.register_script(_SPEND) if self.client is not None else None
+        self._key = ""
+        self._total, self._read_at, self._added_at = 0.0, -math.inf, -math.inf
+        """The day's total as Redis last told it, when, and when this replica last added to it."""
         self._owed = 0.0
-        """Dollars Redis could not take when they were spent: added with the next debit."""
+        """Dollars spent here and not yet added to the shared total (Redis away, or within `sync_s`)."""
 
     async def allows(self) -> bool:
         if self.client is None or not self.store.health().up:
             return False
-        try:
-            spent = await self.client.get(self.prefix + budget_key())
-        except Exception as exc:
-            self._went_down(exc)
-            return False
-        return float(spent or 0) + self._owed < self.limit
+        key = self._today()
+        if time.monotonic() - self._read_at >= self.sync_s:
+            try:
+                self._seen(await self.client.get(key))
+            except Exception as exc:
+                self._went_down(exc)
+                return False
+        return self._total + self._owed < self.limit
 
     async def spend(self, dollars: float) -> None:
-        owed = self._owed + dollars
-        if owed <= 0 or self._spend is None:
+        self._today()
+        self._owed += dollars
+        if time.monotonic() - self._added_at >= self.sync_s or self._total + self._owed >= self.limit:
+            await self.settle()
+
+    async def settle(self) -> None:
+        """Add what this replica owes to the shared total now."""
+        if self._owed <= 0 or self._spend is None:
             return
         try:
-            await self._spend([self.prefix + budget_key()], [repr(owed), BUDGET_TTL_S])
+            total = await self._spend([self._today()], [repr(self._owed), BUDGET_TTL_S])
         except Exception as exc:
-            self._owed = owed
             self._went_down(exc)
-        else:
-            self._owed = 0.0
+            return
+        self._owed, self._added_at = 0.0, time.monotonic()
+        self._seen(total)
+
+    def _today(self) -> str:
+        """Today's key; on a new UTC day the view of yesterday's total is forgotten."""
+        key = self.prefix + budget_key()
+        if key != self._key:
+            self._key, self._total, self._read_at, self._added_at = key, 0.0, -math.inf, -math.inf
+        return key
+
+    def _seen(self, total: Any) -> None:
+        self._total, self._read_at = float(total or 0), time.monotonic()
 
     def _went_down(self, exc: Exception) -> None:
         report = getattr(self.store, "report_unreachable", None)
@@ -231,3 +263,5 @@ class Exploring:
         while not self._queue.empty():
             job = self._queue.get_nowait()
             await job.keep(job.shadow)
+        if self.budget is not None:
+            await self.budget.settle()
