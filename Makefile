@@ -67,7 +67,7 @@ MC_SETS := $(addprefix --data $(DATA)/multiple_choice/,arc_easy.jsonl boolq.json
 	arc_challenge.jsonl openbook_qa.jsonl)
 LABEL := $(BIN)/router build-dataset --out $(LABELS) --max-new-tokens 20 --seed 0
 
-.PHONY: labels scorer task-head scorer-eval routing-eval judge-agreement
+.PHONY: labels scorer task-head family-heads scorer-eval routing-eval judge-agreement
 labels: install
 	# 167 questions per set with 4 sampled answers each: the self-consistency targets of EliCal's stage 1.
 	$(LABEL) --samples 4 --batch-size 16 --limit 167 $(QA_SETS) $(MC_SETS)
@@ -114,6 +114,11 @@ TASK_SETS := $(QA_SETS) $(MC_SETS) $(addprefix --data $(DATA)/,nq_open/NQ-open.e
 task-head: install
 	$(BIN)/router train-task-head --scorer $(SCORER) --per-source 300 $(TASK_SETS) \
 		--hold-out jeopardy --hold-out nq_open_efficientqa_test --hold-out openbook_qa
+
+# A certainty head of their own for the families the joint heads rank poorly, each model's read where the task
+# head sees that family (docs/training.md, "Family heads"); IFEval's is the one with 30 right answers to fit.
+family-heads: install
+	$(BIN)/router train-family-heads --scorer $(SCORER) --data $(FAMILIES) --data $(GEMMA_FAMILIES)
 
 # An LLM judge's agreement with the gold graders (docs/training.md): SmolLM2's answers judged again by
 # JUDGE_TARGET of JUDGE_POLICY, 300 rows each of alias, choice and math. The servers the policy names must be

@@ -33,6 +33,9 @@ app.command("train-scorer", short_help="Train and calibrate a scorer from labell
 app.command("train-task-head", short_help="Fit the scorer's kind-of-request head (task families).")(
     training.train_task_head
 )
+app.command("train-family-heads", short_help="Fit certainty heads of one task family each.")(
+    training.train_family_heads
+)
 app.command("add-target", short_help="Add a head for one more model, no retraining.")(targets_cli.add_target)
 app.command("remove-target", short_help="Drop a model the scorer predicts.")(targets_cli.remove_target)
 app.command("eval-scorer", short_help="Judge a scorer on rows it never saw (AUROC, ECE, baselines).")(

@@ -43,6 +43,22 @@ class TaskHeadCard(BaseModel):
     file: str = "task_head.safetensors"
 
 
+class FamilyHeadCard(BaseModel):
+    """A certainty head for one model on one task family (`router train-family-heads`): read instead of the
+    model's own head where the task head takes the request for that family. Its output is on the model's
+    raw scale (its calibration folded through the inverse of the model's calibrator), so it needs no
+    calibrator of its own."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    family: str
+    head: str
+    """Its file in the folder: a weight row and a bias."""
+    layer: int
+    """The decoder layer (1-based) it reads."""
+
+
 class ScorerCard(BaseModel):
     # Training writes data provenance and metrics beside these fields; keep them when re-saving.
     model_config = ConfigDict(extra="allow")
@@ -59,6 +75,8 @@ class ScorerCard(BaseModel):
     several models has none and predicts `base_model`, calibrated by calibrator.json."""
     task_head: TaskHeadCard | None = None
     """For `head`: the kind-of-request head beside the certainty heads, if one was fitted."""
+    family_heads: list[FamilyHeadCard] = []
+    """For `head` with a task head: certainty heads of one family each, read where the task head sees it."""
 
     def predicted(self, folder: Path) -> list[TargetCard]:
         if self.targets:

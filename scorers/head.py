@@ -79,7 +79,12 @@ class HeadScorer(Scorer, method="head"):
         self.bias = weights["bias"].float().reshape(len(joint)).to(model.device)
         self.own_heads = {t.model: self._own_head(folder / t.head, t.layer) for t in predicted if t.head}
         self.targets = tuple(t.model for t in predicted)
-        self.layers = sorted({self.layer, *(layer for layer, _, _ in self.own_heads.values())})
+        self.family_heads = {
+            (f.model, f.family): self._own_head(folder / f.head, f.layer) for f in card.family_heads
+        }
+        """(model, family) -> its head, read on the rows the task head takes for that family."""
+        heads = [*self.own_heads.values(), *self.family_heads.values()]
+        self.layers = sorted({self.layer, *(layer for layer, _, _ in heads)})
         self.calibrators = {
             t.model: calibrators.load(folder / t.calibrator) for t in predicted if t.calibrator
         }
@@ -91,7 +96,9 @@ class HeadScorer(Scorer, method="head"):
             self.task_weight = tasks["weight"].float().to(model.device)
             self.task_bias = tasks["bias"].float().to(model.device)
             self.tasks = tuple(card.task_head.families)
+        _check_family_heads(card, folder, self.targets, self.tasks)
         files = [HEAD_FILE, *(t.head for t in predicted if t.head), "adapter_model.safetensors"]
+        files += [f.head for f in card.family_heads]
         files += ["adapter_config.json"]
         files += [t.calibrator for t in predicted if t.calibrator]
         files += [card.task_head.file] if card.task_head else []
@@ -138,7 +145,8 @@ class HeadScorer(Scorer, method="head"):
 
     def raw_scores(self, items: list[ScoreItem]) -> np.ndarray:
         """Rows x targets."""
-        return self._certainty(self.states_at(items, self.layers))
+        states = self.states_at(items, self.layers)
+        return self._certainty(states, self._tasks(states[self.layer]))
 
     def score_batch(self, items: list[ScoreItem]) -> list[RawScore]:
         states = self.states_at(items, self.layers)
@@ -148,11 +156,12 @@ class HeadScorer(Scorer, method="head"):
                 {t: float(v) for t, v in zip(self.targets, row, strict=True)},
                 task=None if tasks is None else dict(zip(self.tasks, map(float, tasks[i]), strict=True)),
             )
-            for i, row in enumerate(self._certainty(states))
+            for i, row in enumerate(self._certainty(states, tasks))
         ]
 
-    def _certainty(self, states: dict[int, torch.Tensor]) -> np.ndarray:
-        """Rows x targets in the card's order: the joint head's rows, each own head at its layer."""
+    def _certainty(self, states: dict[int, torch.Tensor], tasks: np.ndarray | None) -> np.ndarray:
+        """Rows x targets in the card's order: the joint head's rows, each own head at its layer, and on the
+        rows whose likeliest family has a head of its own for a target, that head."""
         joint = iter((states[self.layer] @ self.weight.T + self.bias).T)
         logits = states[self.layer].new_empty((len(states[self.layer]), len(self.targets)))
         for k, target in enumerate(self.targets):
@@ -161,6 +170,13 @@ class HeadScorer(Scorer, method="head"):
                 logits[:, k] = states[layer] @ weight[0] + bias[0]
             else:
                 logits[:, k] = next(joint)
+        if tasks is not None and self.family_heads:
+            likeliest = tasks.argmax(axis=1)
+            for (target, family), (layer, weight, bias) in self.family_heads.items():
+                rows = np.flatnonzero(likeliest == self.tasks.index(family))
+                if len(rows):
+                    at = logits.new_tensor(rows).long()
+                    logits[at, self.targets.index(target)] = states[layer][at] @ weight[0] + bias[0]
         return logits.sigmoid().cpu().numpy().astype(np.float64)
 
     def _tasks(self, states: torch.Tensor) -> np.ndarray | None:
@@ -169,6 +185,16 @@ class HeadScorer(Scorer, method="head"):
             return None
         logits = states @ self.task_weight.T + self.task_bias
         return logits.softmax(dim=-1).cpu().numpy().astype(np.float64)
+
+
+def _check_family_heads(
+    card: ScorerCard, folder: Path, targets: tuple[str, ...], tasks: tuple[str, ...]
+) -> None:
+    for head in card.family_heads:
+        if head.model not in targets:
+            raise ValueError(f"{folder}: a family head for {head.model}, which the scorer does not predict")
+        if head.family not in tasks:
+            raise ValueError(f"{folder}: a family head for '{head.family}', which no task head tells apart")
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:

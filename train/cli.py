@@ -224,6 +224,35 @@ def train_task_head(
     typer.echo(f"{scorer / 'scorer.json'}: task head over {len(report['test_accuracy'])} families")
 
 
+def train_family_heads(
+    scorer: Annotated[
+        Path, typer.Option(help="A head scorer folder with a task head; the heads go into it.")
+    ],
+    data: Annotated[list[Path], typer.Option("--data", help="Label files (build-dataset's output).")],
+    min_positives: Annotated[
+        int, typer.Option(min=2, help="A family needs this many right answers among its readable rows.")
+    ] = 30,
+    states_cache: Annotated[
+        Path | None, typer.Option(help="An .npz of prompt states kept between runs (computed once).")
+    ] = None,
+) -> None:
+    """Fit a certainty head of its own for each model and task family with enough right answers, read where
+    the task head takes a request for that family (docs/training.md, "Family heads").
+
+    Layer and strength are chosen by cross-validation on the family's train, dev and calibration rows; the
+    test rows are never read. Each head is judged nested (every row scored by a head fitted without it),
+    and replaces the folder's earlier family heads; the other heads are left as they are.
+    """
+    from train.family_heads import train_family_heads as fit
+
+    try:
+        reports = fit(scorer, data, min_positives, states_cache, typer.echo)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{scorer / 'scorer.json'}: {len(reports)} family heads")
+
+
 def _loaded(path: Path) -> list[QARecord]:
     """A file's records; a bad one exits with 2 and one line naming it."""
     try:

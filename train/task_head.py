@@ -102,9 +102,13 @@ class TaskHeadFitter:
             on_dev[c] = float(balanced_accuracy_score(y_dev, model.predict(scaler.transform(x_dev))))
         c = max(C_GRID, key=lambda value: (on_dev[value], -value))  # ties: the stronger regularisation
         # Standardisation folded in, so the head applies to raw states as the certainty heads do.
-        coef, scale = fitted[c].coef_, np.asarray(scaler.scale_)
+        coef, intercept, scale = fitted[c].coef_, fitted[c].intercept_, np.asarray(scaler.scale_)
+        if (
+            len(families) == 2
+        ):  # scikit-learn fits two classes with one row: the second's logit over the first's
+            coef, intercept = np.vstack([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
         weight = coef / scale
-        bias = fitted[c].intercept_ - (coef * scaler.mean_ / scale).sum(axis=1)
+        bias = intercept - (coef * scaler.mean_ / scale).sum(axis=1)
         return TaskHead(families, weight, bias, c, on_dev)
 
 
