@@ -97,6 +97,11 @@ labels: install
 		--limit 400 $(FAMILY_SETS)
 	$(BIN)/router build-dataset --model gemma-3-270m --out $(GEMMA_FAMILIES) --max-new-tokens 256 --seed 0 \
 		--samples 0 --batch-size 16 --limit 200 $(FAMILY_SETS)
+	# Then every IFEval prompt the package ships (541), for each model's instructions head (make family-heads).
+	$(BIN)/router build-dataset --out $(FAMILIES) --max-new-tokens 256 --seed 0 --samples 0 --batch-size 16 \
+		--limit 541 --data ifeval
+	$(BIN)/router build-dataset --model gemma-3-270m --out $(GEMMA_FAMILIES) --max-new-tokens 256 --seed 0 \
+		--samples 0 --batch-size 16 --limit 541 --data ifeval
 
 # PubMedQA's passage rows teach the head to notice a passage that cannot answer the question (the RAG
 # guard). BoolQ is held out: a passage domain it never saw, and training on its closed-book rows cost

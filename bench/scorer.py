@@ -15,12 +15,15 @@
    on a CPU with AMX), and in fp32, each reading the chat template's head from a pass kept once
    (localmodel/prefix.py), vs fp32 running every prompt whole, at batch 1 and batch 32, and how far their
    raw scores move.
+8. The shipped scorer with its family heads (a certainty head of each model's own for a task family, read
+   where the task head sees it: an extra layer pooled for every request) vs the same folder without them,
+   at batch 1 and batch 32, in fp32.
 
 Section 4 measures a serving process at `scorer.precision: fp32` (the path before reduced precision) and at
 `auto`, each after the scoring burst and again after one local answer. Speed does not depend on what the
 adapters learned, so sections 1-6 use freshly initialised ones.
 
-    python -m bench.scorer [--layer 20] [--prompts 40] [--sections 1,2,3,4,5,6,7] [--targets 2]
+    python -m bench.scorer [--layer 20] [--prompts 40] [--sections 1,2,3,4,5,6,7,8] [--targets 2]
 """
 
 from __future__ import annotations
@@ -145,6 +148,14 @@ def with_task_head(head: Path, out: Path) -> Path:
     return out
 
 
+def shipped_without_family_heads(model: LocalModel, out: Path) -> tuple[HeadScorer, HeadScorer]:
+    """Section 8: the shipped scorer, and a copy whose card names no family heads (its files as they are)."""
+    folder = Path(__file__).parents[1] / "policies" / "scorers" / "smollm2-head"
+    shutil.copytree(folder, out)
+    ScorerCard.load(out).model_copy(update={"family_heads": []}).save(out)
+    return HeadScorer(model, folder, "fp32"), HeadScorer(model, out, "fp32")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -154,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layer", type=int, default=20)  # the shipped scorer's
     parser.add_argument("--prompts", type=int, default=40)
-    parser.add_argument("--sections", default="1,2,3,4,5,6,7", help="Which figures to measure.")
+    parser.add_argument("--sections", default="1,2,3,4,5,6,7,8", help="Which figures to measure.")
     parser.add_argument("--targets", type=int, default=2, help="Section 5: heads in the multi-target scorer.")
     args = parser.parse_args()
     sections = {int(x) for x in args.sections.split(",")}
@@ -193,8 +204,13 @@ def main() -> None:
         )
     if 7 in sections:
         reduced = precision_figures(model, prompts)
-    if sections <= {5, 6, 7}:
-        if 7 in sections:
+    if 8 in sections:
+        shipped, without = shipped_without_family_heads(model, work / "no-family-heads")
+        families = compare("8. with the family heads vs without", without, shipped, prompts)
+    if sections <= {5, 6, 7, 8}:
+        if 8 in sections:
+            print(f"headline: the shipped scorer's family heads cost {families:.3f}x scoring without them")
+        elif 7 in sections:
             print(f"headline: the shipped scorer at {reduced}")
         elif 6 in sections:
             print(f"headline: scoring with a task head costs {tasks:.3f}x scoring without")

@@ -41,10 +41,14 @@ def test_the_card_records_its_data_split_and_calibration(folder: Path) -> None:
     card = ScorerCard.load(folder)
     training = card.extra()["training"]
     assert card.base_model == "smollm2-135m-instruct" and card.layer == 20 and card.pooling == "last+mean"
-    assert training["labels"] == [
-        {"file": str(path.relative_to(LABEL_DIR.parents[1])), "rows": len(read_labels([path]))}
-        for path in (LABELS, EFFICIENTQA, PASSAGES, LABEL_DIR / "gemma-3-270m.jsonl", *FAMILIES)
-    ]
+    recorded = {entry["file"]: entry["rows"] for entry in training["labels"]}
+    files = (LABELS, EFFICIENTQA, PASSAGES, LABEL_DIR / "gemma-3-270m.jsonl", *FAMILIES)
+    assert list(recorded) == [str(path.relative_to(LABEL_DIR.parents[1])) for path in files]
+    # Labels files are only appended to; the families files have had rows for the family heads since.
+    for path in files:
+        now = len(read_labels([path]))
+        trained = recorded[str(path.relative_to(LABEL_DIR.parents[1]))]
+        assert trained == now if path not in FAMILIES else trained <= now
     assert [t.model for t in card.targets] == ["smollm2-135m-instruct", "gemma-3-270m"]
     assert training["held_out_sources"] == ["boolq", "jeopardy", "nq_open_efficientqa_test"]
     trained = training["rows_by_source_and_split"]["train"]
@@ -54,6 +58,22 @@ def test_the_card_records_its_data_split_and_calibration(folder: Path) -> None:
         assert calibration["method"] == "platt" and calibration["positives"] >= 10
         assert target.calibrator is not None and (folder / target.calibrator).is_file()
     assert (folder / "adapter_model.safetensors").stat().st_size < 5_000_000  # a few MB at most
+
+
+def test_each_family_head_was_fitted_on_every_row_of_its_family(folder: Path) -> None:
+    card = ScorerCard.load(folder)
+    assert {(h.model, h.family) for h in card.family_heads} == {
+        ("smollm2-135m-instruct", "instructions"),
+        ("gemma-3-270m", "instructions"),
+    }
+    rows = read_labels(list(FAMILIES))
+    for head in card.family_heads:
+        mine = [r for r in rows if r["model"] == head.model and QARecord.of_label(r).family == head.family]
+        report = head.model_extra or {}
+        assert report["nested"]["n"] == len(mine) and report["nested"]["positives"] == sum(
+            r["correct"] for r in mine
+        )
+        assert (folder / head.head).is_file() and head.layer <= (card.layer or 0)
 
 
 def test_it_ranks_held_out_answers_better_than_n_prob(scorer: HeadScorer) -> None:
