@@ -21,7 +21,7 @@ from scorers.base import calibrate
 from scorers.card import ScorerCard
 from scorers.head import HeadScorer
 from train.data import load_records, prompt, shared_data_dir
-from train.family_heads import FamilyHead, on_raw_scale, train_family_heads
+from train.family_heads import FamilyHead, nested_scores, on_raw_scale, train_family_heads
 from train.probe import LinearProbe
 from train.task_head import train_task_head
 
@@ -115,6 +115,29 @@ def test_a_model_calibrated_by_an_irreversible_map_takes_no_family_head() -> Non
     isotonic = IsotonicCalibrator().fit(rng.uniform(size=100), y)
     with pytest.raises(ValueError, match="invertible"):
         on_raw_scale(head, isotonic)
+
+
+def test_a_held_out_sources_rows_are_never_fitted_on() -> None:
+    rng = np.random.default_rng(2)
+    x = {5: rng.normal(size=(200, 6))}
+    y = (x[5][:, 0] + rng.normal(size=200) > 0.8).astype(float)
+    ids = [f"row:{i}" for i in range(200)]
+    unseen = np.arange(200) >= 160
+    scores = nested_scores(x, y, ids, unseen)
+    flipped = np.where(unseen, 1 - y, y)  # what the held-out rows say cannot move any score
+    assert np.array_equal(nested_scores(x, flipped, ids, unseen), scores)
+    assert not np.array_equal(nested_scores(x, flipped, ids, np.zeros(200, dtype=bool)), scores)
+    assert calibrators.auroc(scores[unseen], y[unseen]) > 0.7
+
+
+def test_only_the_families_asked_for_get_heads(with_task_head: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "scorer"
+    shutil.copytree(with_task_head, folder)
+    label_file = labels(folder, tmp_path)
+    train_family_heads(folder, [label_file], min_positives=10, log=lambda _: None, families=frozenset({"qa"}))
+    assert ScorerCard.load(folder).family_heads == []
+    with pytest.raises(ValueError, match="unknown task families: maths"):
+        train_family_heads(folder, [label_file], log=lambda _: None, families=frozenset({"maths"}))
 
 
 def test_a_refit_with_no_family_left_removes_the_heads(with_task_head: Path, tmp_path: Path) -> None:

@@ -232,6 +232,9 @@ def train_family_heads(
     min_positives: Annotated[
         int, typer.Option(min=2, help="A family needs this many right answers among its readable rows.")
     ] = 30,
+    family: Annotated[
+        list[str] | None, typer.Option(help="Fit heads for this task family only (repeatable; default: all).")
+    ] = None,
     states_cache: Annotated[
         Path | None, typer.Option(help="An .npz of prompt states kept between runs (computed once).")
     ] = None,
@@ -246,7 +249,7 @@ def train_family_heads(
     from train.family_heads import train_family_heads as fit
 
     try:
-        reports = fit(scorer, data, min_positives, states_cache, typer.echo)
+        reports = fit(scorer, data, min_positives, states_cache, typer.echo, frozenset(family or []))
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

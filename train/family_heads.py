@@ -15,7 +15,8 @@ applies to a model's raw score gives the family's calibrated probability, and ca
 see one scale per model. A family needs `min_positives` right answers among those rows for a head.
 
 The recipe is judged one level up, nested: each of five folds of the family's rows, test rows included, is
-scored by a head chosen and fitted on the other four exactly as above (`judge`).
+scored by a head chosen and fitted on the other four exactly as above (`judge`); rows of the scorer's
+held-out sources are never fitted on, and are judged apart as well.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import calibrators
 from calibrators import Calibrator, PlattScaling, TemperatureScaling
 from localmodel import LocalModel
+from policies.facts import TASK_FAMILIES
 from scorers.card import FamilyHeadCard, ScorerCard
 from scorers.head import HeadScorer
 from train.add_target import file_stem, row_states
@@ -68,10 +70,16 @@ def train_family_heads(
     min_positives: int = MIN_POSITIVES,
     cache: Path | None = None,
     log: Callable[[str], None] = print,
+    families: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
-    """Fit a head for every (model, family) of the labels with enough right answers, and write them into the
-    scorer in `folder` (replacing the family heads it had; the other heads are left as they are). Returns
-    each head's report, the nested judgement included."""
+    """Fit a head for every (model, family) of the labels with enough right answers (of `families` only,
+    where given), and write them into the scorer in `folder` (replacing the family heads it had; the other
+    heads are left as they are). Returns each head's report, the nested judgement included."""
+    unknown = families - set(TASK_FAMILIES)
+    if unknown:
+        raise ValueError(
+            f"unknown task families: {', '.join(sorted(unknown))} (known: {', '.join(TASK_FAMILIES)})"
+        )
     card = ScorerCard.load(folder)
     if card.task_head is None:
         raise ValueError(f"{folder}: no task head (router train-task-head): nothing would read a family head")
@@ -83,7 +91,7 @@ def train_family_heads(
     groups: dict[tuple[str, str], list[Row]] = {}
     for row in read_labels(label_files):
         model, task = row.get("model") or card.base_model, QARecord.of_label(row).family
-        if model in scorer.targets and task in scorer.tasks:
+        if model in scorer.targets and task in scorer.tasks and (not families or task in families):
             groups.setdefault((model, task), []).append(row)
     fitted: list[tuple[FamilyHeadCard, np.ndarray, float]] = []
     reports = []
@@ -101,7 +109,8 @@ def train_family_heads(
         x, y = row_states(states, readable, layers), _labels(readable)
         head = fit(x, y, [r["id"] for r in readable])
         weight, bias = on_raw_scale(head, scorer.calibrators.get(model))
-        nested = judge(row_states(states, rows, layers), _labels(rows), [r["id"] for r in rows])
+        unseen = np.array([r["source"] in held_out for r in rows])
+        nested = judge(row_states(states, rows, layers), _labels(rows), [r["id"] for r in rows], unseen)
         report: dict[str, Any] = {"c": head.c, "cv_auroc": round(head.cv_auroc, 4), "rows": len(readable)}
         report |= {"positives": positives, "nested": nested}
         name = f"head.{file_stem(model)}.{family}.safetensors"
@@ -145,15 +154,33 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, folds: np.ndarray, c: float) -> np
     return scores
 
 
-def judge(x: dict[int, np.ndarray], y: np.ndarray, ids: list[str]) -> dict[str, Any]:
-    """The recipe on every row, each scored by a head chosen and fitted without its fold (nested)."""
-    folds = np.array([fold_of(i, FOLDS) for i in ids])
+def judge(
+    x: dict[int, np.ndarray], y: np.ndarray, ids: list[str], unseen: np.ndarray | None = None
+) -> dict[str, Any]:
+    """AUROC and ECE of `nested_scores`, over every row and, where there are any, over the unseen rows."""
+    unseen = np.zeros(len(y), dtype=bool) if unseen is None else unseen
+    scores = nested_scores(x, y, ids, unseen)
+    figures = _figures(scores, y)
+    if unseen.any():
+        figures["held_out_sources"] = _figures(scores[unseen], y[unseen])
+    return figures
+
+
+def nested_scores(x: dict[int, np.ndarray], y: np.ndarray, ids: list[str], unseen: np.ndarray) -> np.ndarray:
+    """Each row scored by a head chosen and fitted without its fold. Rows of held-out sources (`unseen`) are
+    never fitted on: each is scored by a head chosen and fitted on all the other rows."""
+    folds = np.where(unseen, -1, [fold_of(i, FOLDS) for i in ids])
     scores = np.full(len(y), np.nan)
-    for fold in range(FOLDS):
+    for fold in range(-1 if unseen.any() else 0, FOLDS):
         judged = folds == fold
-        kept = [i for i, j in zip(ids, judged, strict=True) if not j]
-        head = fit({k: v[~judged] for k, v in x.items()}, y[~judged], kept, salt="inner:")
+        fitted = ~judged & ~unseen
+        kept = [i for i, f in zip(ids, fitted, strict=True) if f]
+        head = fit({k: v[fitted] for k, v in x.items()}, y[fitted], kept, salt="inner:")
         scores[judged] = head.probability({k: v[judged] for k, v in x.items()})
+    return scores
+
+
+def _figures(scores: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     figures: dict[str, Any] = {"n": len(y), "positives": int(y.sum())}
     for name, metric in (("auroc", calibrators.auroc), ("ece", calibrators.ece)):
         estimate = calibrators.bootstrap(metric, scores, y, n_resamples=1000, seed=0)
