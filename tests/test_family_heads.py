@@ -39,6 +39,12 @@ def with_task_head(tiny_head: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return folder
 
 
+def cached(with_task_head: Path) -> Path:
+    """One prompt-states file for every copy of that scorer (they share its adapter): a test after the first
+    reads the states instead of running the model again."""
+    return with_task_head.parent / "states.npz"
+
+
 def labels(folder: Path, tmp_path: Path) -> Path:
     """The tiny model's labels: 90 math rows, a third right (by place: the mechanics are under test, not
     what the tiny model knows), and 40 trivia rows with two right, too few for a head."""
@@ -58,7 +64,9 @@ def test_a_family_head_is_read_where_the_task_head_sees_its_family_and_nowhere_e
     model = LocalModel(ScorerCard.load(folder).base_model)
     before = HeadScorer(model, folder)
     said: list[str] = []
-    reports = train_family_heads(folder, [labels(folder, tmp_path)], min_positives=10, log=said.append)
+    reports = train_family_heads(
+        folder, [labels(folder, tmp_path)], min_positives=10, cache=cached(with_task_head), log=said.append
+    )
 
     card = ScorerCard.load(folder)
     assert [(h.model, h.family) for h in card.family_heads] == [(card.base_model, "math")]
@@ -134,7 +142,7 @@ def test_only_the_families_asked_for_get_heads(with_task_head: Path, tmp_path: P
     folder = tmp_path / "scorer"
     shutil.copytree(with_task_head, folder)
     label_file = labels(folder, tmp_path)
-    train_family_heads(folder, [label_file], min_positives=10, log=lambda _: None, families=frozenset({"qa"}))
+    train_family_heads(folder, [label_file], 10, cached(with_task_head), lambda _: None, frozenset({"qa"}))
     assert ScorerCard.load(folder).family_heads == []
     with pytest.raises(ValueError, match="unknown task families: maths"):
         train_family_heads(folder, [label_file], log=lambda _: None, families=frozenset({"maths"}))
@@ -144,9 +152,13 @@ def test_a_refit_with_no_family_left_removes_the_heads(with_task_head: Path, tmp
     folder = tmp_path / "scorer"
     shutil.copytree(with_task_head, folder)
     label_file = labels(folder, tmp_path)
-    train_family_heads(folder, [label_file], min_positives=10, log=lambda _: None)
+    train_family_heads(
+        folder, [label_file], min_positives=10, cache=cached(with_task_head), log=lambda _: None
+    )
     written = folder / ScorerCard.load(folder).family_heads[0].head
-    train_family_heads(folder, [label_file], min_positives=1000, log=lambda _: None)
+    train_family_heads(
+        folder, [label_file], min_positives=1000, cache=cached(with_task_head), log=lambda _: None
+    )
     assert ScorerCard.load(folder).family_heads == [] and not written.exists()
 
 
@@ -155,7 +167,7 @@ def test_a_card_naming_a_family_no_task_head_tells_apart_does_not_load(
 ) -> None:
     folder = tmp_path / "scorer"
     shutil.copytree(with_task_head, folder)
-    train_family_heads(folder, [labels(folder, tmp_path)], min_positives=10, log=lambda _: None)
+    train_family_heads(folder, [labels(folder, tmp_path)], 10, cached(with_task_head), lambda _: None)
     card = json.loads((folder / "scorer.json").read_text())
     card["family_heads"][0]["family"] = "code"
     (folder / "scorer.json").write_text(json.dumps(card))

@@ -12,7 +12,7 @@ import typer
 from router.access.keys import ApiKey, KeyProblem, KeyRegistry, check_name
 
 T = TypeVar("T")
-keys_app = typer.Typer(help="API keys, kept hashed in Redis (policy `auth: required`).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys, hashed in Redis (policy `auth: required`).", no_args_is_help=True)
 
 RedisUrl = Annotated[
     str,
