@@ -96,22 +96,27 @@ def train_family_heads(
     fitted: list[tuple[FamilyHeadCard, np.ndarray, float]] = []
     reports = []
     for (model, family), rows in sorted(groups.items()):
-        readable = [
-            r for part, chosen in split_rows(rows, seed, held_out).items() if part != "test" for r in chosen
-        ]
-        positives = sum(bool(r["correct"]) for r in readable)
-        if positives < min_positives or positives == len(readable):
+        tested = {r["id"] for r in split_rows(rows, seed, held_out)["test"]}
+        readable = np.array([r["id"] not in tested for r in rows])
+        y, ids = _labels(rows), [r["id"] for r in rows]
+        positives = int(y[readable].sum())
+        if positives < min_positives or positives == readable.sum():
             log(
-                f"{model} / {family}: {positives} right of {len(readable)} readable rows: "
+                f"{model} / {family}: {positives} right of {readable.sum()} readable rows: "
                 "left to the joint heads"
             )
             continue
-        x, y = row_states(states, readable, layers), _labels(readable)
-        head = fit(x, y, [r["id"] for r in readable])
+        x = row_states(states, rows, layers)
+        kept = [i for i, r in zip(ids, readable, strict=True) if r]
+        head = fit({k: v[readable] for k, v in x.items()}, y[readable], kept)
         weight, bias = on_raw_scale(head, scorer.calibrators.get(model))
         unseen = np.array([r["source"] in held_out for r in rows])
-        nested = judge(row_states(states, rows, layers), _labels(rows), [r["id"] for r in rows], unseen)
-        report: dict[str, Any] = {"c": head.c, "cv_auroc": round(head.cv_auroc, 4), "rows": len(readable)}
+        nested = judge(x, y, ids, unseen)
+        report: dict[str, Any] = {
+            "c": head.c,
+            "cv_auroc": round(head.cv_auroc, 4),
+            "rows": int(readable.sum()),
+        }
         report |= {"positives": positives, "nested": nested}
         name = f"head.{file_stem(model)}.{family}.safetensors"
         fitted.append(

@@ -103,9 +103,8 @@ class TaskHeadFitter:
         c = max(C_GRID, key=lambda value: (on_dev[value], -value))  # ties: the stronger regularisation
         # Standardisation folded in, so the head applies to raw states as the certainty heads do.
         coef, intercept, scale = fitted[c].coef_, fitted[c].intercept_, np.asarray(scaler.scale_)
-        if (
-            len(families) == 2
-        ):  # scikit-learn fits two classes with one row: the second's logit over the first's
+        # scikit-learn fits two classes with one row (the second's logit over the first's): split it in two.
+        if len(families) == 2:
             coef, intercept = np.vstack([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
         weight = coef / scale
         bias = intercept - (coef * scaler.mean_ / scale).sum(axis=1)
